@@ -1,0 +1,158 @@
+//! Commands: what a shard leader proposes to its Raft group.
+//!
+//! A command carries everything apply needs that is not in the state: the
+//! leader's clock (`now_ms`, monotonic per shard) and any fresh ids. Apply never
+//! reads a clock or draws a random number.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{RunId, TaskToken, WorkflowKey};
+use crate::model::{ActivityOptions, DueTimer, Failure, TimeoutKind};
+use crate::payload::Payload;
+use crate::retry::RetryPolicy;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    /// Leader time in ms since the Unix epoch, never smaller than the previous command's.
+    pub now_ms: u64,
+    pub kind: CommandKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum CommandKind {
+    CreateNamespace {
+        name: String,
+        description: String,
+    },
+    StartWorkflow {
+        key: WorkflowKey,
+        /// Fresh run id made by the leader; used only if a run starts.
+        run_id: RunId,
+        workflow_type: String,
+        task_queue: String,
+        input: Payload,
+        request_id: String,
+        workflow_task_timeout_ms: u64,
+    },
+    CompleteWorkflowTask {
+        token: TaskToken,
+        commands: Vec<WorkflowCommand>,
+        /// Fresh run id for a continue-as-new among the commands.
+        new_run_id: RunId,
+    },
+    FailWorkflowTask {
+        token: TaskToken,
+        failure: Failure,
+    },
+    WorkflowTaskTimedOut {
+        token: TaskToken,
+    },
+    CompleteActivity {
+        token: TaskToken,
+        result: Payload,
+    },
+    FailActivity {
+        token: TaskToken,
+        failure: Failure,
+    },
+    /// The leader saw the attempt's start-to-close or heartbeat deadline pass.
+    ActivityAttemptTimedOut {
+        token: TaskToken,
+        timeout: TimeoutKind,
+    },
+    RecordHeartbeat {
+        token: TaskToken,
+        details: Payload,
+    },
+    FireTimer {
+        timer: DueTimer,
+    },
+    Signal {
+        key: WorkflowKey,
+        /// Empty means the current run.
+        run_id: RunId,
+        name: String,
+        input: Payload,
+    },
+    RequestCancel {
+        key: WorkflowKey,
+        run_id: RunId,
+        reason: String,
+    },
+    Terminate {
+        key: WorkflowKey,
+        run_id: RunId,
+        reason: String,
+    },
+}
+
+impl CommandKind {
+    /// The command's name, for metrics and traces.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CommandKind::CreateNamespace { .. } => "create_namespace",
+            CommandKind::StartWorkflow { .. } => "start_workflow",
+            CommandKind::CompleteWorkflowTask { .. } => "complete_workflow_task",
+            CommandKind::FailWorkflowTask { .. } => "fail_workflow_task",
+            CommandKind::WorkflowTaskTimedOut { .. } => "workflow_task_timed_out",
+            CommandKind::CompleteActivity { .. } => "complete_activity",
+            CommandKind::FailActivity { .. } => "fail_activity",
+            CommandKind::ActivityAttemptTimedOut { .. } => "activity_attempt_timed_out",
+            CommandKind::RecordHeartbeat { .. } => "record_heartbeat",
+            CommandKind::FireTimer { .. } => "fire_timer",
+            CommandKind::Signal { .. } => "signal",
+            CommandKind::RequestCancel { .. } => "request_cancel",
+            CommandKind::Terminate { .. } => "terminate",
+        }
+    }
+}
+
+/// One decision of workflow code, carried by a workflow task completion.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum WorkflowCommand {
+    RecordStep { seq: u32, name: String, outcome: StepOutcome, attempts: u32 },
+    ScheduleActivity {
+        seq: u32,
+        activity_type: String,
+        /// Empty means the workflow's own task queue.
+        task_queue: String,
+        input: Payload,
+        retry_policy: RetryPolicy,
+        options: ActivityOptions,
+    },
+    StartTimer { seq: u32, duration_ms: u64 },
+    CancelTimer { seq: u32 },
+    WaitSignal { seq: u32, name: String, timeout_ms: u64 },
+    CompleteWorkflow { result: Payload },
+    FailWorkflow { failure: Failure },
+    ContinueAsNew { input: Payload, workflow_type: String, task_queue: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum StepOutcome {
+    Completed(Payload),
+    Failed(Failure),
+}
+
+impl WorkflowCommand {
+    /// The seq of an operation command; `None` for closing commands and `CancelTimer`
+    /// (which names an existing operation).
+    pub fn new_seq(&self) -> Option<u32> {
+        match self {
+            WorkflowCommand::RecordStep { seq, .. }
+            | WorkflowCommand::ScheduleActivity { seq, .. }
+            | WorkflowCommand::StartTimer { seq, .. }
+            | WorkflowCommand::WaitSignal { seq, .. } => Some(*seq),
+            _ => None,
+        }
+    }
+
+    pub fn closes_run(&self) -> bool {
+        matches!(
+            self,
+            WorkflowCommand::CompleteWorkflow { .. }
+                | WorkflowCommand::FailWorkflow { .. }
+                | WorkflowCommand::ContinueAsNew { .. }
+        )
+    }
+}

@@ -1,0 +1,183 @@
+//! The mutable state of a shard: every workflow's current run.
+//!
+//! This is what apply reads and changes; the history itself is written out as
+//! events and never read back by apply. Invariants (`RunState::validate`): a
+//! closed run has no pending operations and no workflow task; seqs of pending
+//! operations are at most `last_seq`; `next_event_id` is one past the last event.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{RunId, WorkflowKey};
+use crate::model::{ActivityOptions, Failure, NamespaceRecord, RunStatus, RunSummary};
+use crate::payload::Payload;
+use crate::retry::RetryPolicy;
+
+/// All state of one shard that apply needs, in memory. Loaded from storage
+/// when the shard opens; every change is also returned as a storage write.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShardState {
+    pub executions: BTreeMap<WorkflowKey, Execution>,
+    /// Only shard 0 holds namespaces.
+    pub namespaces: BTreeMap<String, NamespaceRecord>,
+}
+
+impl ShardState {
+    pub fn run(&self, key: &WorkflowKey) -> Option<&RunState> {
+        self.executions.get(key).map(|e| &e.run)
+    }
+
+    pub fn open_runs(&self) -> usize {
+        self.executions.values().filter(|e| e.run.status.is_open()).count()
+    }
+}
+
+/// A workflow id's record: its current (latest) run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Execution {
+    pub run: RunState,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    pub run_id: RunId,
+    pub workflow_type: String,
+    pub task_queue: String,
+    pub status: RunStatus,
+    pub start_request_id: String,
+    pub start_ms: u64,
+    pub close_ms: u64,
+    /// Id the next appended event gets; the history holds `next_event_id - 1` events.
+    pub next_event_id: u64,
+    pub history_bytes: u64,
+    pub workflow_task_timeout_ms: u64,
+    pub workflow_task: Option<WorkflowTaskState>,
+    /// Highest operation seq the code has issued.
+    pub last_seq: u32,
+    pub activities: BTreeMap<u32, ActivityState>,
+    pub timers: BTreeMap<u32, TimerState>,
+    pub signal_waits: BTreeMap<u32, SignalWait>,
+    pub buffered_signals: VecDeque<BufferedSignal>,
+    pub cancel_requested: bool,
+    /// Set when the run continued as new.
+    pub continued_as_run_id: String,
+    /// Id of the closing event, 0 while open.
+    pub close_event_id: u64,
+}
+
+impl RunState {
+    pub fn history_length(&self) -> u64 {
+        self.next_event_id - 1
+    }
+
+    pub fn summary(&self, key: &WorkflowKey) -> RunSummary {
+        RunSummary {
+            key: key.clone(),
+            run_id: self.run_id.clone(),
+            workflow_type: self.workflow_type.clone(),
+            task_queue: self.task_queue.clone(),
+            status: self.status,
+            start_ms: self.start_ms,
+            close_ms: self.close_ms,
+            history_length: self.history_length(),
+        }
+    }
+
+    /// Checks the ordering invariants; used by tests after every apply.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.next_event_id < 2 {
+            return Err("a run has at least its WorkflowStarted event".into());
+        }
+        if !self.status.is_open() {
+            if self.workflow_task.is_some()
+                || !self.activities.is_empty()
+                || !self.timers.is_empty()
+                || !self.signal_waits.is_empty()
+            {
+                return Err(format!("closed run {} still has pending work", self.run_id));
+            }
+            if self.close_event_id == 0 || self.close_event_id != self.next_event_id - 1 {
+                return Err(format!("closed run {} does not end with its closing event", self.run_id));
+            }
+        }
+        let seqs = self.activities.keys().chain(self.timers.keys()).chain(self.signal_waits.keys());
+        if let Some(seq) = seqs.clone().find(|seq| **seq > self.last_seq) {
+            return Err(format!("pending seq {seq} is above last seq {}", self.last_seq));
+        }
+        let mut all: Vec<u32> = seqs.copied().collect();
+        let count = all.len();
+        all.sort_unstable();
+        all.dedup();
+        if all.len() != count {
+            return Err("one seq is pending as two operations".into());
+        }
+        if let Some(task) = &self.workflow_task {
+            if task.attempt == 0 {
+                return Err("workflow task attempts start at 1".into());
+            }
+            if task.scheduled_event_id >= self.next_event_id {
+                return Err("workflow task scheduled after the last event".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The run's one pending workflow task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowTaskState {
+    pub attempt: u32,
+    /// Its `WorkflowTaskScheduled` event; 0 while backing off after a failure.
+    pub scheduled_event_id: u64,
+    /// Time the retry is due while backing off.
+    pub backoff_until_ms: u64,
+    pub last_failure: Option<Failure>,
+}
+
+impl WorkflowTaskState {
+    pub fn is_ready(&self) -> bool {
+        self.scheduled_event_id != 0
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActivityState {
+    pub activity_type: String,
+    pub task_queue: String,
+    pub input: Payload,
+    pub retry_policy: RetryPolicy,
+    pub options: ActivityOptions,
+    pub scheduled_event_id: u64,
+    pub scheduled_ms: u64,
+    /// The current attempt, from 1.
+    pub attempt: u32,
+    /// Set while waiting for the next attempt after a failure.
+    pub backoff_until_ms: u64,
+    pub last_failure: Option<Failure>,
+    pub heartbeat_details: Payload,
+}
+
+impl ActivityState {
+    pub fn is_ready(&self) -> bool {
+        self.backoff_until_ms == 0
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TimerState {
+    pub fire_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SignalWait {
+    pub name: String,
+    /// 0 means no timeout.
+    pub timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BufferedSignal {
+    pub name: String,
+    pub payload: Payload,
+}
