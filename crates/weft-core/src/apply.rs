@@ -95,8 +95,8 @@ pub fn apply(state: &mut ShardState, command: &Command) -> Outcome {
             },
             &mut out,
         ),
-        CommandKind::CompleteWorkflowTask { token, commands, new_run_id } => {
-            complete_workflow_task(state, now, token, commands, new_run_id, &mut out)
+        CommandKind::CompleteWorkflowTask { token, commands, new_run_id, inline_next_task } => {
+            complete_workflow_task(state, now, token, commands, new_run_id, *inline_next_task, &mut out)
         }
         CommandKind::FailWorkflowTask { token, failure } => fail_workflow_task(state, now, token, failure, &mut out),
         CommandKind::WorkflowTaskTimedOut { token } => workflow_task_timed_out(state, now, token, &mut out),
@@ -114,7 +114,7 @@ pub fn apply(state: &mut ShardState, command: &Command) -> Outcome {
             fail_activity_attempt(state, now, token, failure, Some(*timeout), &mut out)
         }
         CommandKind::RecordHeartbeat { token, details } => record_heartbeat(state, token, details, &mut out),
-        CommandKind::FireTimer { timer } => fire_timer(state, now, timer, &mut out),
+        CommandKind::FireTimer { timer, attempt_dispatched } => fire_timer(state, now, timer, *attempt_dispatched, &mut out),
         CommandKind::Signal { key, run_id, name, input } => signal(state, now, key, run_id, name, input, &mut out),
         CommandKind::RequestCancel { key, run_id, reason } => request_cancel(state, now, key, run_id, reason, &mut out),
         CommandKind::Terminate { key, run_id, reason } => terminate(state, now, key, run_id, reason, &mut out),
@@ -542,6 +542,7 @@ fn complete_workflow_task(
     token: &TaskToken,
     commands: &[WorkflowCommand],
     new_run_id: &str,
+    inline_next_task: bool,
     out: &mut Outcome,
 ) -> Handled {
     let key = &token.key;
@@ -720,6 +721,10 @@ fn complete_workflow_task(
         }
     }
     let next_task = if resolved_now || had_unseen_events { schedule_workflow_task(key, run, now, 1, out) } else { None };
+    if inline_next_task && next_task.is_some() {
+        // The completing worker gets it in the reply; no poller must get it too.
+        out.effects.retain(|effect| !matches!(effect, Effect::TaskReady(t) if Some(t) == next_task.as_ref()));
+    }
     if let Some(next) = continued {
         state.executions.insert(key.clone(), Execution { run: next });
     }
@@ -892,7 +897,7 @@ fn record_heartbeat(state: &mut ShardState, token: &TaskToken, details: &Payload
     Ok(Reply::Heartbeat { cancel_requested: false })
 }
 
-fn fire_timer(state: &mut ShardState, now: u64, timer: &DueTimer, out: &mut Outcome) -> Handled {
+fn fire_timer(state: &mut ShardState, now: u64, timer: &DueTimer, attempt_dispatched: bool, out: &mut Outcome) -> Handled {
     out.writes.push(Write::DeleteTimer(timer.clone()));
     let key = &timer.key;
     let Some(execution) = state.executions.get_mut(key) else { return Ok(Reply::Done) };
@@ -948,7 +953,7 @@ fn fire_timer(state: &mut ShardState, now: u64, timer: &DueTimer, out: &mut Outc
             _ => false,
         },
         TimerKind::ActivityScheduleToStart { seq, attempt } => match run.activities.get(&seq) {
-            Some(activity) if activity.attempt == attempt && activity.is_ready() => {
+            Some(activity) if activity.attempt == attempt && activity.is_ready() && !attempt_dispatched => {
                 let activity = run.activities.remove(&seq).expect("just found");
                 out.writes.push(Write::DeleteReady(activity_ready_task(key, &timer.run_id, seq, &activity)));
                 record(key, run, now, EventKind::ActivityTimedOut { seq, attempt, timeout: TimeoutKind::ScheduleToStart }, out);

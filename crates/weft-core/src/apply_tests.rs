@@ -99,7 +99,7 @@ impl Harness {
         let token = self.workflow_token(id);
         self.next_run += 1;
         let new_run_id = format!("run-{}", self.next_run);
-        self.run(CommandKind::CompleteWorkflowTask { token, commands, new_run_id }).reply
+        self.run(CommandKind::CompleteWorkflowTask { token, commands, new_run_id, inline_next_task: true }).reply
     }
 
     fn history(&self, id: &str) -> Vec<&'static str> {
@@ -112,7 +112,7 @@ impl Harness {
         let due: Vec<DueTimer> = self.timers.iter().filter(|t| t.due_ms <= up_to_ms).cloned().collect();
         for timer in due {
             self.now_ms = self.now_ms.max(timer.due_ms);
-            self.run(CommandKind::FireTimer { timer });
+            self.run(CommandKind::FireTimer { timer, attempt_dispatched: false });
         }
     }
 }
@@ -192,9 +192,9 @@ fn stale_and_repeated_tokens_are_rejected() {
     h.start("w", "");
     let token = h.workflow_token("w");
     let commands = vec![step(1, "a", "1")];
-    let first = h.run(CommandKind::CompleteWorkflowTask { token: token.clone(), commands: commands.clone(), new_run_id: "x".into() });
+    let first = h.run(CommandKind::CompleteWorkflowTask { token: token.clone(), commands: commands.clone(), new_run_id: "x".into(), inline_next_task: false });
     assert!(matches!(first.reply, Reply::WorkflowTaskCompleted { .. }));
-    let again = h.run(CommandKind::CompleteWorkflowTask { token, commands, new_run_id: "x".into() });
+    let again = h.run(CommandKind::CompleteWorkflowTask { token, commands, new_run_id: "x".into(), inline_next_task: false });
     assert_eq!(rejected(&again.reply), ErrorCode::FailedPrecondition);
     assert!(again.writes.is_empty(), "a rejected command writes nothing");
     assert_eq!(h.history("w").iter().filter(|t| **t == "StepCompleted").count(), 1, "recorded exactly once");
@@ -351,7 +351,7 @@ fn workflow_task_timeout_reschedules() {
     let token = h.workflow_token("w");
     h.run(CommandKind::WorkflowTaskTimedOut { token: token.clone() });
     assert_eq!(h.state.run(&key("w")).and_then(|r| r.workflow_task.as_ref()).map(|t| t.attempt), Some(2));
-    assert_eq!(rejected(&h.run(CommandKind::CompleteWorkflowTask { token, commands: vec![], new_run_id: "x".into() }).reply), ErrorCode::FailedPrecondition);
+    assert_eq!(rejected(&h.run(CommandKind::CompleteWorkflowTask { token, commands: vec![], new_run_id: "x".into(), inline_next_task: false }).reply), ErrorCode::FailedPrecondition);
 }
 
 #[test]
@@ -555,7 +555,7 @@ fn command_for(h: &Harness, action: &Action) -> Option<CommandKind> {
                     break;
                 }
             }
-            CommandKind::CompleteWorkflowTask { token, commands, new_run_id: format!("run-{}", h.next_run) }
+            CommandKind::CompleteWorkflowTask { token, commands, new_run_id: format!("run-{}", h.next_run), inline_next_task: false }
         }
         Action::FailTask { wf } => CommandKind::FailWorkflowTask { token: token_for(*wf)?, failure: Failure::new("E", "x") },
         Action::TimeoutTask { wf } => CommandKind::WorkflowTaskTimedOut { token: token_for(*wf)? },
@@ -588,7 +588,7 @@ fn drive(h: &mut Harness, actions: &[Action]) -> Vec<Command> {
             let due: Vec<DueTimer> = h.timers.iter().filter(|t| t.due_ms <= up_to).cloned().collect();
             for timer in due {
                 h.now_ms = h.now_ms.max(timer.due_ms);
-                let kind = CommandKind::FireTimer { timer };
+                let kind = CommandKind::FireTimer { timer, attempt_dispatched: false };
                 applied.push(Command { now_ms: h.now_ms + 10, kind: kind.clone() });
                 h.run(kind);
             }
@@ -642,7 +642,7 @@ proptest! {
         h.start("w", "");
         let task = if workflow { TokenTask::Workflow { scheduled_event_id: scheduled, seen_event_id: seen } } else { TokenTask::Activity { seq } };
         let token = TaskToken { shard: 0, key: WorkflowKey::new("default", id.clone()), run_id: run, task, attempt, started_ms: 0 };
-        h.run(CommandKind::CompleteWorkflowTask { token: token.clone(), commands: vec![step(seq, &id, "1")], new_run_id: "n".into() });
+        h.run(CommandKind::CompleteWorkflowTask { token: token.clone(), commands: vec![step(seq, &id, "1")], new_run_id: "n".into(), inline_next_task: false });
         h.run(CommandKind::CompleteActivity { token: token.clone(), result: json("1") });
         h.run(CommandKind::FailActivity { token: token.clone(), failure: Failure::new("E", id.clone()) });
         h.run(CommandKind::RecordHeartbeat { token, details: json("1") });
@@ -665,7 +665,7 @@ fn timer_kinds_cover_every_reason() {
     h.start("w", "");
     for kind in kinds {
         let run_id = h.state.run(&key("w")).expect("exists").run_id.clone();
-        let outcome = h.run(CommandKind::FireTimer { timer: DueTimer { due_ms: 1, key: key("w"), run_id, kind } });
+        let outcome = h.run(CommandKind::FireTimer { timer: DueTimer { due_ms: 1, key: key("w"), run_id, kind }, attempt_dispatched: false });
         assert_eq!(outcome.reply, Reply::Done, "an irrelevant timer is a no-op");
         assert_eq!(outcome.writes.len(), 1, "it only deletes itself");
     }

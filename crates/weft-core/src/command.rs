@@ -39,6 +39,9 @@ pub enum CommandKind {
         commands: Vec<WorkflowCommand>,
         /// Fresh run id for a continue-as-new among the commands.
         new_run_id: RunId,
+        /// The completing worker takes the next workflow task inline, so apply
+        /// emits no `TaskReady` effect for it (it is still indexed durably).
+        inline_next_task: bool,
     },
     FailWorkflowTask {
         token: TaskToken,
@@ -66,6 +69,9 @@ pub enum CommandKind {
     },
     FireTimer {
         timer: DueTimer,
+        /// For schedule-to-start timers: the leader had handed the attempt to a
+        /// worker, so it started in time and the timer only removes itself.
+        attempt_dispatched: bool,
     },
     Signal {
         key: WorkflowKey,
