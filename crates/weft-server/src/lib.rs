@@ -1,1 +1,207 @@
-//! placeholder
+//! A Weft node: gRPC services, request routing to shards, task dispatch
+//! (long-polls), the timer driver and the shard host.
+//!
+//! Depends on `weft-raft` (replication), `weft-storage` (RocksDB), `weft-core`
+//! (the deterministic domain) and `weft-proto` (the wire). Must not be
+//! depended on by any of them.
+//!
+//! Entry points: [`run_node`] (what `weft dev` and `weft server` run) and
+//! [`start_node`] (the same, returning a handle: for tests and benchmarks).
+
+pub mod alarms;
+pub mod applier;
+pub mod convert;
+pub mod dispatch;
+pub mod node;
+pub mod service;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::{mpsc, oneshot};
+use weft_proto::v1::admin_service_server::AdminServiceServer;
+use weft_proto::v1::worker_service_server::WorkerServiceServer;
+use weft_proto::v1::workflow_service_server::WorkflowServiceServer;
+use weft_raft::RaftHost;
+use weft_storage::{ClusterMeta, Db};
+
+use crate::applier::ShardSlots;
+use crate::node::{Node, wall_clock_ms};
+
+/// Where `weft dev` and `weft server` listen for gRPC unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7470";
+/// Where they serve Prometheus metrics (`/metrics`) unless told otherwise.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:7471";
+pub const DEFAULT_SHARDS: u32 = 16;
+/// Largest gRPC message the node accepts or sends: a full history page of
+/// payload-heavy events fits.
+pub const GRPC_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Most shards a cluster may have.
+pub const SHARDS_MAX: u32 = 4096;
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Shard count used when the cluster is created; an existing data dir keeps its own.
+    pub shards: u32,
+    pub node_id: u64,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// A running node.
+pub struct NodeHandle {
+    /// The address the gRPC server is bound to (resolves port 0).
+    pub addr: SocketAddr,
+    pub node: Arc<Node>,
+    stop: Option<oneshot::Sender<()>>,
+    served: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl NodeHandle {
+    /// Stops serving, then shuts the Raft groups down.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let served = (&mut self.served).await.context("join the gRPC server")?;
+        self.node.raft.shutdown().await;
+        served
+    }
+
+    /// Waits until the server stops by itself (it does not, unless it fails).
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        (&mut self.served).await.context("join the gRPC server")?
+    }
+}
+
+/// Runs a node until `shutdown` resolves.
+pub async fn run_node(config: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    if let Some(metrics_listen) = config.metrics_listen {
+        install_metrics(metrics_listen)?;
+    }
+    let mut handle = start_node(config).await?;
+    tokio::select! {
+        _ = shutdown => {
+            tracing::info!("shutting down");
+            handle.shutdown().await
+        }
+        result = handle.wait() => result,
+    }
+}
+
+/// Serves Prometheus metrics on `addr` (`GET /metrics`).
+pub fn install_metrics(addr: SocketAddr) -> anyhow::Result<()> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .with_context(|| format!("serve metrics on {addr}"))?;
+    tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    Ok(())
+}
+
+fn open_cluster(db: &Db, config: &NodeConfig) -> anyhow::Result<ClusterMeta> {
+    match db.get_cluster_meta()? {
+        Some(meta) => {
+            if meta.shard_count != config.shards {
+                tracing::warn!(
+                    stored = meta.shard_count,
+                    asked = config.shards,
+                    "the data directory was created with a different shard count; keeping the stored one"
+                );
+            }
+            Ok(meta)
+        }
+        None => {
+            anyhow::ensure!(
+                (1..=SHARDS_MAX).contains(&config.shards),
+                "--shards must be between 1 and {SHARDS_MAX}, got {}",
+                config.shards
+            );
+            let meta = ClusterMeta {
+                cluster_id: uuid::Uuid::new_v4().to_string(),
+                node_id: config.node_id,
+                shard_count: config.shards,
+                created_ms: wall_clock_ms(),
+            };
+            db.put_cluster_meta(&meta)?;
+            tracing::info!(cluster_id = %meta.cluster_id, shards = meta.shard_count, "created a new cluster");
+            Ok(meta)
+        }
+    }
+}
+
+/// Opens (or creates) the node's data and starts serving; returns once the
+/// gRPC port accepts connections and every shard has a leader.
+pub async fn start_node(config: NodeConfig) -> anyhow::Result<NodeHandle> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("create data dir {}", config.data_dir.display()))?;
+    let db = Db::open(config.data_dir.join("db")).context("open the node's RocksDB")?;
+    let cluster = open_cluster(&db, &config)?;
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+
+    let (effects_tx, effects_rx) = mpsc::unbounded_channel();
+    let shards = Arc::new(ShardSlots::new(cluster.shard_count, effects_tx));
+    let raft = RaftHost::open(db.clone(), config.node_id, addr.to_string(), cluster.shard_count, shards.clone())
+        .await
+        .context("open the shards' Raft groups")?;
+    let node = Arc::new(Node::new(config.node_id, cluster, addr.to_string(), db, raft, shards));
+
+    tokio::spawn(node.clone().run_effects(effects_rx));
+    tokio::spawn(node.clone().run_alarms());
+    for shard in 0..node.shard_count() {
+        tokio::spawn(node.clone().follow_leadership(shard));
+    }
+    ensure_default_namespace(&node).await?;
+
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let client = WorkflowServiceServer::new(service::client::ClientService::new(node.clone()))
+        .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+    let worker = WorkerServiceServer::new(service::worker::WorkerApi::new(node.clone()))
+        .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+    let admin = AdminServiceServer::new(service::admin::AdminApi::new(node.clone()));
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let served = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(client)
+            .add_service(worker)
+            .add_service(admin)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stop_rx.await;
+            })
+            .await
+            .context("serve gRPC")
+    });
+    tracing::info!(%addr, node_id = node.node_id, shards = node.shard_count(), "weft node serving");
+    Ok(NodeHandle { addr, node, stop: Some(stop_tx), served })
+}
+
+/// Creates the `default` namespace on a new cluster (waits for shard 0's leader).
+async fn ensure_default_namespace(node: &Node) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if node.shards.with_state(0, |state| state.namespaces.contains_key("default")) {
+            return Ok(());
+        }
+        let command = weft_core::CommandKind::CreateNamespace {
+            name: "default".into(),
+            description: "The namespace used when none is named.".into(),
+        };
+        match node.propose(0, command).await {
+            Ok(_) => return Ok(()),
+            Err(status) if status.code() == tonic::Code::AlreadyExists => return Ok(()),
+            Err(status) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(%status, "waiting for shard 0 to elect a leader");
+                let mut leading = node.raft.leader_watch(0);
+                let _ = tokio::time::timeout(std::time::Duration::from_millis(200), leading.changed()).await;
+            }
+            Err(status) => anyhow::bail!("could not create the default namespace: {status}"),
+        }
+    }
+}

@@ -1,0 +1,451 @@
+//! One Weft node: its shards' Raft groups, the leader-side machinery that
+//! turns apply effects into dispatched tasks and fired timers, and the
+//! operations the gRPC services share (propose, linearizable reads, hand-out).
+//!
+//! Invariants: only this module reads the clock for commands (`stamp`), and a
+//! shard's stamps never go backwards, even across leaders (floor: the largest
+//! applied `now_ms`). Tasks are handed out only by the shard's leader, only
+//! while they are the run's current task, and one attempt to one worker at a
+//! time (the in-flight set).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+use tracing::Instrument;
+use weft_core::ids::TokenTask;
+use weft_core::{
+    CommandKind, Command, ErrorCode, ReadyTask, Rejection, Reply, TaskKind, TaskToken, TimeoutKind, TimerKind,
+    WorkflowKey, shard_for,
+};
+use weft_proto::v1 as pb;
+use weft_raft::{ProposeError, RaftHost};
+use weft_storage::{ClusterMeta, Db, StorageError, codec, shard_store};
+
+use crate::alarms::{Alarm, AlarmKey, Alarms};
+use crate::applier::{ShardEffects, ShardSlots};
+use crate::convert::event_to_proto;
+use crate::dispatch::{AttemptKey, Dispatcher, QueueKey};
+
+/// Longest a single long-poll (task poll, result wait) waits.
+pub const LONG_POLL_MAX: Duration = Duration::from_secs(60);
+/// Delay before a timer whose firing failed (not for lack of leadership) is tried again.
+const ALARM_RETRY_MS: u64 = 1_000;
+
+/// Wall-clock milliseconds since the Unix epoch. The one place commands get time from.
+#[allow(clippy::disallowed_methods)] // the leader reads the clock and stamps it into commands
+pub fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+pub struct Node {
+    pub node_id: u64,
+    pub cluster: ClusterMeta,
+    pub address: String,
+    pub db: Db,
+    pub raft: RaftHost,
+    pub shards: Arc<ShardSlots>,
+    pub dispatch: Dispatcher,
+    pub alarms: Alarms,
+    close_watchers: Mutex<HashMap<WorkflowKey, Vec<oneshot::Sender<()>>>>,
+    stamps: Vec<AtomicU64>,
+}
+
+pub fn rejection_status(rejection: Rejection) -> Status {
+    match rejection.code {
+        ErrorCode::InvalidArgument => Status::invalid_argument(rejection.message),
+        ErrorCode::NotFound => Status::not_found(rejection.message),
+        ErrorCode::AlreadyExists => Status::already_exists(rejection.message),
+        ErrorCode::FailedPrecondition => Status::failed_precondition(rejection.message),
+        ErrorCode::ResourceExhausted => Status::resource_exhausted(rejection.message),
+    }
+}
+
+pub fn propose_status(shard: u32, error: ProposeError) -> Status {
+    match error {
+        ProposeError::NotLeader { leader } => Status::unavailable(format!(
+            "shard {shard} is not led by this node (leader: {}); retry",
+            leader.map_or_else(|| "none yet".to_string(), |l| format!("node {l}"))
+        )),
+        ProposeError::ShuttingDown => Status::unavailable("the node is shutting down; retry on another node"),
+        other => Status::internal(format!("shard {shard}: {other}")),
+    }
+}
+
+pub fn storage_status(error: StorageError) -> Status {
+    tracing::error!(%error, "storage read failed");
+    Status::internal(format!("storage: {error}"))
+}
+
+impl Node {
+    pub fn new(node_id: u64, cluster: ClusterMeta, address: String, db: Db, raft: RaftHost, shards: Arc<ShardSlots>) -> Self {
+        let stamps = (0..cluster.shard_count).map(|_| AtomicU64::new(0)).collect();
+        Node {
+            node_id,
+            cluster,
+            address,
+            db,
+            raft,
+            shards,
+            dispatch: Dispatcher::default(),
+            alarms: Alarms::default(),
+            close_watchers: Mutex::new(HashMap::new()),
+            stamps,
+        }
+    }
+
+    pub fn shard_count(&self) -> u32 {
+        self.cluster.shard_count
+    }
+
+    pub fn shard_of(&self, key: &WorkflowKey) -> u32 {
+        shard_for(&key.namespace, &key.workflow_id, self.shard_count())
+    }
+
+    /// The time stamped into the next command of `shard`.
+    fn stamp(&self, shard: u32) -> u64 {
+        let now = wall_clock_ms().max(self.shards.applied_now_ms(shard));
+        let previous = self.stamps[shard as usize].fetch_max(now, Ordering::AcqRel);
+        now.max(previous)
+    }
+
+    /// Proposes a command to its shard and waits until it is committed on a
+    /// quorum (fsynced) and applied; a deterministic rejection becomes a status.
+    pub async fn propose(&self, shard: u32, kind: CommandKind) -> Result<Reply, Status> {
+        let name = kind.name();
+        let command = Command { now_ms: self.stamp(shard), kind };
+        let started = std::time::Instant::now();
+        let result = self.raft.propose(shard, codec::encode(&command)).await;
+        metrics::histogram!("weft_propose_seconds", "command" => name).record(started.elapsed().as_secs_f64());
+        let bytes = result.map_err(|e| propose_status(shard, e))?;
+        let reply: Reply = codec::decode(&bytes).map_err(|e| Status::internal(format!("undecodable reply: {e}")))?;
+        match reply {
+            Reply::Rejected(rejection) => Err(rejection_status(rejection)),
+            reply => Ok(reply),
+        }
+    }
+
+    /// Waits until this node may serve a linearizable read of `shard`.
+    pub async fn linearizable(&self, shard: u32) -> Result<(), Status> {
+        self.raft.ensure_linearizable(shard).await.map_err(|e| propose_status(shard, e))
+    }
+
+    pub fn require_namespace(&self, namespace: &str) -> Result<(), Status> {
+        weft_core::limits::check_name("namespace", namespace).map_err(rejection_status)?;
+        if self.shards.with_state(0, |state| state.namespaces.contains_key(namespace)) {
+            Ok(())
+        } else {
+            Err(Status::not_found(format!("namespace {namespace:?} not found; create it with `weft namespace create`")))
+        }
+    }
+
+    pub fn decode_token(&self, bytes: &[u8]) -> Result<TaskToken, Status> {
+        if bytes.is_empty() {
+            return Err(Status::invalid_argument("task_token is empty"));
+        }
+        let token: TaskToken =
+            codec::decode(bytes).map_err(|e| Status::invalid_argument(format!("malformed task token: {e}")))?;
+        if token.shard >= self.shard_count() || token.shard != self.shard_of(&token.key) {
+            return Err(Status::invalid_argument("malformed task token: it names the wrong shard"));
+        }
+        Ok(token)
+    }
+
+    /// Forgets a handed-out attempt (completed, failed, stale or timed out).
+    pub fn task_finished(&self, token: &TaskToken) {
+        let attempt = AttemptKey::of_token(token);
+        self.dispatch.finish(&attempt);
+        match token.task {
+            TokenTask::Workflow { .. } => self.alarms.cancel(&AlarmKey::WorkflowTaskTimeout(attempt)),
+            TokenTask::Activity { .. } => {
+                self.alarms.cancel(&AlarmKey::ActivityTimeout(attempt.clone(), TimeoutKind::StartToClose));
+                self.alarms.cancel(&AlarmKey::ActivityTimeout(attempt, TimeoutKind::Heartbeat));
+            }
+        }
+    }
+
+    /// Long-polls a task queue for a workflow task.
+    pub async fn poll_workflow_task(&self, namespace: &str, task_queue: &str, wait: Duration) -> Result<Option<pb::WorkflowTask>, Status> {
+        let queue = QueueKey { namespace: namespace.into(), task_queue: task_queue.into(), kind: TaskKind::Workflow };
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if remaining.is_zero() {
+                return Ok(None);
+            }
+            let Some((shard, ready)) = self.dispatch.poll(&queue, remaining).await else { return Ok(None) };
+            if let Some(task) = self.hand_out_workflow_task(shard, &ready, 1)? {
+                return Ok(Some(task));
+            }
+        }
+    }
+
+    /// Hands out a ready workflow task if it is still current: history from
+    /// `from_event_id`, a fresh token, and a timeout alarm.
+    pub fn hand_out_workflow_task(&self, shard: u32, ready: &ReadyTask, from_event_id: u64) -> Result<Option<pb::WorkflowTask>, Status> {
+        if !self.raft.is_leader(shard) {
+            return Ok(None);
+        }
+        let current = self.shards.with_state(shard, |state| {
+            let run = state.run(&ready.key)?;
+            let task = run.workflow_task.as_ref()?;
+            let current = run.run_id == ready.run_id
+                && run.status.is_open()
+                && task.is_ready()
+                && task.scheduled_event_id == ready.scheduled_event_id
+                && task.attempt == ready.attempt;
+            current.then(|| (run.workflow_task_timeout_ms, run.workflow_type.clone()))
+        });
+        let Some((timeout_ms, workflow_type)) = current else { return Ok(None) };
+        let attempt = AttemptKey::of_ready(shard, ready);
+        if !self.dispatch.start(attempt.clone()) {
+            return Ok(None);
+        }
+        let history = match shard_store::read_history(
+            &self.db,
+            shard,
+            &ready.key,
+            &ready.run_id,
+            from_event_id,
+            weft_core::limits::HISTORY_EVENTS_MAX as usize,
+        ) {
+            Ok(history) => history,
+            Err(error) => {
+                self.dispatch.finish(&attempt);
+                return Err(storage_status(error));
+            }
+        };
+        let seen_event_id = history.last().map_or(from_event_id.saturating_sub(1), |e| e.event_id);
+        let now = wall_clock_ms();
+        let token = TaskToken {
+            shard,
+            key: ready.key.clone(),
+            run_id: ready.run_id.clone(),
+            task: TokenTask::Workflow { scheduled_event_id: ready.scheduled_event_id, seen_event_id },
+            attempt: ready.attempt,
+            started_ms: now,
+        };
+        self.alarms.set(now + timeout_ms, Alarm::WorkflowTaskTimeout { token: token.clone() });
+        metrics::counter!("weft_tasks_dispatched_total", "kind" => "workflow").increment(1);
+        Ok(Some(pb::WorkflowTask {
+            task_token: codec::encode(&token),
+            namespace: ready.key.namespace.clone(),
+            workflow_id: ready.key.workflow_id.clone(),
+            run_id: ready.run_id.clone(),
+            workflow_type,
+            task_queue: ready.task_queue.clone(),
+            attempt: ready.attempt,
+            first_event_id: from_event_id,
+            history: history.iter().map(event_to_proto).collect(),
+            started_time_ms: now,
+        }))
+    }
+
+    /// Long-polls a task queue for an activity task.
+    pub async fn poll_activity_task(&self, namespace: &str, task_queue: &str, wait: Duration) -> Option<pb::ActivityTask> {
+        let queue = QueueKey { namespace: namespace.into(), task_queue: task_queue.into(), kind: TaskKind::Activity };
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if remaining.is_zero() {
+                return None;
+            }
+            let (shard, ready) = self.dispatch.poll(&queue, remaining).await?;
+            if let Some(task) = self.hand_out_activity_task(shard, &ready) {
+                return Some(task);
+            }
+        }
+    }
+
+    fn hand_out_activity_task(&self, shard: u32, ready: &ReadyTask) -> Option<pb::ActivityTask> {
+        if !self.raft.is_leader(shard) {
+            return None;
+        }
+        let activity = self.shards.with_state(shard, |state| {
+            let run = state.run(&ready.key)?;
+            let activity = run.activities.get(&ready.seq)?;
+            let current = run.run_id == ready.run_id
+                && run.status.is_open()
+                && activity.attempt == ready.attempt
+                && activity.is_ready();
+            current.then(|| activity.clone())
+        })?;
+        let attempt = AttemptKey::of_ready(shard, ready);
+        if !self.dispatch.start(attempt) {
+            return None;
+        }
+        let now = wall_clock_ms();
+        let token = TaskToken {
+            shard,
+            key: ready.key.clone(),
+            run_id: ready.run_id.clone(),
+            task: TokenTask::Activity { seq: ready.seq },
+            attempt: ready.attempt,
+            started_ms: now,
+        };
+        let options = &activity.options;
+        if options.start_to_close_timeout_ms > 0 {
+            let alarm = Alarm::ActivityTimeout { token: token.clone(), timeout: TimeoutKind::StartToClose };
+            self.alarms.set(now + options.start_to_close_timeout_ms, alarm);
+        }
+        if options.heartbeat_timeout_ms > 0 {
+            let alarm = Alarm::ActivityTimeout { token: token.clone(), timeout: TimeoutKind::Heartbeat };
+            self.alarms.set(now + options.heartbeat_timeout_ms, alarm);
+        }
+        metrics::counter!("weft_tasks_dispatched_total", "kind" => "activity").increment(1);
+        Some(pb::ActivityTask {
+            task_token: codec::encode(&token),
+            namespace: ready.key.namespace.clone(),
+            workflow_id: ready.key.workflow_id.clone(),
+            run_id: ready.run_id.clone(),
+            activity_type: activity.activity_type.clone(),
+            seq: ready.seq,
+            input: activity.input.0.clone(),
+            attempt: activity.attempt,
+            heartbeat_details: activity.heartbeat_details.0.clone(),
+            start_to_close_timeout_ms: options.start_to_close_timeout_ms,
+            heartbeat_timeout_ms: options.heartbeat_timeout_ms,
+            scheduled_time_ms: activity.scheduled_ms,
+            started_time_ms: now,
+        })
+    }
+
+    /// A heartbeat arrived: the attempt's heartbeat deadline moves.
+    pub fn heartbeat_received(&self, token: &TaskToken, heartbeat_timeout_ms: u64) {
+        if heartbeat_timeout_ms > 0 {
+            let alarm = Alarm::ActivityTimeout { token: token.clone(), timeout: TimeoutKind::Heartbeat };
+            self.alarms.set(wall_clock_ms() + heartbeat_timeout_ms, alarm);
+        }
+    }
+
+    /// A receiver that fires when the workflow's current run closes. Register
+    /// before checking storage, so a close in between is not missed.
+    pub fn watch_close(&self, key: &WorkflowKey) -> oneshot::Receiver<()> {
+        let (sender, receiver) = oneshot::channel();
+        let mut watchers = self.close_watchers.lock();
+        let list = watchers.entry(key.clone()).or_default();
+        list.retain(|s| !s.is_closed());
+        list.push(sender);
+        receiver
+    }
+
+    fn notify_closed(&self, key: &WorkflowKey) {
+        if let Some(list) = self.close_watchers.lock().remove(key) {
+            for sender in list {
+                let _ = sender.send(());
+            }
+        }
+    }
+
+    /// Reacts to apply effects: this is how a committed command reaches workers.
+    pub async fn run_effects(self: Arc<Self>, mut effects: mpsc::UnboundedReceiver<ShardEffects>) {
+        while let Some((shard, effects)) = effects.recv().await {
+            let leading = self.raft.is_leader(shard);
+            for effect in effects {
+                match effect {
+                    weft_core::apply::Effect::TaskReady(task) if leading => self.dispatch.offer(shard, task),
+                    weft_core::apply::Effect::TimerArmed(timer) if leading => {
+                        self.alarms.set(timer.due_ms, Alarm::Durable { shard, timer })
+                    }
+                    weft_core::apply::Effect::RunClosed { key, .. } => self.notify_closed(&key),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Fires alarms as they come due.
+    pub async fn run_alarms(self: Arc<Self>) {
+        loop {
+            let due = self.alarms.next_due(wall_clock_ms).await;
+            for alarm in due {
+                let node = self.clone();
+                tokio::spawn(async move { node.fire(alarm).await });
+            }
+        }
+    }
+
+    async fn fire(&self, alarm: Alarm) {
+        match alarm {
+            Alarm::Durable { shard, timer } => {
+                let attempt_dispatched = match timer.kind {
+                    TimerKind::ActivityScheduleToStart { seq, attempt } => self.dispatch.is_in_flight(&AttemptKey {
+                        shard,
+                        key: timer.key.clone(),
+                        run_id: timer.run_id.clone(),
+                        kind: TaskKind::Activity,
+                        id: u64::from(seq),
+                        attempt,
+                    }),
+                    _ => false,
+                };
+                let span = tracing::debug_span!("fire_timer", shard, workflow_id = %timer.key.workflow_id, kind = ?timer.kind);
+                let result = self
+                    .propose(shard, CommandKind::FireTimer { timer: timer.clone(), attempt_dispatched })
+                    .instrument(span)
+                    .await;
+                match result {
+                    Ok(_) => {}
+                    Err(status) if status.code() == tonic::Code::Unavailable && !self.raft.is_leader(shard) => {
+                        // The new leader reloads the timer from storage.
+                    }
+                    Err(status) => {
+                        tracing::warn!(shard, %status, "firing a timer failed; trying again");
+                        self.alarms.set(wall_clock_ms() + ALARM_RETRY_MS, Alarm::Durable { shard, timer });
+                    }
+                }
+            }
+            Alarm::WorkflowTaskTimeout { token } => {
+                self.task_finished(&token);
+                let shard = token.shard;
+                if let Err(status) = self.propose(shard, CommandKind::WorkflowTaskTimedOut { token }).await {
+                    tracing::debug!(shard, %status, "workflow task timeout not applied");
+                }
+            }
+            Alarm::ActivityTimeout { token, timeout } => {
+                self.task_finished(&token);
+                let shard = token.shard;
+                if let Err(status) = self.propose(shard, CommandKind::ActivityAttemptTimedOut { token, timeout }).await {
+                    tracing::debug!(shard, %status, "activity timeout not applied");
+                }
+            }
+        }
+    }
+
+    /// Follows leadership of a shard: on gaining it, rebuilds the shard's
+    /// ready queues and timers from storage; on losing it, forgets them.
+    pub async fn follow_leadership(self: Arc<Self>, shard: u32) {
+        let mut leading = self.raft.leader_watch(shard);
+        loop {
+            let is_leader = *leading.borrow_and_update();
+            if is_leader {
+                if let Err(error) = self.recover_shard(shard) {
+                    tracing::error!(shard, %error, "rebuilding the shard's queues and timers failed");
+                }
+            } else {
+                self.dispatch.forget_shard(shard);
+                self.alarms.forget_shard(shard);
+            }
+            if leading.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn recover_shard(&self, shard: u32) -> Result<(), StorageError> {
+        let ready = shard_store::scan_ready(&self.db, shard)?;
+        let timers = shard_store::scan_timers(&self.db, shard)?;
+        tracing::info!(shard, ready = ready.len(), timers = timers.len(), "leading shard: queues and timers rebuilt");
+        for task in ready {
+            self.dispatch.offer(shard, task);
+        }
+        for timer in timers {
+            self.alarms.set(timer.due_ms, Alarm::Durable { shard, timer });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,305 @@
+//! `weft.v1.WorkflowService`: start, signal, cancel, terminate, describe,
+//! history, result and list.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+use weft_core::{CommandKind, EventKind, Payload, Reply, RunStatus, WorkflowKey, limits};
+use weft_proto::v1 as pb;
+use weft_proto::v1::workflow_service_server::WorkflowService;
+use weft_storage::{codec, shard_store};
+
+use super::{namespace_or_default, observe};
+use crate::convert::{event_to_proto, failure_to_proto, status_from_proto, status_to_proto, summary_to_proto};
+use crate::node::{LONG_POLL_MAX, Node, rejection_status, storage_status};
+
+/// Most events one history page returns.
+pub const HISTORY_PAGE_EVENTS_MAX: u32 = 10_000;
+pub const HISTORY_PAGE_EVENTS_DEFAULT: u32 = 1_000;
+pub const LIST_PAGE_SIZE_MAX: u32 = 1_000;
+pub const LIST_PAGE_SIZE_DEFAULT: u32 = 100;
+
+pub struct ClientService {
+    node: Arc<Node>,
+}
+
+impl ClientService {
+    pub fn new(node: Arc<Node>) -> Self {
+        ClientService { node }
+    }
+
+    fn key(&self, namespace: String, workflow_id: String) -> Result<(WorkflowKey, u32), Status> {
+        let namespace = namespace_or_default(namespace);
+        self.node.require_namespace(&namespace)?;
+        limits::check_name("workflow id", &workflow_id).map_err(rejection_status)?;
+        let key = WorkflowKey { namespace, workflow_id };
+        let shard = self.node.shard_of(&key);
+        Ok((key, shard))
+    }
+
+    async fn start(&self, request: pb::StartWorkflowRequest) -> Result<pb::StartWorkflowResponse, Status> {
+        let (key, shard) = self.key(request.namespace, request.workflow_id)?;
+        let request_id = if request.request_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { request.request_id };
+        let span = tracing::debug_span!("start_workflow", shard, workflow_id = %key.workflow_id);
+        let reply = self
+            .node
+            .propose(
+                shard,
+                CommandKind::StartWorkflow {
+                    key,
+                    run_id: uuid::Uuid::now_v7().to_string(),
+                    workflow_type: request.workflow_type,
+                    task_queue: request.task_queue,
+                    input: Payload(request.input),
+                    request_id,
+                    workflow_task_timeout_ms: request.workflow_task_timeout_ms,
+                },
+            )
+            .instrument(span)
+            .await?;
+        match reply {
+            Reply::Started { run_id, started } => Ok(pb::StartWorkflowResponse { run_id, started }),
+            other => Err(Status::internal(format!("unexpected reply to start: {other:?}"))),
+        }
+    }
+
+    async fn describe(&self, request: pb::DescribeWorkflowRequest) -> Result<pb::DescribeWorkflowResponse, Status> {
+        let (key, shard) = self.key(request.namespace, request.workflow_id)?;
+        self.node.linearizable(shard).await?;
+        let execution = shard_store::read_execution(&self.node.db, shard, &key)
+            .map_err(storage_status)?
+            .ok_or_else(|| Status::not_found(format!("workflow {key} not found")))?;
+        let run = &execution.run;
+        if !request.run_id.is_empty() && request.run_id != run.run_id {
+            let summary = shard_store::read_run_summary(&self.node.db, shard, &key, &request.run_id)
+                .map_err(storage_status)?
+                .ok_or_else(|| Status::not_found(format!("run {} of workflow {key} not found", request.run_id)))?;
+            return Ok(pb::DescribeWorkflowResponse { info: Some(summary_to_proto(&summary, shard)), ..Default::default() });
+        }
+        let pending_activities = run
+            .activities
+            .iter()
+            .map(|(seq, activity)| pb::PendingActivity {
+                seq: *seq,
+                activity_type: activity.activity_type.clone(),
+                task_queue: activity.task_queue.clone(),
+                attempt: activity.attempt,
+                state: if activity.is_ready() { "scheduled".into() } else { "backing_off".into() },
+                last_failure: activity.last_failure.as_ref().map(failure_to_proto),
+                next_attempt_time_ms: activity.backoff_until_ms,
+                heartbeat_details: activity.heartbeat_details.0.clone(),
+            })
+            .collect();
+        let pending_timers = run.timers.iter().map(|(seq, timer)| pb::PendingTimer { seq: *seq, fire_time_ms: timer.fire_ms }).collect();
+        let pending_workflow_task = run.workflow_task.as_ref().map(|task| pb::PendingWorkflowTask {
+            scheduled_event_id: task.scheduled_event_id,
+            attempt: task.attempt,
+            last_failure: task.last_failure.as_ref().map(failure_to_proto),
+        });
+        Ok(pb::DescribeWorkflowResponse {
+            info: Some(summary_to_proto(&run.summary(&key), shard)),
+            pending_activities,
+            pending_timers,
+            pending_workflow_task,
+            buffered_signals: run.buffered_signals.iter().map(|s| s.name.clone()).collect(),
+            awaited_signals: run.signal_waits.values().map(|w| w.name.clone()).collect(),
+            cancel_requested: run.cancel_requested,
+            continued_as_run_id: run.continued_as_run_id.clone(),
+        })
+    }
+
+    async fn history(&self, request: pb::GetWorkflowHistoryRequest) -> Result<pb::GetWorkflowHistoryResponse, Status> {
+        let (key, shard) = self.key(request.namespace, request.workflow_id)?;
+        self.node.linearizable(shard).await?;
+        let run_id = if request.run_id.is_empty() {
+            shard_store::read_execution(&self.node.db, shard, &key)
+                .map_err(storage_status)?
+                .ok_or_else(|| Status::not_found(format!("workflow {key} not found")))?
+                .run
+                .run_id
+        } else {
+            request.run_id
+        };
+        let max = match request.max_events {
+            0 => HISTORY_PAGE_EVENTS_DEFAULT,
+            n => n.min(HISTORY_PAGE_EVENTS_MAX),
+        } as usize;
+        let events = shard_store::read_history(&self.node.db, shard, &key, &run_id, request.from_event_id.max(1), max)
+            .map_err(storage_status)?;
+        if events.is_empty() && shard_store::read_run_summary(&self.node.db, shard, &key, &run_id).map_err(storage_status)?.is_none() {
+            return Err(Status::not_found(format!("run {run_id} of workflow {key} not found")));
+        }
+        let next_event_id = if events.len() == max { events.last().map_or(0, |e| e.event_id + 1) } else { 0 };
+        Ok(pb::GetWorkflowHistoryResponse { run_id, events: events.iter().map(event_to_proto).collect(), next_event_id })
+    }
+
+    async fn result(&self, request: pb::GetWorkflowResultRequest) -> Result<pb::GetWorkflowResultResponse, Status> {
+        let (key, shard) = self.key(request.namespace, request.workflow_id)?;
+        let wait = Duration::from_millis(request.wait_ms).min(LONG_POLL_MAX);
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut run_id = request.run_id;
+        loop {
+            let closed = self.node.watch_close(&key);
+            self.node.linearizable(shard).await?;
+            let execution = shard_store::read_execution(&self.node.db, shard, &key)
+                .map_err(storage_status)?
+                .ok_or_else(|| Status::not_found(format!("workflow {key} not found")))?;
+            let (this_run, status, close_event_id) = if run_id.is_empty() || run_id == execution.run.run_id {
+                let run = &execution.run;
+                (run.run_id.clone(), run.status, run.close_event_id)
+            } else {
+                let summary = shard_store::read_run_summary(&self.node.db, shard, &key, &run_id)
+                    .map_err(storage_status)?
+                    .ok_or_else(|| Status::not_found(format!("run {run_id} of workflow {key} not found")))?;
+                (summary.run_id, summary.status, summary.history_length)
+            };
+            if status == RunStatus::Running {
+                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if remaining.is_zero() {
+                    return Ok(pb::GetWorkflowResultResponse { closed: false, run_id: this_run, ..Default::default() });
+                }
+                let _ = tokio::time::timeout(remaining, closed).await;
+                run_id = this_run;
+                continue;
+            }
+            let event = shard_store::read_event(&self.node.db, shard, &key, &this_run, close_event_id)
+                .map_err(storage_status)?
+                .ok_or_else(|| Status::internal(format!("closed run {this_run} has no closing event {close_event_id}")))?;
+            let mut response = pb::GetWorkflowResultResponse {
+                closed: true,
+                run_id: this_run,
+                status: status_to_proto(status) as i32,
+                ..Default::default()
+            };
+            match event.kind {
+                EventKind::WorkflowCompleted { result } => response.result = result.0,
+                EventKind::WorkflowFailed { failure } | EventKind::WorkflowCanceled { failure } => {
+                    response.failure = Some(failure_to_proto(&failure))
+                }
+                EventKind::WorkflowTerminated { reason } => {
+                    response.failure = Some(pb::Failure {
+                        message: if reason.is_empty() { "terminated".into() } else { reason },
+                        error_type: "Terminated".into(),
+                        non_retryable: true,
+                        details: Vec::new(),
+                    })
+                }
+                EventKind::WorkflowContinuedAsNew { new_run_id, .. } => {
+                    if request.follow_runs {
+                        run_id = new_run_id;
+                        continue;
+                    }
+                    response.continued_as_run_id = new_run_id;
+                }
+                other => return Err(Status::internal(format!("run closed by unexpected event {}", other.type_name()))),
+            }
+            return Ok(response);
+        }
+    }
+
+    async fn list(&self, request: pb::ListWorkflowsRequest) -> Result<pb::ListWorkflowsResponse, Status> {
+        let namespace = namespace_or_default(request.namespace);
+        self.node.require_namespace(&namespace)?;
+        let page_size = match request.page_size {
+            0 => LIST_PAGE_SIZE_DEFAULT,
+            n => n.min(LIST_PAGE_SIZE_MAX),
+        } as usize;
+        let cursor: Option<shard_store::ListCursor> = if request.next_page_token.is_empty() {
+            None
+        } else {
+            Some(codec::decode(&request.next_page_token).map_err(|e| Status::invalid_argument(format!("malformed next_page_token: {e}")))?)
+        };
+        let status_filter = pb::WorkflowStatus::try_from(request.status)
+            .map_err(|_| Status::invalid_argument(format!("unknown status {}", request.status)))
+            .map(status_from_proto)?;
+        let type_filter = request.workflow_type;
+        let keep = |summary: &weft_core::RunSummary| {
+            status_filter.is_none_or(|status| summary.status == status)
+                && (type_filter.is_empty() || summary.workflow_type == type_filter)
+        };
+        let mut rows = Vec::new();
+        let mut more = false;
+        for shard in 0..self.node.shard_count() {
+            let page = shard_store::list_runs(&self.node.db, shard, &namespace, cursor.as_ref(), page_size, &keep)
+                .map_err(storage_status)?;
+            more |= page.len() == page_size;
+            rows.extend(page.into_iter().map(|summary| (shard, summary)));
+        }
+        // The visibility key order: newest start first, then workflow id, then run id.
+        rows.sort_by(|(_, a), (_, b)| {
+            (u64::MAX - a.start_ms, &a.key.workflow_id, &a.run_id).cmp(&(u64::MAX - b.start_ms, &b.key.workflow_id, &b.run_id))
+        });
+        more |= rows.len() > page_size;
+        rows.truncate(page_size);
+        let next_page_token = match rows.last() {
+            Some((_, last)) if more => codec::encode(&(last.start_ms, last.key.workflow_id.clone(), last.run_id.clone())),
+            _ => Vec::new(),
+        };
+        Ok(pb::ListWorkflowsResponse {
+            workflows: rows.iter().map(|(shard, summary)| summary_to_proto(summary, *shard)).collect(),
+            next_page_token,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl WorkflowService for ClientService {
+    async fn start_workflow(&self, request: Request<pb::StartWorkflowRequest>) -> Result<Response<pb::StartWorkflowResponse>, Status> {
+        observe("StartWorkflow", self.start(request.into_inner())).await
+    }
+
+    async fn signal_workflow(&self, request: Request<pb::SignalWorkflowRequest>) -> Result<Response<pb::SignalWorkflowResponse>, Status> {
+        observe("SignalWorkflow", async {
+            let request = request.into_inner();
+            let (key, shard) = self.key(request.namespace, request.workflow_id)?;
+            let command = CommandKind::Signal { key, run_id: request.run_id, name: request.signal_name, input: Payload(request.input) };
+            self.node.propose(shard, command).await?;
+            Ok(pb::SignalWorkflowResponse {})
+        })
+        .await
+    }
+
+    async fn request_cancel_workflow(
+        &self,
+        request: Request<pb::RequestCancelWorkflowRequest>,
+    ) -> Result<Response<pb::RequestCancelWorkflowResponse>, Status> {
+        observe("RequestCancelWorkflow", async {
+            let request = request.into_inner();
+            let (key, shard) = self.key(request.namespace, request.workflow_id)?;
+            self.node.propose(shard, CommandKind::RequestCancel { key, run_id: request.run_id, reason: request.reason }).await?;
+            Ok(pb::RequestCancelWorkflowResponse {})
+        })
+        .await
+    }
+
+    async fn terminate_workflow(&self, request: Request<pb::TerminateWorkflowRequest>) -> Result<Response<pb::TerminateWorkflowResponse>, Status> {
+        observe("TerminateWorkflow", async {
+            let request = request.into_inner();
+            let (key, shard) = self.key(request.namespace, request.workflow_id)?;
+            self.node.propose(shard, CommandKind::Terminate { key, run_id: request.run_id, reason: request.reason }).await?;
+            Ok(pb::TerminateWorkflowResponse {})
+        })
+        .await
+    }
+
+    async fn describe_workflow(&self, request: Request<pb::DescribeWorkflowRequest>) -> Result<Response<pb::DescribeWorkflowResponse>, Status> {
+        observe("DescribeWorkflow", self.describe(request.into_inner())).await
+    }
+
+    async fn get_workflow_history(
+        &self,
+        request: Request<pb::GetWorkflowHistoryRequest>,
+    ) -> Result<Response<pb::GetWorkflowHistoryResponse>, Status> {
+        observe("GetWorkflowHistory", self.history(request.into_inner())).await
+    }
+
+    async fn get_workflow_result(&self, request: Request<pb::GetWorkflowResultRequest>) -> Result<Response<pb::GetWorkflowResultResponse>, Status> {
+        observe("GetWorkflowResult", self.result(request.into_inner())).await
+    }
+
+    async fn list_workflows(&self, request: Request<pb::ListWorkflowsRequest>) -> Result<Response<pb::ListWorkflowsResponse>, Status> {
+        observe("ListWorkflows", self.list(request.into_inner())).await
+    }
+}

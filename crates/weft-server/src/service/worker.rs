@@ -1,0 +1,176 @@
+//! `weft.v1.WorkerService`: long-polls for workflow and activity tasks and
+//! their completions. Every completion carries a task token; apply accepts it
+//! only while it names the current attempt, so repeats are refused
+//! (`FAILED_PRECONDITION`) and change nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+use weft_core::ids::TokenTask;
+use weft_core::{CommandKind, Payload, Reply, TaskToken, limits};
+use weft_proto::v1 as pb;
+use weft_proto::v1::worker_service_server::WorkerService;
+
+use super::{namespace_or_default, observe};
+use crate::convert::{commands_from_proto, failure_from_proto};
+use crate::node::{LONG_POLL_MAX, Node, rejection_status};
+
+pub struct WorkerApi {
+    node: Arc<Node>,
+}
+
+fn poll_wait(wait_ms: u64) -> Duration {
+    if wait_ms == 0 { LONG_POLL_MAX } else { Duration::from_millis(wait_ms).min(LONG_POLL_MAX) }
+}
+
+/// Whether a failed completion means the token's attempt is over for good.
+fn ends_attempt(status: &Status) -> bool {
+    matches!(status.code(), tonic::Code::FailedPrecondition | tonic::Code::NotFound)
+}
+
+impl WorkerApi {
+    pub fn new(node: Arc<Node>) -> Self {
+        WorkerApi { node }
+    }
+
+    fn queue(&self, namespace: String, task_queue: &str) -> Result<String, Status> {
+        let namespace = namespace_or_default(namespace);
+        self.node.require_namespace(&namespace)?;
+        limits::check_name("task queue", task_queue).map_err(rejection_status)?;
+        Ok(namespace)
+    }
+
+    /// Proposes a completion of `token`'s attempt; the attempt is over once it
+    /// is applied or refused as stale.
+    async fn complete(&self, token: &TaskToken, command: CommandKind) -> Result<Reply, Status> {
+        let span = tracing::debug_span!("complete", shard = token.shard, workflow_id = %token.key.workflow_id, command = command.name());
+        let result = self.node.propose(token.shard, command).instrument(span).await;
+        match &result {
+            Ok(_) => self.node.task_finished(token),
+            Err(status) if ends_attempt(status) => self.node.task_finished(token),
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn complete_workflow_task(&self, request: pb::CompleteWorkflowTaskRequest) -> Result<pb::CompleteWorkflowTaskResponse, Status> {
+        let token = self.node.decode_token(&request.task_token)?;
+        let TokenTask::Workflow { seen_event_id, .. } = token.task else {
+            return Err(Status::invalid_argument("task_token is an activity task token"));
+        };
+        let commands = commands_from_proto(request.commands)?;
+        let inline = request.return_next_task;
+        let command = CommandKind::CompleteWorkflowTask {
+            token: token.clone(),
+            commands,
+            new_run_id: uuid::Uuid::now_v7().to_string(),
+            inline_next_task: inline,
+        };
+        let reply = self.complete(&token, command).await?;
+        let Reply::WorkflowTaskCompleted { next_task } = reply else {
+            return Err(Status::internal(format!("unexpected reply to a workflow task completion: {reply:?}")));
+        };
+        let Some(ready) = next_task.filter(|_| inline) else { return Ok(pb::CompleteWorkflowTaskResponse { next_task: None }) };
+        match self.node.hand_out_workflow_task(token.shard, &ready, seen_event_id + 1) {
+            Ok(Some(task)) => Ok(pb::CompleteWorkflowTaskResponse { next_task: Some(task) }),
+            other => {
+                // Apply emitted no TaskReady for an inline task: queue it for any poller.
+                self.node.dispatch.offer(token.shard, ready);
+                other.map(|_| pb::CompleteWorkflowTaskResponse { next_task: None })
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl WorkerService for WorkerApi {
+    async fn poll_workflow_task(&self, request: Request<pb::PollWorkflowTaskRequest>) -> Result<Response<pb::PollWorkflowTaskResponse>, Status> {
+        observe("PollWorkflowTask", async {
+            let request = request.into_inner();
+            let namespace = self.queue(request.namespace, &request.task_queue)?;
+            let task = self.node.poll_workflow_task(&namespace, &request.task_queue, poll_wait(request.wait_ms)).await?;
+            Ok(pb::PollWorkflowTaskResponse { task })
+        })
+        .await
+    }
+
+    async fn complete_workflow_task(
+        &self,
+        request: Request<pb::CompleteWorkflowTaskRequest>,
+    ) -> Result<Response<pb::CompleteWorkflowTaskResponse>, Status> {
+        observe("CompleteWorkflowTask", self.complete_workflow_task(request.into_inner())).await
+    }
+
+    async fn fail_workflow_task(&self, request: Request<pb::FailWorkflowTaskRequest>) -> Result<Response<pb::FailWorkflowTaskResponse>, Status> {
+        observe("FailWorkflowTask", async {
+            let request = request.into_inner();
+            let token = self.node.decode_token(&request.task_token)?;
+            let failure = failure_from_proto(request.failure);
+            tracing::warn!(workflow_id = %token.key.workflow_id, error_type = %failure.error_type, message = %failure.message, "workflow task failed");
+            self.complete(&token, CommandKind::FailWorkflowTask { token: token.clone(), failure }).await?;
+            Ok(pb::FailWorkflowTaskResponse {})
+        })
+        .await
+    }
+
+    async fn poll_activity_task(&self, request: Request<pb::PollActivityTaskRequest>) -> Result<Response<pb::PollActivityTaskResponse>, Status> {
+        observe("PollActivityTask", async {
+            let request = request.into_inner();
+            let namespace = self.queue(request.namespace, &request.task_queue)?;
+            let task = self.node.poll_activity_task(&namespace, &request.task_queue, poll_wait(request.wait_ms)).await;
+            Ok(pb::PollActivityTaskResponse { task })
+        })
+        .await
+    }
+
+    async fn complete_activity_task(
+        &self,
+        request: Request<pb::CompleteActivityTaskRequest>,
+    ) -> Result<Response<pb::CompleteActivityTaskResponse>, Status> {
+        observe("CompleteActivityTask", async {
+            let request = request.into_inner();
+            let token = self.node.decode_token(&request.task_token)?;
+            let command = CommandKind::CompleteActivity { token: token.clone(), result: Payload(request.result) };
+            self.complete(&token, command).await?;
+            Ok(pb::CompleteActivityTaskResponse {})
+        })
+        .await
+    }
+
+    async fn fail_activity_task(&self, request: Request<pb::FailActivityTaskRequest>) -> Result<Response<pb::FailActivityTaskResponse>, Status> {
+        observe("FailActivityTask", async {
+            let request = request.into_inner();
+            let token = self.node.decode_token(&request.task_token)?;
+            let command = CommandKind::FailActivity { token: token.clone(), failure: failure_from_proto(request.failure) };
+            self.complete(&token, command).await?;
+            Ok(pb::FailActivityTaskResponse {})
+        })
+        .await
+    }
+
+    async fn record_activity_heartbeat(
+        &self,
+        request: Request<pb::RecordActivityHeartbeatRequest>,
+    ) -> Result<Response<pb::RecordActivityHeartbeatResponse>, Status> {
+        observe("RecordActivityHeartbeat", async {
+            let request = request.into_inner();
+            let token = self.node.decode_token(&request.task_token)?;
+            let TokenTask::Activity { seq } = token.task else {
+                return Err(Status::invalid_argument("task_token is a workflow task token"));
+            };
+            let command = CommandKind::RecordHeartbeat { token: token.clone(), details: Payload(request.details) };
+            let reply = self.node.propose(token.shard, command).await?;
+            let Reply::Heartbeat { cancel_requested } = reply else {
+                return Err(Status::internal(format!("unexpected reply to a heartbeat: {reply:?}")));
+            };
+            let heartbeat_timeout_ms = self.node.shards.with_state(token.shard, |state| {
+                state.run(&token.key).and_then(|run| run.activities.get(&seq)).map_or(0, |a| a.options.heartbeat_timeout_ms)
+            });
+            self.node.heartbeat_received(&token, heartbeat_timeout_ms);
+            Ok(pb::RecordActivityHeartbeatResponse { cancel_requested })
+        })
+        .await
+    }
+}

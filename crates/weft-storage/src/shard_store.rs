@@ -1,0 +1,288 @@
+//! The domain's records in the state column family: where each piece of a
+//! shard's workflow state lives and how an apply outcome becomes one batch.
+//!
+//! Key layout (after the `[shard u32][kind u8]` prefix, see [`crate::keys`]):
+//!
+//! | kind | key | value |
+//! | --- | --- | --- |
+//! | `EXECUTION` 0x10 | namespace, workflow id | `Execution` (current run's mutable state) |
+//! | `HISTORY` 0x11 | namespace, workflow id, run id, event id | `HistoryEvent` |
+//! | `READY` 0x12 | task kind, namespace, task queue, workflow id, run id, seq | `ReadyTask` |
+//! | `TIMER` 0x13 | due ms, namespace, workflow id, run id, timer kind | `DueTimer` |
+//! | `VISIBILITY` 0x14 | namespace, u64::MAX - start ms, workflow id, run id | `RunSummary` |
+//! | `RUN` 0x15 | namespace, workflow id, run id | `RunSummary` (finds closed runs by id) |
+//! | `NAMESPACE` 0x16 | name | `NamespaceRecord` |
+//!
+//! Invariant: every write of an outcome goes into the caller's one batch, so
+//! events, mutable state and indexes change atomically with the applied index.
+
+use std::ops::Bound;
+
+use weft_core::apply::{Outcome, Write};
+use weft_core::{
+    DueTimer, Execution, HistoryEvent, NamespaceRecord, ReadyTask, RunSummary, ShardState, TaskKind, TimerKind,
+    WorkflowKey,
+};
+
+use crate::codec::{decode, encode};
+use crate::db::{Db, Result, ScanDirection, StateBatch, StorageError};
+use crate::keys::{KeyBuilder, kind_range};
+
+pub const KIND_EXECUTION: u8 = 0x10;
+pub const KIND_HISTORY: u8 = 0x11;
+pub const KIND_READY: u8 = 0x12;
+pub const KIND_TIMER: u8 = 0x13;
+pub const KIND_VISIBILITY: u8 = 0x14;
+pub const KIND_RUN: u8 = 0x15;
+pub const KIND_NAMESPACE: u8 = 0x16;
+
+fn execution_key(shard: u32, key: &WorkflowKey) -> Vec<u8> {
+    KeyBuilder::new(shard, KIND_EXECUTION).str(&key.namespace).str(&key.workflow_id).finish()
+}
+
+fn history_prefix(shard: u32, key: &WorkflowKey, run_id: &str) -> KeyBuilder {
+    KeyBuilder::new(shard, KIND_HISTORY).str(&key.namespace).str(&key.workflow_id).str(run_id)
+}
+
+fn ready_key(shard: u32, task: &ReadyTask) -> Vec<u8> {
+    let kind = match task.kind {
+        TaskKind::Workflow => 0,
+        TaskKind::Activity => 1,
+    };
+    KeyBuilder::new(shard, KIND_READY)
+        .u8(kind)
+        .str(&task.key.namespace)
+        .str(&task.task_queue)
+        .str(&task.key.workflow_id)
+        .str(&task.run_id)
+        .u32(task.seq)
+        .finish()
+}
+
+fn timer_key(shard: u32, timer: &DueTimer) -> Vec<u8> {
+    let builder = KeyBuilder::new(shard, KIND_TIMER)
+        .u64(timer.due_ms)
+        .str(&timer.key.namespace)
+        .str(&timer.key.workflow_id)
+        .str(&timer.run_id);
+    match timer.kind {
+        TimerKind::User { seq } => builder.u8(0).u32(seq).u32(0),
+        TimerKind::SignalTimeout { seq } => builder.u8(1).u32(seq).u32(0),
+        TimerKind::ActivityRetry { seq, attempt } => builder.u8(2).u32(seq).u32(attempt),
+        TimerKind::ActivityScheduleToStart { seq, attempt } => builder.u8(3).u32(seq).u32(attempt),
+        TimerKind::ActivityScheduleToClose { seq } => builder.u8(4).u32(seq).u32(0),
+        TimerKind::WorkflowTaskRetry { attempt } => builder.u8(5).u32(0).u32(attempt),
+    }
+    .finish()
+}
+
+fn visibility_key(shard: u32, summary: &RunSummary) -> Vec<u8> {
+    KeyBuilder::new(shard, KIND_VISIBILITY)
+        .str(&summary.key.namespace)
+        .u64(u64::MAX - summary.start_ms)
+        .str(&summary.key.workflow_id)
+        .str(&summary.run_id)
+        .finish()
+}
+
+fn run_key(shard: u32, key: &WorkflowKey, run_id: &str) -> Vec<u8> {
+    KeyBuilder::new(shard, KIND_RUN).str(&key.namespace).str(&key.workflow_id).str(run_id).finish()
+}
+
+fn namespace_key(shard: u32, name: &str) -> Vec<u8> {
+    KeyBuilder::new(shard, KIND_NAMESPACE).str(name).finish()
+}
+
+/// Adds every write of `outcome` to `batch`. `state` is the shard state after apply.
+pub fn write_outcome(shard: u32, state: &ShardState, outcome: &Outcome, batch: &mut StateBatch) {
+    for write in &outcome.writes {
+        match write {
+            Write::PutExecution { key } => match state.executions.get(key) {
+                Some(execution) => batch.put(&execution_key(shard, key), &encode(execution)),
+                None => batch.delete(&execution_key(shard, key)),
+            },
+            Write::AppendEvents { key, run_id, events } => {
+                for event in events {
+                    batch.put(&history_prefix(shard, key, run_id).u64(event.event_id).finish(), &encode(event));
+                }
+            }
+            Write::PutReady(task) => batch.put(&ready_key(shard, task), &encode(task)),
+            Write::DeleteReady(task) => batch.delete(&ready_key(shard, task)),
+            Write::PutTimer(timer) => batch.put(&timer_key(shard, timer), &encode(timer)),
+            Write::DeleteTimer(timer) => batch.delete(&timer_key(shard, timer)),
+            Write::PutVisibility(summary) => {
+                let value = encode(summary);
+                batch.put(&visibility_key(shard, summary), &value);
+                batch.put(&run_key(shard, &summary.key, &summary.run_id), &value);
+            }
+            Write::PutNamespace(record) => batch.put(&namespace_key(shard, &record.name), &encode(record)),
+        }
+    }
+}
+
+fn decode_as<T: serde::de::DeserializeOwned>(op: &'static str, bytes: &[u8]) -> Result<T> {
+    decode(bytes).map_err(|source| StorageError::Codec { op, source })
+}
+
+fn scan_kind<T: serde::de::DeserializeOwned>(db: &Db, shard: u32, kind: u8, op: &'static str) -> Result<Vec<T>> {
+    let (start, end) = kind_range(shard, kind);
+    db.iter_state_range(Bound::Included(&start), Bound::Excluded(&end), ScanDirection::Forward)
+        .map(|entry| entry.and_then(|(_, value)| decode_as(op, &value)))
+        .collect()
+}
+
+/// Loads the state apply needs: every execution and (shard 0) namespace.
+pub fn load_shard_state(db: &Db, shard: u32) -> Result<ShardState> {
+    let key_error = |source| StorageError::Key { op: "read execution key", source };
+    let (start, end) = kind_range(shard, KIND_EXECUTION);
+    let mut state = ShardState::default();
+    for entry in db.iter_state_range(Bound::Included(&start), Bound::Excluded(&end), ScanDirection::Forward) {
+        let (raw_key, value) = entry?;
+        let mut reader = crate::keys::KeyReader::new(&raw_key).map_err(key_error)?;
+        let namespace = reader.str().map_err(key_error)?;
+        let workflow_id = reader.str().map_err(key_error)?;
+        let execution: Execution = decode_as("load execution", &value)?;
+        state.executions.insert(WorkflowKey { namespace, workflow_id }, execution);
+    }
+    for record in scan_kind::<NamespaceRecord>(db, shard, KIND_NAMESPACE, "load namespace")? {
+        state.namespaces.insert(record.name.clone(), record);
+    }
+    Ok(state)
+}
+
+/// The first key after every key that starts with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0xFF; prefix.len() + 1]
+}
+
+/// Every ready task of the shard (rebuilds the leader's dispatch queues).
+pub fn scan_ready(db: &Db, shard: u32) -> Result<Vec<ReadyTask>> {
+    scan_kind(db, shard, KIND_READY, "load ready task")
+}
+
+/// Every durable timer of the shard, in due order.
+pub fn scan_timers(db: &Db, shard: u32) -> Result<Vec<DueTimer>> {
+    scan_kind(db, shard, KIND_TIMER, "load timer")
+}
+
+/// Up to `max` events of a run from event id `from`.
+pub fn read_history(db: &Db, shard: u32, key: &WorkflowKey, run_id: &str, from: u64, max: usize) -> Result<Vec<HistoryEvent>> {
+    let start = history_prefix(shard, key, run_id).u64(from.max(1)).finish();
+    let end = history_prefix(shard, key, run_id).u64(u64::MAX).finish();
+    db.scan_state_range(Bound::Included(&start), Bound::Included(&end), ScanDirection::Forward, max)?
+        .into_iter()
+        .map(|(_, value)| decode_as("read history event", &value))
+        .collect()
+}
+
+/// One event of a run.
+pub fn read_event(db: &Db, shard: u32, key: &WorkflowKey, run_id: &str, event_id: u64) -> Result<Option<HistoryEvent>> {
+    match db.get_state(&history_prefix(shard, key, run_id).u64(event_id).finish())? {
+        Some(value) => Ok(Some(decode_as("read history event", &value)?)),
+        None => Ok(None),
+    }
+}
+
+/// A workflow's stored execution record (its current run's state).
+pub fn read_execution(db: &Db, shard: u32, key: &WorkflowKey) -> Result<Option<Execution>> {
+    match db.get_state(&execution_key(shard, key))? {
+        Some(value) => Ok(Some(decode_as("read execution", &value)?)),
+        None => Ok(None),
+    }
+}
+
+/// The summary of any run (open or closed) by its id.
+pub fn read_run_summary(db: &Db, shard: u32, key: &WorkflowKey, run_id: &str) -> Result<Option<RunSummary>> {
+    match db.get_state(&run_key(shard, key, run_id))? {
+        Some(value) => Ok(Some(decode_as("read run summary", &value)?)),
+        None => Ok(None),
+    }
+}
+
+/// Position in a namespace's visibility listing: (start ms, workflow id, run id) of the last row returned.
+pub type ListCursor = (u64, String, String);
+
+/// Runs of a namespace on this shard, newest first, after `cursor`, at most `max`
+/// rows that pass `keep`.
+pub fn list_runs(
+    db: &Db,
+    shard: u32,
+    namespace: &str,
+    cursor: Option<&ListCursor>,
+    max: usize,
+    keep: &dyn Fn(&RunSummary) -> bool,
+) -> Result<Vec<RunSummary>> {
+    let prefix_start = KeyBuilder::new(shard, KIND_VISIBILITY).str(namespace).finish();
+    let prefix_end = prefix_end(&prefix_start);
+    let lower = match cursor {
+        Some((start_ms, workflow_id, run_id)) => KeyBuilder::new(shard, KIND_VISIBILITY)
+            .str(namespace)
+            .u64(u64::MAX - start_ms)
+            .str(workflow_id)
+            .str(run_id)
+            .finish(),
+        None => prefix_start.clone(),
+    };
+    let lower_bound = if cursor.is_some() { Bound::Excluded(lower.as_slice()) } else { Bound::Included(lower.as_slice()) };
+    let mut rows = Vec::new();
+    for entry in db.iter_state_range(lower_bound, Bound::Excluded(&prefix_end), ScanDirection::Forward) {
+        let (_, value) = entry?;
+        let summary: RunSummary = decode_as("read visibility row", &value)?;
+        if keep(&summary) {
+            rows.push(summary);
+            if rows.len() >= max {
+                break;
+            }
+        }
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_core::{Command, CommandKind, Payload, apply};
+
+    #[test]
+    fn an_outcome_round_trips_through_storage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(dir.path()).expect("open");
+        let mut state = ShardState::default();
+        let key = WorkflowKey::new("default", "order-1");
+        let outcome = apply(
+            &mut state,
+            &Command {
+                now_ms: 1_000,
+                kind: CommandKind::StartWorkflow {
+                    key: key.clone(),
+                    run_id: "run-1".into(),
+                    workflow_type: "order".into(),
+                    task_queue: "orders".into(),
+                    input: Payload(b"{}".to_vec()),
+                    request_id: "r".into(),
+                    workflow_task_timeout_ms: 0,
+                },
+            },
+        );
+        let mut batch = db.state_batch();
+        write_outcome(3, &state, &outcome, &mut batch);
+        db.write_state(batch).expect("write");
+
+        assert_eq!(load_shard_state(&db, 3).expect("load"), state);
+        assert_eq!(load_shard_state(&db, 4).expect("load"), ShardState::default(), "shards do not mix");
+        let history = read_history(&db, 3, &key, "run-1", 1, 100).expect("history");
+        assert_eq!(history.len(), 2);
+        assert_eq!(history[0].kind.type_name(), "WorkflowStarted");
+        assert_eq!(scan_ready(&db, 3).expect("ready").len(), 1);
+        let listed = list_runs(&db, 3, "default", None, 10, &|_| true).expect("list");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(read_run_summary(&db, 3, &key, "run-1").expect("summary").map(|s| s.workflow_type), Some("order".into()));
+    }
+}
