@@ -1,1 +1,456 @@
-fn main() {}
+//! `weft-bench`: Weft's load generator.
+//!
+//! Workload W3: workflow `w3` runs three sequential no-op steps, each returning a 16-byte
+//! JSON string, and returns the last. Each measured operation is one workflow, from the
+//! `StartWorkflow` call to the moment `GetWorkflowResult` returns its result.
+//!
+//! Modes: `--latency` (one client, workflows one after another) and `--throughput`
+//! (`--clients` clients, each running workflows one after another). The node is either
+//! started in this process (`--embedded`, the default: a fresh data directory in a temp dir)
+//! or reached at `--server`. The worker always runs in this process.
+//!
+//! Everything is bounded: `--count` workflows and `--max-seconds` of wall time, after which
+//! the run stops and reports what completed.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use weft_sdk::{Client, Worker, WorkflowContext, WorkflowError};
+
+/// Task queue the bench's worker polls and its workflows run on.
+const TASK_QUEUE: &str = "bench";
+/// Registered name of workload W3.
+const WORKFLOW_TYPE: &str = "w3";
+/// What each step returns: 16 bytes of text, so each step result is a small fixed payload.
+const STEP_RESULTS: [&str; 3] = ["0123456789abcdef", "fedcba9876543210", "weft-bench-s3-ok"];
+/// Latencies above this are clamped; one hour in µs.
+const LATENCY_US_MAX: u64 = 3_600_000_000;
+/// Error messages kept for the report.
+const ERROR_SAMPLES_MAX: usize = 5;
+/// How long an embedded node may take to open and elect its shard leaders.
+const NODE_START_TIMEOUT_S: u64 = 120;
+/// How long the worker and the node may take to stop once the run is over.
+const SHUTDOWN_TIMEOUT_S: u64 = 30;
+/// Concurrent clients are capped: each holds a connection and a workflow in flight.
+const CLIENTS_MAX: u32 = 4_096;
+
+#[derive(Debug, Parser)]
+#[command(name = "weft-bench", about = "Weft load generator: workload W3 (3 sequential no-op steps)")]
+struct Args {
+    /// Benchmark a running node at this address instead of an embedded one.
+    #[arg(long, conflicts_with = "embedded")]
+    server: Option<String>,
+
+    /// Start a node in this process, in a temporary directory (the default).
+    #[arg(long)]
+    embedded: bool,
+
+    /// Shards of the embedded node.
+    #[arg(long, default_value_t = 16)]
+    shards: u32,
+
+    /// One client, workflows one after another: start-to-result latency (the default mode).
+    #[arg(long, conflicts_with = "throughput")]
+    latency: bool,
+
+    /// `--clients` concurrent clients: workflows per second.
+    #[arg(long)]
+    throughput: bool,
+
+    /// Workflows to measure; default 2,000 with --latency, 20,000 with --throughput.
+    #[arg(long)]
+    count: Option<u64>,
+
+    /// Concurrent clients in --throughput mode (--latency always uses one).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=i64::from(CLIENTS_MAX)))]
+    clients: u32,
+
+    /// Workflows run before measuring, with the same concurrency, and not reported.
+    #[arg(long, default_value_t = 200)]
+    warmup: u64,
+
+    /// Stop after this many seconds (warm-up included) and report what completed.
+    #[arg(long, default_value_t = 300)]
+    max_seconds: u64,
+
+    /// The worker's limit of workflow tasks in flight.
+    #[arg(long, default_value_t = 256)]
+    max_concurrent_workflow_tasks: usize,
+
+    /// The worker's concurrent long polls for workflow tasks.
+    #[arg(long, default_value_t = 4)]
+    workflow_pollers: usize,
+
+    /// Print one JSON object instead of the text report.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Latency,
+    Throughput,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Latency => "latency",
+            Mode::Throughput => "throughput",
+        }
+    }
+}
+
+/// The configuration a run measured, as reported.
+#[derive(Debug)]
+struct Plan {
+    mode: Mode,
+    count: u64,
+    clients: u32,
+    warmup: u64,
+    max_seconds: u64,
+    /// `None` when the node is embedded.
+    server: Option<String>,
+    shards: u32,
+    max_concurrent_workflow_tasks: usize,
+    workflow_pollers: usize,
+}
+
+impl Plan {
+    fn from_args(args: &Args) -> Plan {
+        let mode = if args.throughput { Mode::Throughput } else { Mode::Latency };
+        let (default_count, clients) = match mode {
+            Mode::Latency => (2_000, 1),
+            Mode::Throughput => (20_000, args.clients),
+        };
+        Plan {
+            mode,
+            count: args.count.unwrap_or(default_count),
+            clients,
+            warmup: args.warmup,
+            max_seconds: args.max_seconds,
+            server: args.server.clone(),
+            shards: args.shards,
+            max_concurrent_workflow_tasks: args.max_concurrent_workflow_tasks,
+            workflow_pollers: args.workflow_pollers,
+        }
+    }
+}
+
+/// What one phase (warm-up or measurement) achieved.
+struct PhaseOutcome {
+    latency_us: Histogram<u64>,
+    completed: u64,
+    errors: u64,
+    error_samples: Vec<String>,
+    elapsed: Duration,
+    /// The deadline passed before every workflow of the phase ran.
+    stopped_early: bool,
+}
+
+/// Workload W3.
+async fn w3(ctx: WorkflowContext, _input: serde_json::Value) -> Result<String, WorkflowError> {
+    let _first: String = ctx.step("s1", || async { Ok::<_, anyhow::Error>(STEP_RESULTS[0].to_string()) }).await?;
+    let _second: String = ctx.step("s2", || async { Ok::<_, anyhow::Error>(STEP_RESULTS[1].to_string()) }).await?;
+    let last: String = ctx.step("s3", || async { Ok::<_, anyhow::Error>(STEP_RESULTS[2].to_string()) }).await?;
+    Ok(last)
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+
+    match run(Plan::from_args(&args), args.json).await {
+        Ok(outcome) if outcome.errors == 0 && outcome.completed > 0 => std::process::ExitCode::SUCCESS,
+        Ok(_) => std::process::ExitCode::from(1),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(plan: Plan, json_report: bool) -> anyhow::Result<PhaseOutcome> {
+    // Embedded: a node in a fresh temporary directory, removed when `_data_dir` drops
+    // (after the node has shut down).
+    let (address, node, _data_dir) = match &plan.server {
+        Some(server) => (server_uri(server), None, None),
+        None => {
+            let data_dir = tempfile::Builder::new()
+                .prefix("weft-bench-")
+                .tempdir()
+                .context("create the embedded node's data directory")?;
+            let config = weft_server::NodeConfig {
+                data_dir: data_dir.path().to_path_buf(),
+                listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                shards: plan.shards,
+                node_id: 1,
+                metrics_listen: None,
+            };
+            let handle =
+                tokio::time::timeout(Duration::from_secs(NODE_START_TIMEOUT_S), weft_server::start_node(config))
+                    .await
+                    .context("start the embedded node: timed out")?
+                    .context("start the embedded node")?;
+            (format!("http://{}", handle.addr), Some(handle), Some(data_dir))
+        }
+    };
+
+    let worker_client =
+        Client::connect(&address).await.map_err(|error| anyhow::anyhow!("connect to {address}: {error}"))?;
+    let (stop_worker, worker_stopped) = watch::channel(false);
+    let worker = Worker::builder(worker_client, TASK_QUEUE)
+        .register_workflow(WORKFLOW_TYPE, w3)
+        .max_concurrent_workflow_tasks(plan.max_concurrent_workflow_tasks)
+        .workflow_pollers(plan.workflow_pollers)
+        .build();
+    let worker_task = tokio::spawn(async move {
+        let mut stopped = worker_stopped;
+        worker
+            .run_until(async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+
+    let mut clients = Vec::with_capacity(plan.clients as usize);
+    for _ in 0..plan.clients {
+        clients
+            .push(Client::connect(&address).await.map_err(|error| anyhow::anyhow!("connect to {address}: {error}"))?);
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(plan.max_seconds);
+    let id_prefix = format!("bench-{}", run_nonce());
+    let warmup = run_phase(&clients, &format!("{id_prefix}-warmup"), plan.warmup, deadline).await;
+    if warmup.errors > 0 {
+        eprintln!(
+            "warning: {} of {} warm-up workflows failed: {}",
+            warmup.errors,
+            plan.warmup,
+            warmup.error_samples.join("; ")
+        );
+    }
+    let measured = run_phase(&clients, &id_prefix, plan.count, deadline).await;
+
+    report(&plan, &measured, json_report);
+
+    let _ = stop_worker.send(true);
+    match tokio::time::timeout(Duration::from_secs(SHUTDOWN_TIMEOUT_S), worker_task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => eprintln!("warning: the worker failed: {error:#}"),
+        Ok(Err(error)) => eprintln!("warning: the worker task failed: {error}"),
+        Err(_) => eprintln!("warning: the worker did not stop within {SHUTDOWN_TIMEOUT_S} s"),
+    }
+    drop(clients);
+    if let Some(node) = node {
+        match tokio::time::timeout(Duration::from_secs(SHUTDOWN_TIMEOUT_S), node.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => eprintln!("warning: the embedded node failed to stop: {error:#}"),
+            Err(_) => eprintln!("warning: the embedded node did not stop within {SHUTDOWN_TIMEOUT_S} s"),
+        }
+    }
+    if measured.completed == 0 && plan.count > 0 {
+        bail!("no workflow completed");
+    }
+    Ok(measured)
+}
+
+/// Runs `count` workflows spread over `clients`, each client one workflow at a time, until
+/// done or `deadline`. Workflow ids are `{id_prefix}-{index}`.
+async fn run_phase(clients: &[Client], id_prefix: &str, count: u64, deadline: Instant) -> PhaseOutcome {
+    let next_index = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(clients.len());
+    for client in clients {
+        let client = client.clone();
+        let next_index = next_index.clone();
+        let id_prefix = id_prefix.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut outcome = empty_outcome();
+            loop {
+                let index = next_index.fetch_add(1, Ordering::Relaxed);
+                if index >= count {
+                    break;
+                }
+                let workflow_id = format!("{id_prefix}-{index}");
+                let began = Instant::now();
+                match tokio::time::timeout_at(deadline, run_workflow(&client, &workflow_id)).await {
+                    // The deadline cut this workflow short: it neither completed nor failed.
+                    Err(_) => {
+                        outcome.stopped_early = true;
+                        break;
+                    }
+                    Ok(Ok(())) => {
+                        let latency_us = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
+                        outcome.latency_us.saturating_record(latency_us.clamp(1, LATENCY_US_MAX));
+                        outcome.completed += 1;
+                    }
+                    Ok(Err(error)) => {
+                        outcome.errors += 1;
+                        if outcome.error_samples.len() < ERROR_SAMPLES_MAX {
+                            outcome.error_samples.push(format!("{workflow_id}: {error:#}"));
+                        }
+                    }
+                }
+            }
+            outcome
+        }));
+    }
+
+    let mut total = empty_outcome();
+    for task in tasks {
+        match task.await {
+            Ok(outcome) => {
+                total.latency_us.add(&outcome.latency_us).expect("histograms with the same bounds add");
+                total.completed += outcome.completed;
+                total.errors += outcome.errors;
+                total.stopped_early |= outcome.stopped_early;
+                for sample in outcome.error_samples {
+                    if total.error_samples.len() < ERROR_SAMPLES_MAX {
+                        total.error_samples.push(sample);
+                    }
+                }
+            }
+            Err(error) => {
+                total.errors += 1;
+                if total.error_samples.len() < ERROR_SAMPLES_MAX {
+                    total.error_samples.push(format!("client task panicked: {error}"));
+                }
+            }
+        }
+    }
+    total.elapsed = started.elapsed();
+    total
+}
+
+/// One W3 workflow: start it, wait for its result and check it.
+async fn run_workflow(client: &Client, workflow_id: &str) -> anyhow::Result<()> {
+    client
+        .start_workflow(WORKFLOW_TYPE, workflow_id, TASK_QUEUE, &serde_json::Value::Null)
+        .await
+        .map_err(|error| anyhow::anyhow!("start: {error}"))?;
+    let result: String =
+        client.workflow_result::<String>(workflow_id).await.map_err(|error| anyhow::anyhow!("result: {error}"))?;
+    if result != STEP_RESULTS[2] {
+        bail!("unexpected result {result:?}, expected {:?}", STEP_RESULTS[2]);
+    }
+    Ok(())
+}
+
+fn empty_outcome() -> PhaseOutcome {
+    PhaseOutcome {
+        latency_us: Histogram::new_with_bounds(1, LATENCY_US_MAX, 3)
+            .expect("1 µs .. 1 h at 3 significant digits is a valid histogram"),
+        completed: 0,
+        errors: 0,
+        error_samples: Vec::new(),
+        elapsed: Duration::ZERO,
+        stopped_early: false,
+    }
+}
+
+fn report(plan: &Plan, outcome: &PhaseOutcome, json_report: bool) {
+    let elapsed_s = outcome.elapsed.as_secs_f64();
+    let throughput_wps = if elapsed_s > 0.0 { outcome.completed as f64 / elapsed_s } else { 0.0 };
+    let quantile_ms = |quantile: f64| -> f64 {
+        if outcome.completed == 0 { 0.0 } else { outcome.latency_us.value_at_quantile(quantile) as f64 / 1000.0 }
+    };
+    let (p50, p90, p99, p999) = (quantile_ms(0.50), quantile_ms(0.90), quantile_ms(0.99), quantile_ms(0.999));
+    let (min_ms, max_ms, mean_ms) = if outcome.completed == 0 {
+        (0.0, 0.0, 0.0)
+    } else {
+        (
+            outcome.latency_us.min() as f64 / 1000.0,
+            outcome.latency_us.max() as f64 / 1000.0,
+            outcome.latency_us.mean() / 1000.0,
+        )
+    };
+    let target = match &plan.server {
+        Some(server) => server.clone(),
+        None => "embedded".to_string(),
+    };
+
+    if json_report {
+        let report = json!({
+            "workload": "W3",
+            "mode": plan.mode.name(),
+            "target": target,
+            "shards": plan.server.is_none().then_some(plan.shards),
+            "count": plan.count,
+            "clients": plan.clients,
+            "warmup": plan.warmup,
+            "max_seconds": plan.max_seconds,
+            "max_concurrent_workflow_tasks": plan.max_concurrent_workflow_tasks,
+            "workflow_pollers": plan.workflow_pollers,
+            "completed": outcome.completed,
+            "errors": outcome.errors,
+            "stopped_early": outcome.stopped_early,
+            "elapsed_s": round3(elapsed_s),
+            "throughput_wps": round3(throughput_wps),
+            "p50_ms": round3(p50),
+            "p90_ms": round3(p90),
+            "p99_ms": round3(p99),
+            "p999_ms": round3(p999),
+            "max_ms": round3(max_ms),
+            "min_ms": round3(min_ms),
+            "mean_ms": round3(mean_ms),
+            "error_samples": outcome.error_samples,
+        });
+        println!("{report}");
+        return;
+    }
+
+    let node = match &plan.server {
+        Some(server) => format!("server {server}"),
+        None => format!("embedded node, {} shards, temporary data directory", plan.shards),
+    };
+    println!("weft-bench W3: 3 sequential no-op steps, 16-byte results");
+    println!("  mode        {}", plan.mode.name());
+    println!("  node        {node}");
+    println!(
+        "  clients     {} (worker: {} concurrent workflow tasks, {} pollers)",
+        plan.clients, plan.max_concurrent_workflow_tasks, plan.workflow_pollers
+    );
+    println!(
+        "  workflows   {} requested, {} completed, {} errors (after {} warm-up)",
+        plan.count, outcome.completed, outcome.errors, plan.warmup
+    );
+    let stopped = if outcome.stopped_early { ", stopped at the time limit" } else { "" };
+    println!("  elapsed     {elapsed_s:.2} s (limit {} s{stopped})", plan.max_seconds);
+    println!("  throughput  {throughput_wps:.1} workflows/s");
+    println!(
+        "  latency ms  p50 {p50:.3}  p90 {p90:.3}  p99 {p99:.3}  p99.9 {p999:.3}  max {max_ms:.3}  (mean {mean_ms:.3})"
+    );
+    for sample in &outcome.error_samples {
+        println!("  error       {sample}");
+    }
+}
+
+fn round3(value: f64) -> f64 {
+    (value * 1000.0).round() / 1000.0
+}
+
+/// `127.0.0.1:7470` and `http://127.0.0.1:7470` both name the same node.
+fn server_uri(server: &str) -> String {
+    if server.contains("://") { server.to_string() } else { format!("http://{server}") }
+}
+
+/// Makes this run's workflow ids distinct from every earlier run's on the same node.
+// The ban on reading the clock protects the deterministic core; a load generator's id prefix
+// is not part of any history's meaning.
+#[allow(clippy::disallowed_methods)]
+fn run_nonce() -> String {
+    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map(|since| since.as_millis()).unwrap_or(0);
+    format!("{millis:x}-{:x}", std::process::id())
+}

@@ -14,9 +14,8 @@ use crate::event::{EventKind, HistoryEvent};
 use crate::ids::{RunId, TaskToken, TokenTask, WorkflowKey};
 use crate::limits::{self, invalid};
 use crate::model::{
-    CANCELED_ERROR_TYPE, DueTimer, ErrorCode, Failure, HISTORY_LIMIT_ERROR_TYPE, NamespaceRecord,
-    ReadyTask, Rejection, Reply, RunStatus, RunSummary, TaskKind, TimeoutKind, TimerKind,
-    DEFAULT_WORKFLOW_TASK_TIMEOUT_MS,
+    CANCELED_ERROR_TYPE, DEFAULT_WORKFLOW_TASK_TIMEOUT_MS, DueTimer, ErrorCode, Failure, HISTORY_LIMIT_ERROR_TYPE,
+    NamespaceRecord, ReadyTask, Rejection, Reply, RunStatus, RunSummary, TaskKind, TimeoutKind, TimerKind,
 };
 use crate::payload::Payload;
 use crate::retry::workflow_task_retry_delay_ms;
@@ -28,8 +27,14 @@ use crate::state::{
 #[derive(Clone, Debug, PartialEq)]
 pub enum Write {
     /// Store the execution's current state (read it from the state after apply).
-    PutExecution { key: WorkflowKey },
-    AppendEvents { key: WorkflowKey, run_id: RunId, events: Vec<HistoryEvent> },
+    PutExecution {
+        key: WorkflowKey,
+    },
+    AppendEvents {
+        key: WorkflowKey,
+        run_id: RunId,
+        events: Vec<HistoryEvent>,
+    },
     PutReady(ReadyTask),
     DeleteReady(ReadyTask),
     PutTimer(DueTimer),
@@ -114,7 +119,9 @@ pub fn apply(state: &mut ShardState, command: &Command) -> Outcome {
             fail_activity_attempt(state, now, token, failure, Some(*timeout), &mut out)
         }
         CommandKind::RecordHeartbeat { token, details } => record_heartbeat(state, token, details, &mut out),
-        CommandKind::FireTimer { timer, attempt_dispatched } => fire_timer(state, now, timer, *attempt_dispatched, &mut out),
+        CommandKind::FireTimer { timer, attempt_dispatched } => {
+            fire_timer(state, now, timer, *attempt_dispatched, &mut out)
+        }
         CommandKind::Signal { key, run_id, name, input } => signal(state, now, key, run_id, name, input, &mut out),
         CommandKind::RequestCancel { key, run_id, reason } => request_cancel(state, now, key, run_id, reason, &mut out),
         CommandKind::Terminate { key, run_id, reason } => terminate(state, now, key, run_id, reason, &mut out),
@@ -122,7 +129,10 @@ pub fn apply(state: &mut ShardState, command: &Command) -> Outcome {
     match result {
         Ok(reply) => out.reply = reply,
         Err(rejection) => {
-            debug_assert!(out.writes.iter().all(|w| matches!(w, Write::DeleteTimer(_))), "rejections write nothing but timer cleanup");
+            debug_assert!(
+                out.writes.iter().all(|w| matches!(w, Write::DeleteTimer(_))),
+                "rejections write nothing but timer cleanup"
+            );
             out.writes.retain(|w| matches!(w, Write::DeleteTimer(_)));
             out.effects.clear();
             out.reply = Reply::Rejected(rejection);
@@ -211,8 +221,11 @@ struct NewRun<'a> {
 
 /// Creates a run with its `WorkflowStarted` event and first workflow task.
 fn new_run(key: &WorkflowKey, now: u64, spec: NewRun<'_>, out: &mut Outcome) -> RunState {
-    let timeout_ms =
-        if spec.workflow_task_timeout_ms == 0 { DEFAULT_WORKFLOW_TASK_TIMEOUT_MS } else { spec.workflow_task_timeout_ms };
+    let timeout_ms = if spec.workflow_task_timeout_ms == 0 {
+        DEFAULT_WORKFLOW_TASK_TIMEOUT_MS
+    } else {
+        spec.workflow_task_timeout_ms
+    };
     let mut run = RunState {
         run_id: spec.run_id.to_string(),
         workflow_type: spec.workflow_type.to_string(),
@@ -233,6 +246,7 @@ fn new_run(key: &WorkflowKey, now: u64, spec: NewRun<'_>, out: &mut Outcome) -> 
         cancel_requested: false,
         continued_as_run_id: String::new(),
         close_event_id: 0,
+        last_event_ms: now,
     };
     record(
         key,
@@ -258,7 +272,9 @@ fn record(key: &WorkflowKey, run: &mut RunState, now: u64, kind: EventKind, out:
     let event_id = run.next_event_id;
     run.next_event_id += 1;
     run.history_bytes += kind.size_bytes();
-    let event = HistoryEvent { event_id, time_ms: now, kind };
+    let time_ms = now.max(run.last_event_ms);
+    run.last_event_ms = time_ms;
+    let event = HistoryEvent { event_id, time_ms, kind };
     match out.writes.last_mut() {
         Some(Write::AppendEvents { key: k, run_id, events }) if k == key && *run_id == run.run_id => events.push(event),
         _ => out.writes.push(Write::AppendEvents { key: key.clone(), run_id: run.run_id.clone(), events: vec![event] }),
@@ -413,7 +429,9 @@ fn workflow_token_run<'s>(state: &'s mut ShardState, token: &TaskToken) -> Resul
     };
     let run = token_run(state, token)?;
     match &run.workflow_task {
-        Some(task) if task.is_ready() && task.scheduled_event_id == scheduled_event_id && task.attempt == token.attempt => {
+        Some(task)
+            if task.is_ready() && task.scheduled_event_id == scheduled_event_id && task.attempt == token.attempt =>
+        {
             Ok((run, seen_event_id))
         }
         _ => Err(stale(token, "the workflow task was already completed, failed or timed out")),
@@ -495,7 +513,9 @@ fn check_workflow_commands(run: &RunState, commands: &[WorkflowCommand]) -> Resu
                 limits::check_duration("signal timeout", *timeout_ms)?;
                 new_operations += 1;
             }
-            WorkflowCommand::CompleteWorkflow { result } => limits::check_payload("workflow result", result.as_bytes())?,
+            WorkflowCommand::CompleteWorkflow { result } => {
+                limits::check_payload("workflow result", result.as_bytes())?
+            }
             WorkflowCommand::FailWorkflow { failure } => {
                 sanitize_failure(failure)?;
             }
@@ -570,9 +590,12 @@ fn complete_workflow_task(
         match command {
             WorkflowCommand::RecordStep { seq, name, outcome, attempts } => {
                 let kind = match outcome {
-                    StepOutcome::Completed(result) => {
-                        EventKind::StepCompleted { seq: *seq, name: name.clone(), result: result.clone(), attempts: *attempts }
-                    }
+                    StepOutcome::Completed(result) => EventKind::StepCompleted {
+                        seq: *seq,
+                        name: name.clone(),
+                        result: result.clone(),
+                        attempts: *attempts,
+                    },
                     StepOutcome::Failed(failure) => EventKind::StepFailed {
                         seq: *seq,
                         name: name.clone(),
@@ -648,7 +671,12 @@ fn complete_workflow_task(
                 record(key, run, now, EventKind::TimerStarted { seq: *seq, duration_ms: *duration_ms, fire_ms }, out);
                 run.timers.insert(*seq, TimerState { fire_ms });
                 arm_timer(
-                    DueTimer { due_ms: fire_ms, key: key.clone(), run_id: run.run_id.clone(), kind: TimerKind::User { seq: *seq } },
+                    DueTimer {
+                        due_ms: fire_ms,
+                        key: key.clone(),
+                        run_id: run.run_id.clone(),
+                        kind: TimerKind::User { seq: *seq },
+                    },
                     out,
                 );
             }
@@ -659,10 +687,22 @@ fn complete_workflow_task(
                 }
             }
             WorkflowCommand::WaitSignal { seq, name, timeout_ms } => {
-                record(key, run, now, EventKind::SignalWaitStarted { seq: *seq, name: name.clone(), timeout_ms: *timeout_ms }, out);
+                record(
+                    key,
+                    run,
+                    now,
+                    EventKind::SignalWaitStarted { seq: *seq, name: name.clone(), timeout_ms: *timeout_ms },
+                    out,
+                );
                 if let Some(position) = run.buffered_signals.iter().position(|s| s.name == *name) {
                     let signal = run.buffered_signals.remove(position).expect("position is in range");
-                    record(key, run, now, EventKind::SignalConsumed { seq: *seq, name: name.clone(), payload: signal.payload }, out);
+                    record(
+                        key,
+                        run,
+                        now,
+                        EventKind::SignalConsumed { seq: *seq, name: name.clone(), payload: signal.payload },
+                        out,
+                    );
                     resolved_now = true;
                 } else {
                     run.signal_waits.insert(*seq, SignalWait { name: name.clone(), timeout_ms: *timeout_ms });
@@ -680,7 +720,14 @@ fn complete_workflow_task(
                 }
             }
             WorkflowCommand::CompleteWorkflow { result } => {
-                close_run(key, run, now, EventKind::WorkflowCompleted { result: result.clone() }, RunStatus::Completed, out);
+                close_run(
+                    key,
+                    run,
+                    now,
+                    EventKind::WorkflowCompleted { result: result.clone() },
+                    RunStatus::Completed,
+                    out,
+                );
             }
             WorkflowCommand::FailWorkflow { failure } => {
                 let failure = sanitize_failure(failure)?;
@@ -691,7 +738,8 @@ fn complete_workflow_task(
                 }
             }
             WorkflowCommand::ContinueAsNew { input, workflow_type, task_queue } => {
-                let workflow_type = if workflow_type.is_empty() { run.workflow_type.clone() } else { workflow_type.clone() };
+                let workflow_type =
+                    if workflow_type.is_empty() { run.workflow_type.clone() } else { workflow_type.clone() };
                 let task_queue = if task_queue.is_empty() { run.task_queue.clone() } else { task_queue.clone() };
                 close_run(
                     key,
@@ -720,7 +768,8 @@ fn complete_workflow_task(
             }
         }
     }
-    let next_task = if resolved_now || had_unseen_events { schedule_workflow_task(key, run, now, 1, out) } else { None };
+    let next_task =
+        if resolved_now || had_unseen_events { schedule_workflow_task(key, run, now, 1, out) } else { None };
     if inline_next_task && next_task.is_some() {
         // The completing worker gets it in the reply; no poller must get it too.
         out.effects.retain(|effect| !matches!(effect, Effect::TaskReady(t) if Some(t) == next_task.as_ref()));
@@ -732,7 +781,13 @@ fn complete_workflow_task(
     Ok(Reply::WorkflowTaskCompleted { next_task })
 }
 
-fn fail_workflow_task(state: &mut ShardState, now: u64, token: &TaskToken, failure: &Failure, out: &mut Outcome) -> Handled {
+fn fail_workflow_task(
+    state: &mut ShardState,
+    now: u64,
+    token: &TaskToken,
+    failure: &Failure,
+    out: &mut Outcome,
+) -> Handled {
     let key = &token.key;
     let failure = sanitize_failure(failure)?;
     let (run, _) = workflow_token_run(state, token)?;
@@ -754,10 +809,19 @@ fn fail_workflow_task(state: &mut ShardState, now: u64, token: &TaskToken, failu
     );
     let attempt = task.attempt.saturating_add(1);
     let due_ms = now.saturating_add(workflow_task_retry_delay_ms(task.attempt));
-    run.workflow_task =
-        Some(WorkflowTaskState { attempt, scheduled_event_id: 0, backoff_until_ms: due_ms, last_failure: Some(failure) });
+    run.workflow_task = Some(WorkflowTaskState {
+        attempt,
+        scheduled_event_id: 0,
+        backoff_until_ms: due_ms,
+        last_failure: Some(failure),
+    });
     arm_timer(
-        DueTimer { due_ms, key: key.clone(), run_id: run.run_id.clone(), kind: TimerKind::WorkflowTaskRetry { attempt } },
+        DueTimer {
+            due_ms,
+            key: key.clone(),
+            run_id: run.run_id.clone(),
+            kind: TimerKind::WorkflowTaskRetry { attempt },
+        },
         out,
     );
     out.writes.push(Write::PutExecution { key: key.clone() });
@@ -799,7 +863,13 @@ fn activity_token_run<'s>(state: &'s mut ShardState, token: &TaskToken) -> Resul
     }
 }
 
-fn complete_activity(state: &mut ShardState, now: u64, token: &TaskToken, result: &Payload, out: &mut Outcome) -> Handled {
+fn complete_activity(
+    state: &mut ShardState,
+    now: u64,
+    token: &TaskToken,
+    result: &Payload,
+    out: &mut Outcome,
+) -> Handled {
     let key = &token.key;
     limits::check_payload("activity result", result.as_bytes())?;
     let (run, seq) = activity_token_run(state, token)?;
@@ -897,7 +967,13 @@ fn record_heartbeat(state: &mut ShardState, token: &TaskToken, details: &Payload
     Ok(Reply::Heartbeat { cancel_requested: false })
 }
 
-fn fire_timer(state: &mut ShardState, now: u64, timer: &DueTimer, attempt_dispatched: bool, out: &mut Outcome) -> Handled {
+fn fire_timer(
+    state: &mut ShardState,
+    now: u64,
+    timer: &DueTimer,
+    attempt_dispatched: bool,
+    out: &mut Outcome,
+) -> Handled {
     out.writes.push(Write::DeleteTimer(timer.clone()));
     let key = &timer.key;
     let Some(execution) = state.executions.get_mut(key) else { return Ok(Reply::Done) };
@@ -956,7 +1032,13 @@ fn fire_timer(state: &mut ShardState, now: u64, timer: &DueTimer, attempt_dispat
             Some(activity) if activity.attempt == attempt && activity.is_ready() && !attempt_dispatched => {
                 let activity = run.activities.remove(&seq).expect("just found");
                 out.writes.push(Write::DeleteReady(activity_ready_task(key, &timer.run_id, seq, &activity)));
-                record(key, run, now, EventKind::ActivityTimedOut { seq, attempt, timeout: TimeoutKind::ScheduleToStart }, out);
+                record(
+                    key,
+                    run,
+                    now,
+                    EventKind::ActivityTimedOut { seq, attempt, timeout: TimeoutKind::ScheduleToStart },
+                    out,
+                );
                 schedule_workflow_task(key, run, now, 1, out);
                 true
             }
@@ -964,14 +1046,21 @@ fn fire_timer(state: &mut ShardState, now: u64, timer: &DueTimer, attempt_dispat
         },
         TimerKind::ActivityScheduleToClose { seq } => match run.activities.get(&seq) {
             Some(activity)
-                if activity.scheduled_ms.saturating_add(activity.options.schedule_to_close_timeout_ms) == timer.due_ms =>
+                if activity.scheduled_ms.saturating_add(activity.options.schedule_to_close_timeout_ms)
+                    == timer.due_ms =>
             {
                 let activity = run.activities.remove(&seq).expect("just found");
                 if activity.is_ready() {
                     out.writes.push(Write::DeleteReady(activity_ready_task(key, &timer.run_id, seq, &activity)));
                 }
                 let attempt = activity.attempt;
-                record(key, run, now, EventKind::ActivityTimedOut { seq, attempt, timeout: TimeoutKind::ScheduleToClose }, out);
+                record(
+                    key,
+                    run,
+                    now,
+                    EventKind::ActivityTimedOut { seq, attempt, timeout: TimeoutKind::ScheduleToClose },
+                    out,
+                );
                 schedule_workflow_task(key, run, now, 1, out);
                 true
             }
@@ -1025,7 +1114,13 @@ fn signal(
     match waiting {
         Some(seq) => {
             run.signal_waits.remove(&seq);
-            record(key, run, now, EventKind::SignalConsumed { seq, name: name.to_string(), payload: input.clone() }, out);
+            record(
+                key,
+                run,
+                now,
+                EventKind::SignalConsumed { seq, name: name.to_string(), payload: input.clone() },
+                out,
+            );
             schedule_workflow_task(key, run, now, 1, out);
         }
         None => run.buffered_signals.push_back(BufferedSignal { name: name.to_string(), payload: input.clone() }),

@@ -77,7 +77,10 @@ impl Harness {
             shard: 0,
             key: key(id),
             run_id: run.run_id.clone(),
-            task: TokenTask::Workflow { scheduled_event_id: task.scheduled_event_id, seen_event_id: run.history_length() },
+            task: TokenTask::Workflow {
+                scheduled_event_id: task.scheduled_event_id,
+                seen_event_id: run.history_length(),
+            },
             attempt: task.attempt,
             started_ms: self.now_ms,
         }
@@ -157,7 +160,11 @@ fn workflow_id_reuse_and_request_id_dedup() {
     assert_eq!(rejected(&h.start("order-1", "req-2")), ErrorCode::AlreadyExists);
     h.complete_task("order-1", vec![WorkflowCommand::CompleteWorkflow { result: json("1") }]);
     assert_eq!(h.state.run(&key("order-1")).map(|r| r.status), Some(RunStatus::Completed));
-    assert_eq!(h.start("order-1", "req-1"), Reply::Started { run_id: "run-1".into(), started: false }, "same request id after close");
+    assert_eq!(
+        h.start("order-1", "req-1"),
+        Reply::Started { run_id: "run-1".into(), started: false },
+        "same request id after close"
+    );
     assert!(matches!(h.start("order-1", "req-3"), Reply::Started { started: true, .. }), "id reuse after close");
 }
 
@@ -192,9 +199,15 @@ fn stale_and_repeated_tokens_are_rejected() {
     h.start("w", "");
     let token = h.workflow_token("w");
     let commands = vec![step(1, "a", "1")];
-    let first = h.run(CommandKind::CompleteWorkflowTask { token: token.clone(), commands: commands.clone(), new_run_id: "x".into(), inline_next_task: false });
+    let first = h.run(CommandKind::CompleteWorkflowTask {
+        token: token.clone(),
+        commands: commands.clone(),
+        new_run_id: "x".into(),
+        inline_next_task: false,
+    });
     assert!(matches!(first.reply, Reply::WorkflowTaskCompleted { .. }));
-    let again = h.run(CommandKind::CompleteWorkflowTask { token, commands, new_run_id: "x".into(), inline_next_task: false });
+    let again =
+        h.run(CommandKind::CompleteWorkflowTask { token, commands, new_run_id: "x".into(), inline_next_task: false });
     assert_eq!(rejected(&again.reply), ErrorCode::FailedPrecondition);
     assert!(again.writes.is_empty(), "a rejected command writes nothing");
     assert_eq!(h.history("w").iter().filter(|t| **t == "StepCompleted").count(), 1, "recorded exactly once");
@@ -214,12 +227,16 @@ fn seqs_must_grow_and_closing_commands_come_last() {
 fn activity_retries_by_policy_then_completes() {
     let mut h = Harness::default();
     h.start("w", "");
-    let policy = RetryPolicy { initial_interval_ms: 1000, backoff_coefficient: 2.0, maximum_attempts: 3, ..Default::default() };
+    let policy =
+        RetryPolicy { initial_interval_ms: 1000, backoff_coefficient: 2.0, maximum_attempts: 3, ..Default::default() };
     h.complete_task("w", vec![activity(1, policy)]);
     let token = h.activity_token("w", 1);
     h.run(CommandKind::FailActivity { token: token.clone(), failure: Failure::new("Io", "card network down") });
     // The old attempt's token is stale now.
-    assert_eq!(rejected(&h.run(CommandKind::CompleteActivity { token, result: json("1") }).reply), ErrorCode::FailedPrecondition);
+    assert_eq!(
+        rejected(&h.run(CommandKind::CompleteActivity { token, result: json("1") }).reply),
+        ErrorCode::FailedPrecondition
+    );
     let run = h.state.run(&key("w")).expect("exists");
     assert_eq!(run.activities[&1].attempt, 2);
     assert!(!run.activities[&1].is_ready(), "backing off");
@@ -268,7 +285,10 @@ fn timers_fire_once_and_canceled_timers_do_not_fire() {
     let now = h.now_ms;
     h.fire_due_timers(now + 2000);
     assert!(h.history("w").contains(&"TimerFired"));
-    h.complete_task("w", vec![WorkflowCommand::StartTimer { seq: 2, duration_ms: 5000 }, WorkflowCommand::CancelTimer { seq: 2 }]);
+    h.complete_task(
+        "w",
+        vec![WorkflowCommand::StartTimer { seq: 2, duration_ms: 5000 }, WorkflowCommand::CancelTimer { seq: 2 }],
+    );
     let now = h.now_ms;
     h.fire_due_timers(now + 5000);
     let history = h.history("w");
@@ -283,7 +303,8 @@ fn signals_are_buffered_until_consumed() {
     h.start("w", "");
     h.run(CommandKind::Signal { key: key("w"), run_id: String::new(), name: "approve".into(), input: json("true") });
     assert_eq!(h.state.run(&key("w")).expect("exists").buffered_signals.len(), 1);
-    let reply = h.complete_task("w", vec![WorkflowCommand::WaitSignal { seq: 1, name: "approve".into(), timeout_ms: 0 }]);
+    let reply =
+        h.complete_task("w", vec![WorkflowCommand::WaitSignal { seq: 1, name: "approve".into(), timeout_ms: 0 }]);
     assert!(matches!(reply, Reply::WorkflowTaskCompleted { next_task: Some(_) }), "consumed at once: {reply:?}");
     assert!(h.history("w").contains(&"SignalConsumed"));
 }
@@ -306,7 +327,10 @@ fn signal_wait_times_out() {
 fn cancel_resolves_waiting_operations_and_the_code_decides() {
     let mut h = Harness::default();
     h.start("w", "");
-    h.complete_task("w", vec![activity(1, RetryPolicy::default()), WorkflowCommand::StartTimer { seq: 2, duration_ms: 10_000 }]);
+    h.complete_task(
+        "w",
+        vec![activity(1, RetryPolicy::default()), WorkflowCommand::StartTimer { seq: 2, duration_ms: 10_000 }],
+    );
     h.run(CommandKind::RequestCancel { key: key("w"), run_id: String::new(), reason: "user".into() });
     let history = h.history("w");
     for expected in ["CancelRequested", "ActivityCanceled", "TimerCanceled", "WorkflowTaskScheduled"] {
@@ -324,8 +348,19 @@ fn terminate_closes_and_drops_pending_work() {
     let outcome = h.run(CommandKind::Terminate { key: key("w"), run_id: String::new(), reason: "ops".into() });
     assert!(outcome.effects.iter().any(|e| matches!(e, Effect::RunClosed { .. })));
     assert!(outcome.writes.iter().any(|w| matches!(w, Write::DeleteReady(_))), "the ready workflow task is removed");
-    assert_eq!(rejected(&h.run(CommandKind::Signal { key: key("w"), run_id: String::new(), name: "s".into(), input: json("1") }).reply), ErrorCode::FailedPrecondition);
-    assert_eq!(rejected(&h.run(CommandKind::Terminate { key: key("nope"), run_id: String::new(), reason: String::new() }).reply), ErrorCode::NotFound);
+    assert_eq!(
+        rejected(
+            &h.run(CommandKind::Signal { key: key("w"), run_id: String::new(), name: "s".into(), input: json("1") })
+                .reply
+        ),
+        ErrorCode::FailedPrecondition
+    );
+    assert_eq!(
+        rejected(
+            &h.run(CommandKind::Terminate { key: key("nope"), run_id: String::new(), reason: String::new() }).reply
+        ),
+        ErrorCode::NotFound
+    );
 }
 
 #[test]
@@ -351,7 +386,18 @@ fn workflow_task_timeout_reschedules() {
     let token = h.workflow_token("w");
     h.run(CommandKind::WorkflowTaskTimedOut { token: token.clone() });
     assert_eq!(h.state.run(&key("w")).and_then(|r| r.workflow_task.as_ref()).map(|t| t.attempt), Some(2));
-    assert_eq!(rejected(&h.run(CommandKind::CompleteWorkflowTask { token, commands: vec![], new_run_id: "x".into(), inline_next_task: false }).reply), ErrorCode::FailedPrecondition);
+    assert_eq!(
+        rejected(
+            &h.run(CommandKind::CompleteWorkflowTask {
+                token,
+                commands: vec![],
+                new_run_id: "x".into(),
+                inline_next_task: false
+            })
+            .reply
+        ),
+        ErrorCode::FailedPrecondition
+    );
 }
 
 #[test]
@@ -359,7 +405,14 @@ fn continue_as_new_starts_a_fresh_run() {
     let mut h = Harness::default();
     h.start("w", "");
     let old_run = h.state.run(&key("w")).expect("exists").run_id.clone();
-    h.complete_task("w", vec![WorkflowCommand::ContinueAsNew { input: json("2"), workflow_type: String::new(), task_queue: String::new() }]);
+    h.complete_task(
+        "w",
+        vec![WorkflowCommand::ContinueAsNew {
+            input: json("2"),
+            workflow_type: String::new(),
+            task_queue: String::new(),
+        }],
+    );
     let run = h.state.run(&key("w")).expect("exists");
     assert_ne!(run.run_id, old_run);
     assert_eq!(run.status, RunStatus::Running);
@@ -408,15 +461,26 @@ fn bad_input_is_rejected_not_panicking() {
     }
     let big = Payload(vec![b'1'; crate::limits::PAYLOAD_BYTES_MAX + 1]);
     h.start("w", "");
-    assert_eq!(rejected(&h.run(CommandKind::Signal { key: key("w"), run_id: String::new(), name: "s".into(), input: big }).reply), ErrorCode::InvalidArgument);
+    assert_eq!(
+        rejected(
+            &h.run(CommandKind::Signal { key: key("w"), run_id: String::new(), name: "s".into(), input: big }).reply
+        ),
+        ErrorCode::InvalidArgument
+    );
     assert!(h.state.executions.len() == 1);
 }
 
 #[test]
 fn namespaces_are_unique() {
     let mut h = Harness::default();
-    assert!(matches!(h.run(CommandKind::CreateNamespace { name: "payments".into(), description: String::new() }).reply, Reply::NamespaceCreated(_)));
-    assert_eq!(rejected(&h.run(CommandKind::CreateNamespace { name: "payments".into(), description: String::new() }).reply), ErrorCode::AlreadyExists);
+    assert!(matches!(
+        h.run(CommandKind::CreateNamespace { name: "payments".into(), description: String::new() }).reply,
+        Reply::NamespaceCreated(_)
+    ));
+    assert_eq!(
+        rejected(&h.run(CommandKind::CreateNamespace { name: "payments".into(), description: String::new() }).reply),
+        ErrorCode::AlreadyExists
+    );
 }
 
 // ---- property tests ----
@@ -497,7 +561,10 @@ fn command_for(h: &Harness, action: &Action) -> Option<CommandKind> {
             shard: 0,
             key: wf_key(wf),
             run_id: run.run_id.clone(),
-            task: TokenTask::Workflow { scheduled_event_id: task.scheduled_event_id, seen_event_id: run.history_length() },
+            task: TokenTask::Workflow {
+                scheduled_event_id: task.scheduled_event_id,
+                seen_event_id: run.history_length(),
+            },
             attempt: task.attempt,
             started_ms: h.now_ms,
         })
@@ -539,15 +606,24 @@ fn command_for(h: &Harness, action: &Action) -> Option<CommandKind> {
                 seq += 1;
                 let command = match op {
                     Op::Step => step(seq, "s", "1"),
-                    Op::Activity => activity(seq, RetryPolicy { maximum_attempts: 2, initial_interval_ms: 100, ..Default::default() }),
+                    Op::Activity => activity(
+                        seq,
+                        RetryPolicy { maximum_attempts: 2, initial_interval_ms: 100, ..Default::default() },
+                    ),
                     Op::Timer(ms) => WorkflowCommand::StartTimer { seq, duration_ms: u64::from(*ms) },
                     Op::CancelTimer => WorkflowCommand::CancelTimer { seq: seq.saturating_sub(1).max(1) },
-                    Op::WaitSignal(n, ms) => WorkflowCommand::WaitSignal { seq, name: signal_name(*n), timeout_ms: u64::from(*ms) },
+                    Op::WaitSignal(n, ms) => {
+                        WorkflowCommand::WaitSignal { seq, name: signal_name(*n), timeout_ms: u64::from(*ms) }
+                    }
                     Op::Complete => WorkflowCommand::CompleteWorkflow { result: json("1") },
                     Op::Fail(canceled) => WorkflowCommand::FailWorkflow {
                         failure: Failure::new(if *canceled { crate::model::CANCELED_ERROR_TYPE } else { "E" }, "x"),
                     },
-                    Op::ContinueAsNew => WorkflowCommand::ContinueAsNew { input: json("1"), workflow_type: String::new(), task_queue: String::new() },
+                    Op::ContinueAsNew => WorkflowCommand::ContinueAsNew {
+                        input: json("1"),
+                        workflow_type: String::new(),
+                        task_queue: String::new(),
+                    },
                 };
                 let closes = command.closes_run();
                 commands.push(command);
@@ -555,11 +631,20 @@ fn command_for(h: &Harness, action: &Action) -> Option<CommandKind> {
                     break;
                 }
             }
-            CommandKind::CompleteWorkflowTask { token, commands, new_run_id: format!("run-{}", h.next_run), inline_next_task: false }
+            CommandKind::CompleteWorkflowTask {
+                token,
+                commands,
+                new_run_id: format!("run-{}", h.next_run),
+                inline_next_task: false,
+            }
         }
-        Action::FailTask { wf } => CommandKind::FailWorkflowTask { token: token_for(*wf)?, failure: Failure::new("E", "x") },
+        Action::FailTask { wf } => {
+            CommandKind::FailWorkflowTask { token: token_for(*wf)?, failure: Failure::new("E", "x") }
+        }
         Action::TimeoutTask { wf } => CommandKind::WorkflowTaskTimedOut { token: token_for(*wf)? },
-        Action::CompleteActivity { wf, pick } => CommandKind::CompleteActivity { token: activity_token(*wf, *pick)?, result: json("1") },
+        Action::CompleteActivity { wf, pick } => {
+            CommandKind::CompleteActivity { token: activity_token(*wf, *pick)?, result: json("1") }
+        }
         Action::FailActivity { wf, pick, non_retryable } => {
             let mut failure = Failure::new("E", "x");
             failure.non_retryable = *non_retryable;
@@ -569,10 +654,18 @@ fn command_for(h: &Harness, action: &Action) -> Option<CommandKind> {
             token: activity_token(*wf, *pick)?,
             timeout: crate::model::TimeoutKind::StartToClose,
         },
-        Action::Heartbeat { wf, pick } => CommandKind::RecordHeartbeat { token: activity_token(*wf, *pick)?, details: json("7") },
-        Action::Signal { wf, name } => CommandKind::Signal { key: wf_key(*wf), run_id: String::new(), name: signal_name(*name), input: json("1") },
-        Action::Cancel { wf } => CommandKind::RequestCancel { key: wf_key(*wf), run_id: String::new(), reason: "r".into() },
-        Action::Terminate { wf } => CommandKind::Terminate { key: wf_key(*wf), run_id: String::new(), reason: "r".into() },
+        Action::Heartbeat { wf, pick } => {
+            CommandKind::RecordHeartbeat { token: activity_token(*wf, *pick)?, details: json("7") }
+        }
+        Action::Signal { wf, name } => {
+            CommandKind::Signal { key: wf_key(*wf), run_id: String::new(), name: signal_name(*name), input: json("1") }
+        }
+        Action::Cancel { wf } => {
+            CommandKind::RequestCancel { key: wf_key(*wf), run_id: String::new(), reason: "r".into() }
+        }
+        Action::Terminate { wf } => {
+            CommandKind::Terminate { key: wf_key(*wf), run_id: String::new(), reason: "r".into() }
+        }
         Action::Advance { .. } => return None,
     })
 }
@@ -665,7 +758,10 @@ fn timer_kinds_cover_every_reason() {
     h.start("w", "");
     for kind in kinds {
         let run_id = h.state.run(&key("w")).expect("exists").run_id.clone();
-        let outcome = h.run(CommandKind::FireTimer { timer: DueTimer { due_ms: 1, key: key("w"), run_id, kind }, attempt_dispatched: false });
+        let outcome = h.run(CommandKind::FireTimer {
+            timer: DueTimer { due_ms: 1, key: key("w"), run_id, kind },
+            attempt_dispatched: false,
+        });
         assert_eq!(outcome.reply, Reply::Done, "an irrelevant timer is a no-op");
         assert_eq!(outcome.writes.len(), 1, "it only deletes itself");
     }

@@ -116,7 +116,12 @@ impl CommandKind {
 /// One decision of workflow code, carried by a workflow task completion.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum WorkflowCommand {
-    RecordStep { seq: u32, name: String, outcome: StepOutcome, attempts: u32 },
+    RecordStep {
+        seq: u32,
+        name: String,
+        outcome: StepOutcome,
+        attempts: u32,
+    },
     ScheduleActivity {
         seq: u32,
         activity_type: String,
@@ -126,12 +131,29 @@ pub enum WorkflowCommand {
         retry_policy: RetryPolicy,
         options: ActivityOptions,
     },
-    StartTimer { seq: u32, duration_ms: u64 },
-    CancelTimer { seq: u32 },
-    WaitSignal { seq: u32, name: String, timeout_ms: u64 },
-    CompleteWorkflow { result: Payload },
-    FailWorkflow { failure: Failure },
-    ContinueAsNew { input: Payload, workflow_type: String, task_queue: String },
+    StartTimer {
+        seq: u32,
+        duration_ms: u64,
+    },
+    CancelTimer {
+        seq: u32,
+    },
+    WaitSignal {
+        seq: u32,
+        name: String,
+        timeout_ms: u64,
+    },
+    CompleteWorkflow {
+        result: Payload,
+    },
+    FailWorkflow {
+        failure: Failure,
+    },
+    ContinueAsNew {
+        input: Payload,
+        workflow_type: String,
+        task_queue: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

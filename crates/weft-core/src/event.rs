@@ -28,13 +28,37 @@ pub enum EventKind {
         continued_from_run_id: Option<String>,
         workflow_task_timeout_ms: u64,
     },
-    WorkflowTaskScheduled { attempt: u32 },
-    WorkflowTaskStarted { scheduled_event_id: u64, attempt: u32 },
-    WorkflowTaskCompleted { scheduled_event_id: u64 },
-    WorkflowTaskFailed { scheduled_event_id: u64, attempt: u32, failure: Failure },
-    WorkflowTaskTimedOut { scheduled_event_id: u64, attempt: u32 },
-    StepCompleted { seq: u32, name: String, result: Payload, attempts: u32 },
-    StepFailed { seq: u32, name: String, failure: Failure, attempts: u32 },
+    WorkflowTaskScheduled {
+        attempt: u32,
+    },
+    WorkflowTaskStarted {
+        scheduled_event_id: u64,
+        attempt: u32,
+    },
+    WorkflowTaskCompleted {
+        scheduled_event_id: u64,
+    },
+    WorkflowTaskFailed {
+        scheduled_event_id: u64,
+        attempt: u32,
+        failure: Failure,
+    },
+    WorkflowTaskTimedOut {
+        scheduled_event_id: u64,
+        attempt: u32,
+    },
+    StepCompleted {
+        seq: u32,
+        name: String,
+        result: Payload,
+        attempts: u32,
+    },
+    StepFailed {
+        seq: u32,
+        name: String,
+        failure: Failure,
+        attempts: u32,
+    },
     ActivityScheduled {
         seq: u32,
         activity_type: String,
@@ -43,26 +67,86 @@ pub enum EventKind {
         retry_policy: RetryPolicy,
         options: ActivityOptions,
     },
-    ActivityStarted { seq: u32, attempt: u32 },
-    ActivityCompleted { seq: u32, attempt: u32, result: Payload },
-    ActivityAttemptFailed { seq: u32, attempt: u32, failure: Failure, next_attempt_ms: u64 },
-    ActivityFailed { seq: u32, attempt: u32, failure: Failure },
-    ActivityTimedOut { seq: u32, attempt: u32, timeout: TimeoutKind },
-    ActivityCanceled { seq: u32 },
-    TimerStarted { seq: u32, duration_ms: u64, fire_ms: u64 },
-    TimerFired { seq: u32 },
-    TimerCanceled { seq: u32 },
-    SignalReceived { name: String, payload: Payload },
-    SignalWaitStarted { seq: u32, name: String, timeout_ms: u64 },
-    SignalConsumed { seq: u32, name: String, payload: Payload },
-    SignalWaitTimedOut { seq: u32, name: String },
-    SignalWaitCanceled { seq: u32, name: String },
-    CancelRequested { reason: String },
-    WorkflowCompleted { result: Payload },
-    WorkflowFailed { failure: Failure },
-    WorkflowCanceled { failure: Failure },
-    WorkflowTerminated { reason: String },
-    WorkflowContinuedAsNew { new_run_id: String, input: Payload },
+    ActivityStarted {
+        seq: u32,
+        attempt: u32,
+    },
+    ActivityCompleted {
+        seq: u32,
+        attempt: u32,
+        result: Payload,
+    },
+    ActivityAttemptFailed {
+        seq: u32,
+        attempt: u32,
+        failure: Failure,
+        next_attempt_ms: u64,
+    },
+    ActivityFailed {
+        seq: u32,
+        attempt: u32,
+        failure: Failure,
+    },
+    ActivityTimedOut {
+        seq: u32,
+        attempt: u32,
+        timeout: TimeoutKind,
+    },
+    ActivityCanceled {
+        seq: u32,
+    },
+    TimerStarted {
+        seq: u32,
+        duration_ms: u64,
+        fire_ms: u64,
+    },
+    TimerFired {
+        seq: u32,
+    },
+    TimerCanceled {
+        seq: u32,
+    },
+    SignalReceived {
+        name: String,
+        payload: Payload,
+    },
+    SignalWaitStarted {
+        seq: u32,
+        name: String,
+        timeout_ms: u64,
+    },
+    SignalConsumed {
+        seq: u32,
+        name: String,
+        payload: Payload,
+    },
+    SignalWaitTimedOut {
+        seq: u32,
+        name: String,
+    },
+    SignalWaitCanceled {
+        seq: u32,
+        name: String,
+    },
+    CancelRequested {
+        reason: String,
+    },
+    WorkflowCompleted {
+        result: Payload,
+    },
+    WorkflowFailed {
+        failure: Failure,
+    },
+    WorkflowCanceled {
+        failure: Failure,
+    },
+    WorkflowTerminated {
+        reason: String,
+    },
+    WorkflowContinuedAsNew {
+        new_run_id: String,
+        input: Payload,
+    },
 }
 
 impl EventKind {
@@ -178,7 +262,8 @@ pub fn validate_history(events: &[HistoryEvent]) -> Result<(), String> {
         if index > 0 && events[index - 1].time_ms > event.time_ms {
             return Err(format!("event {} is older than the event before it", event.event_id));
         }
-        let unmatched = |what: &str, seq: u32| Err(format!("event {} {what} seq {seq} matches no open schedule", event.event_id));
+        let unmatched =
+            |what: &str, seq: u32| Err(format!("event {} {what} seq {seq} matches no open schedule", event.event_id));
         match &event.kind {
             EventKind::ActivityScheduled { seq, .. } => {
                 open_activities.insert(*seq);

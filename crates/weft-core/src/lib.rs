@@ -27,8 +27,8 @@ pub use command::{Command, CommandKind, WorkflowCommand};
 pub use event::{EventKind, HistoryEvent};
 pub use ids::{RunId, ShardId, TaskToken, WorkflowKey, shard_for};
 pub use model::{
-    ActivityOptions, DueTimer, ErrorCode, Failure, NamespaceRecord, ReadyTask, Rejection, Reply,
-    RunStatus, RunSummary, TaskKind, TimeoutKind, TimerKind,
+    ActivityOptions, DueTimer, ErrorCode, Failure, NamespaceRecord, ReadyTask, Rejection, Reply, RunStatus, RunSummary,
+    TaskKind, TimeoutKind, TimerKind,
 };
 pub use payload::Payload;
 pub use retry::RetryPolicy;

@@ -27,10 +27,7 @@ pub fn check_name(what: &str, value: &str) -> Result<(), Rejection> {
         return Err(invalid(format!("{what} must not be empty")));
     }
     if value.len() > NAME_BYTES_MAX {
-        return Err(invalid(format!(
-            "{what} is {} bytes long; the limit is {NAME_BYTES_MAX} bytes",
-            value.len()
-        )));
+        return Err(invalid(format!("{what} is {} bytes long; the limit is {NAME_BYTES_MAX} bytes", value.len())));
     }
     if value.chars().any(char::is_control) {
         return Err(invalid(format!("{what} {value:?} contains a control character")));

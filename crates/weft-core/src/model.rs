@@ -17,7 +17,12 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(error_type: &str, message: impl Into<String>) -> Self {
-        Failure { message: message.into(), error_type: error_type.into(), non_retryable: false, details: Payload::default() }
+        Failure {
+            message: message.into(),
+            error_type: error_type.into(),
+            non_retryable: false,
+            details: Payload::default(),
+        }
     }
 }
 
@@ -103,12 +108,26 @@ pub struct ReadyTask {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, Hash)]
 pub enum TimerKind {
     /// `ctx.sleep`: the operation's seq.
-    User { seq: u32 },
-    SignalTimeout { seq: u32 },
-    ActivityRetry { seq: u32, attempt: u32 },
-    ActivityScheduleToStart { seq: u32, attempt: u32 },
-    ActivityScheduleToClose { seq: u32 },
-    WorkflowTaskRetry { attempt: u32 },
+    User {
+        seq: u32,
+    },
+    SignalTimeout {
+        seq: u32,
+    },
+    ActivityRetry {
+        seq: u32,
+        attempt: u32,
+    },
+    ActivityScheduleToStart {
+        seq: u32,
+        attempt: u32,
+    },
+    ActivityScheduleToClose {
+        seq: u32,
+    },
+    WorkflowTaskRetry {
+        attempt: u32,
+    },
 }
 
 /// A durable timer in the shard's due-time index.
@@ -167,11 +186,18 @@ impl Rejection {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Reply {
     Done,
-    Started { run_id: RunId, started: bool },
+    Started {
+        run_id: RunId,
+        started: bool,
+    },
     /// A workflow task completion; `next_task` is the workflow task that
     /// became ready at once, which the server may hand back inline.
-    WorkflowTaskCompleted { next_task: Option<ReadyTask> },
-    Heartbeat { cancel_requested: bool },
+    WorkflowTaskCompleted {
+        next_task: Option<ReadyTask>,
+    },
+    Heartbeat {
+        cancel_requested: bool,
+    },
     NamespaceCreated(NamespaceRecord),
     Rejected(Rejection),
 }

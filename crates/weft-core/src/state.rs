@@ -64,6 +64,9 @@ pub struct RunState {
     pub continued_as_run_id: String,
     /// Id of the closing event, 0 while open.
     pub close_event_id: u64,
+    /// Time of the latest event: event times never go backwards even when two
+    /// commands stamped by racing proposers commit out of stamp order.
+    pub last_event_ms: u64,
 }
 
 impl RunState {

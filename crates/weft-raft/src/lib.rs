@@ -1,1 +1,88 @@
-//! placeholder
+//! Weft's replication substrate: one openraft group per shard, all groups of a node sharing the
+//! node's one [`weft_storage::Db`].
+//!
+//! Owns: the openraft type config ([`TypeConfig`]), the per-shard log storage
+//! ([`log_store`]) with the node-wide group-commit fsync thread ([`log_sync`]), the per-shard
+//! state machine adapter and snapshots ([`state_machine`]), the Raft network seam ([`network`]),
+//! and the [`RaftHost`] that opens, initialises, drives and shuts down every shard's group.
+//!
+//! Architecture invariants:
+//! - Commands are opaque bytes ([`Proposal`]); replies are opaque bytes. This crate knows nothing
+//!   about workflows: the domain plugs in through [`ShardApplier`].
+//! - A log append is acknowledged to Raft only after an fsync covering it. Hence an
+//!   acknowledged (committed) entry is on disk on a majority; state-machine writes are not
+//!   fsynced and are rebuilt from the log after a crash (see `weft_storage::db`).
+//! - Applying entries writes the domain's changes and the applied log id in one atomic batch, so
+//!   the durable state is always "exactly the entries up to the applied log id".
+//! - The network is a seam ([`network::ShardNetworks`]): single-node groups never send RPCs, and
+//!   the gRPC transport of the multi-node milestone replaces [`network::NoNetwork`] without
+//!   touching storage.
+
+#![allow(
+    clippy::result_large_err,
+    reason = "openraft's storage traits fix the error type (openraft::StorageError, ~224 bytes); boxing it would only add conversions"
+)]
+
+use std::fmt;
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+pub mod host;
+pub mod log_store;
+pub mod log_sync;
+pub mod network;
+pub mod state_machine;
+
+#[cfg(test)]
+mod storage_tests;
+
+pub use host::{LogSyncStats, ProposeError, RaftHost, ShardRaftStatus};
+
+/// One command proposed to a shard's Raft group: opaque bytes encoded by the domain.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal(pub Vec<u8>);
+
+impl fmt::Debug for Proposal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Proposal({} bytes)", self.0.len())
+    }
+}
+
+impl fmt::Display for Proposal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "proposal of {} bytes", self.0.len())
+    }
+}
+
+openraft::declare_raft_types!(
+    /// The openraft type configuration shared by every shard's group.
+    pub TypeConfig:
+        D = Proposal,
+        R = Vec<u8>,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// Shorthand for openraft's storage error with our node id type.
+pub type RaftStorageError = openraft::StorageError<u64>;
+/// A log id with our node id type.
+pub type LogId = openraft::LogId<u64>;
+/// A stored membership with our node types.
+pub type StoredMembership = openraft::StoredMembership<u64, openraft::BasicNode>;
+/// Snapshot metadata with our node types.
+pub type SnapshotMeta = openraft::SnapshotMeta<u64, openraft::BasicNode>;
+
+/// The domain's hook into every shard's state machine. Object safe.
+pub trait ShardApplier: Send + Sync + 'static {
+    /// Applies the payload of one committed normal entry at `index` for `shard`, adding its state
+    /// changes to `batch`. Deterministic, never panics on any bytes; returns the reply bytes.
+    fn apply(&self, shard: u32, index: u64, payload: &[u8], batch: &mut weft_storage::StateBatch) -> Vec<u8>;
+    /// Called after the batch holding the applied entries was written to the db.
+    fn after_write(&self, shard: u32);
+    /// Rebuilds the shard's in-memory state from the db (at open, and after a snapshot was installed).
+    fn reload(&self, shard: u32, db: &weft_storage::Db) -> anyhow::Result<()>;
+}

@@ -38,11 +38,12 @@ impl Alarm {
         match self {
             Alarm::Durable { shard, timer } => AlarmKey::Durable { shard: *shard, timer: timer.clone() },
             Alarm::WorkflowTaskTimeout { token } => AlarmKey::WorkflowTaskTimeout(AttemptKey::of_token(token)),
-            Alarm::ActivityTimeout { token, timeout } => AlarmKey::ActivityTimeout(AttemptKey::of_token(token), *timeout),
+            Alarm::ActivityTimeout { token, timeout } => {
+                AlarmKey::ActivityTimeout(AttemptKey::of_token(token), *timeout)
+            }
         }
     }
 }
-
 
 #[derive(Default)]
 struct Schedule {
@@ -145,7 +146,12 @@ mod tests {
     fn timer(due_ms: u64, seq: u32) -> Alarm {
         Alarm::Durable {
             shard: 0,
-            timer: DueTimer { due_ms, key: WorkflowKey::new("d", "w"), run_id: "r".into(), kind: TimerKind::User { seq } },
+            timer: DueTimer {
+                due_ms,
+                key: WorkflowKey::new("d", "w"),
+                run_id: "r".into(),
+                kind: TimerKind::User { seq },
+            },
         }
     }
 

@@ -178,7 +178,8 @@ pub fn event_to_proto(event: &HistoryEvent) -> pb::HistoryEvent {
             out.attempt = *attempt;
             out.payload = result.0.clone();
         }
-        EventKind::ActivityAttemptFailed { attempt, failure, .. } | EventKind::ActivityFailed { attempt, failure, .. } => {
+        EventKind::ActivityAttemptFailed { attempt, failure, .. }
+        | EventKind::ActivityFailed { attempt, failure, .. } => {
             out.attempt = *attempt;
             out.failure = Some(failure_to_proto(failure));
         }
@@ -259,7 +260,8 @@ pub fn commands_from_proto(commands: Vec<pb::WorkflowCommand>) -> Result<Vec<Wor
                     activity_type: activity.activity_type,
                     task_queue: activity.task_queue,
                     input: Payload(activity.input),
-                    retry_policy: retry_policy_from_proto(activity.retry_policy).map_err(|s| bad(index, s.message()))?,
+                    retry_policy: retry_policy_from_proto(activity.retry_policy)
+                        .map_err(|s| bad(index, s.message()))?,
                     options: ActivityOptions {
                         schedule_to_start_timeout_ms: activity.schedule_to_start_timeout_ms,
                         start_to_close_timeout_ms: activity.start_to_close_timeout_ms,

@@ -59,7 +59,14 @@ impl AttemptKey {
             TaskKind::Workflow => task.scheduled_event_id,
             TaskKind::Activity => u64::from(task.seq),
         };
-        AttemptKey { shard, key: task.key.clone(), run_id: task.run_id.clone(), kind: task.kind, id, attempt: task.attempt }
+        AttemptKey {
+            shard,
+            key: task.key.clone(),
+            run_id: task.run_id.clone(),
+            kind: task.kind,
+            id,
+            attempt: task.attempt,
+        }
     }
 
     pub fn of_token(token: &TaskToken) -> Self {

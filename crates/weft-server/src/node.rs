@@ -19,7 +19,7 @@ use tonic::Status;
 use tracing::Instrument;
 use weft_core::ids::TokenTask;
 use weft_core::{
-    CommandKind, Command, ErrorCode, ReadyTask, Rejection, Reply, TaskKind, TaskToken, TimeoutKind, TimerKind,
+    Command, CommandKind, ErrorCode, ReadyTask, Rejection, Reply, TaskKind, TaskToken, TimeoutKind, TimerKind,
     WorkflowKey, shard_for,
 };
 use weft_proto::v1 as pb;
@@ -82,7 +82,14 @@ pub fn storage_status(error: StorageError) -> Status {
 }
 
 impl Node {
-    pub fn new(node_id: u64, cluster: ClusterMeta, address: String, db: Db, raft: RaftHost, shards: Arc<ShardSlots>) -> Self {
+    pub fn new(
+        node_id: u64,
+        cluster: ClusterMeta,
+        address: String,
+        db: Db,
+        raft: RaftHost,
+        shards: Arc<ShardSlots>,
+    ) -> Self {
         let stamps = (0..cluster.shard_count).map(|_| AtomicU64::new(0)).collect();
         Node {
             node_id,
@@ -169,7 +176,12 @@ impl Node {
     }
 
     /// Long-polls a task queue for a workflow task.
-    pub async fn poll_workflow_task(&self, namespace: &str, task_queue: &str, wait: Duration) -> Result<Option<pb::WorkflowTask>, Status> {
+    pub async fn poll_workflow_task(
+        &self,
+        namespace: &str,
+        task_queue: &str,
+        wait: Duration,
+    ) -> Result<Option<pb::WorkflowTask>, Status> {
         let queue = QueueKey { namespace: namespace.into(), task_queue: task_queue.into(), kind: TaskKind::Workflow };
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -186,7 +198,12 @@ impl Node {
 
     /// Hands out a ready workflow task if it is still current: history from
     /// `from_event_id`, a fresh token, and a timeout alarm.
-    pub fn hand_out_workflow_task(&self, shard: u32, ready: &ReadyTask, from_event_id: u64) -> Result<Option<pb::WorkflowTask>, Status> {
+    pub fn hand_out_workflow_task(
+        &self,
+        shard: u32,
+        ready: &ReadyTask,
+        from_event_id: u64,
+    ) -> Result<Option<pb::WorkflowTask>, Status> {
         if !self.raft.is_leader(shard) {
             return Ok(None);
         }
@@ -246,7 +263,12 @@ impl Node {
     }
 
     /// Long-polls a task queue for an activity task.
-    pub async fn poll_activity_task(&self, namespace: &str, task_queue: &str, wait: Duration) -> Option<pb::ActivityTask> {
+    pub async fn poll_activity_task(
+        &self,
+        namespace: &str,
+        task_queue: &str,
+        wait: Duration,
+    ) -> Option<pb::ActivityTask> {
         let queue = QueueKey { namespace: namespace.into(), task_queue: task_queue.into(), kind: TaskKind::Activity };
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -383,7 +405,8 @@ impl Node {
                     }),
                     _ => false,
                 };
-                let span = tracing::debug_span!("fire_timer", shard, workflow_id = %timer.key.workflow_id, kind = ?timer.kind);
+                let span =
+                    tracing::debug_span!("fire_timer", shard, workflow_id = %timer.key.workflow_id, kind = ?timer.kind);
                 let result = self
                     .propose(shard, CommandKind::FireTimer { timer: timer.clone(), attempt_dispatched })
                     .instrument(span)
@@ -409,7 +432,8 @@ impl Node {
             Alarm::ActivityTimeout { token, timeout } => {
                 self.task_finished(&token);
                 let shard = token.shard;
-                if let Err(status) = self.propose(shard, CommandKind::ActivityAttemptTimedOut { token, timeout }).await {
+                if let Err(status) = self.propose(shard, CommandKind::ActivityAttemptTimedOut { token, timeout }).await
+                {
                     tracing::debug!(shard, %status, "activity timeout not applied");
                 }
             }

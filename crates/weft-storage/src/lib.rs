@@ -1,1 +1,25 @@
-//! placeholder
+//! Weft's storage layer: the node's one RocksDB and everything about its byte layout.
+//!
+//! Owns: column families and tuning ([`db`]), the order-preserving key encoding of state keys
+//! ([`keys`]), the versioned record codec ([`codec`]).
+//!
+//! Architecture invariants:
+//! - This is the only crate that knows RocksDB. Callers see [`Db`], [`StateBatch`],
+//!   [`RaftBatch`] and byte keys/values, never `rocksdb` types.
+//! - It knows nothing about Raft or workflows: `weft-raft` decides what the raft records mean,
+//!   the domain decides what its state records mean. This crate only fixes where they live and
+//!   how keys order.
+//! - One shard's state is one contiguous key range (`keys::shard_range`), so snapshots and
+//!   deletions of a shard are range operations.
+
+pub mod codec;
+pub mod db;
+pub mod keys;
+pub mod shard_store;
+
+pub use codec::CodecError;
+pub use db::{
+    ClusterMeta, Db, Durability, PendingStateDump, RaftBatch, RaftMetaField, ScanDirection, StateBatch, StateEntry,
+    StorageError,
+};
+pub use keys::{KeyBuilder, KeyError, KeyReader};

@@ -173,7 +173,14 @@ pub fn scan_timers(db: &Db, shard: u32) -> Result<Vec<DueTimer>> {
 }
 
 /// Up to `max` events of a run from event id `from`.
-pub fn read_history(db: &Db, shard: u32, key: &WorkflowKey, run_id: &str, from: u64, max: usize) -> Result<Vec<HistoryEvent>> {
+pub fn read_history(
+    db: &Db,
+    shard: u32,
+    key: &WorkflowKey,
+    run_id: &str,
+    from: u64,
+    max: usize,
+) -> Result<Vec<HistoryEvent>> {
     let start = history_prefix(shard, key, run_id).u64(from.max(1)).finish();
     let end = history_prefix(shard, key, run_id).u64(u64::MAX).finish();
     db.scan_state_range(Bound::Included(&start), Bound::Included(&end), ScanDirection::Forward, max)?
@@ -230,7 +237,8 @@ pub fn list_runs(
             .finish(),
         None => prefix_start.clone(),
     };
-    let lower_bound = if cursor.is_some() { Bound::Excluded(lower.as_slice()) } else { Bound::Included(lower.as_slice()) };
+    let lower_bound =
+        if cursor.is_some() { Bound::Excluded(lower.as_slice()) } else { Bound::Included(lower.as_slice()) };
     let mut rows = Vec::new();
     for entry in db.iter_state_range(lower_bound, Bound::Excluded(&prefix_end), ScanDirection::Forward) {
         let (_, value) = entry?;
@@ -283,6 +291,9 @@ mod tests {
         assert_eq!(scan_ready(&db, 3).expect("ready").len(), 1);
         let listed = list_runs(&db, 3, "default", None, 10, &|_| true).expect("list");
         assert_eq!(listed.len(), 1);
-        assert_eq!(read_run_summary(&db, 3, &key, "run-1").expect("summary").map(|s| s.workflow_type), Some("order".into()));
+        assert_eq!(
+            read_run_summary(&db, 3, &key, "run-1").expect("summary").map(|s| s.workflow_type),
+            Some("order".into())
+        );
     }
 }

@@ -1,1 +1,54 @@
-fn main() {}
+//! `weft`: runs a node (`weft dev`, `weft server`) and is the command-line client of one
+//! (`weft workflow|namespace|cluster ...`).
+//!
+//! Exit codes: 0 success; 1 when `weft workflow result` finds the run closed without
+//! completing; 2 for usage errors, invalid input and RPC failures.
+
+mod cli;
+mod client;
+mod commands;
+mod node;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, ClientCommand, Command, GlobalArgs};
+use crate::client::CliError;
+use crate::commands::Context;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Dev(node) => node_exit(node::run(node, 1).await),
+        Command::Server(server) => node_exit(node::run(server.node, server.node_id).await),
+        Command::Client(command) => match run_client(cli.global, command).await {
+            Ok(code) => code,
+            Err(error) => {
+                eprintln!("error: {error}");
+                error.exit_code()
+            }
+        },
+    }
+}
+
+async fn run_client(global: GlobalArgs, command: ClientCommand) -> Result<ExitCode, CliError> {
+    let mut context = Context::new(global.server, global.namespace, global.output);
+    match command {
+        ClientCommand::Workflow(command) => commands::workflow::run(&mut context, command).await,
+        ClientCommand::Namespace(command) => commands::namespace::run(&mut context, command).await,
+        ClientCommand::Cluster(command) => commands::cluster::run(&mut context, command).await,
+    }
+}
+
+fn node_exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(client::EXIT_USAGE_OR_RPC)
+        }
+    }
+}

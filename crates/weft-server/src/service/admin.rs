@@ -24,27 +24,42 @@ impl AdminApi {
 }
 
 fn namespace_to_proto(record: &NamespaceRecord) -> pb::Namespace {
-    pb::Namespace { name: record.name.clone(), description: record.description.clone(), created_time_ms: record.created_ms }
+    pb::Namespace {
+        name: record.name.clone(),
+        description: record.description.clone(),
+        created_time_ms: record.created_ms,
+    }
 }
 
 #[tonic::async_trait]
 impl AdminService for AdminApi {
-    async fn create_namespace(&self, request: Request<pb::CreateNamespaceRequest>) -> Result<Response<pb::CreateNamespaceResponse>, Status> {
+    async fn create_namespace(
+        &self,
+        request: Request<pb::CreateNamespaceRequest>,
+    ) -> Result<Response<pb::CreateNamespaceResponse>, Status> {
         observe("CreateNamespace", async {
             let request = request.into_inner();
             let command = CommandKind::CreateNamespace { name: request.name, description: request.description };
             match self.node.propose(NAMESPACE_SHARD, command).await? {
-                Reply::NamespaceCreated(record) => Ok(pb::CreateNamespaceResponse { namespace: Some(namespace_to_proto(&record)) }),
+                Reply::NamespaceCreated(record) => {
+                    Ok(pb::CreateNamespaceResponse { namespace: Some(namespace_to_proto(&record)) })
+                }
                 other => Err(Status::internal(format!("unexpected reply to create namespace: {other:?}"))),
             }
         })
         .await
     }
 
-    async fn list_namespaces(&self, _request: Request<pb::ListNamespacesRequest>) -> Result<Response<pb::ListNamespacesResponse>, Status> {
+    async fn list_namespaces(
+        &self,
+        _request: Request<pb::ListNamespacesRequest>,
+    ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
         observe("ListNamespaces", async {
             self.node.linearizable(NAMESPACE_SHARD).await?;
-            let namespaces = self.node.shards.with_state(NAMESPACE_SHARD, |state| state.namespaces.values().map(namespace_to_proto).collect());
+            let namespaces = self
+                .node
+                .shards
+                .with_state(NAMESPACE_SHARD, |state| state.namespaces.values().map(namespace_to_proto).collect());
             Ok(pb::ListNamespacesResponse { namespaces })
         })
         .await
@@ -65,7 +80,11 @@ impl AdminService for AdminApi {
             let open_workflows = (0..self.node.shard_count())
                 .map(|shard| {
                     self.node.shards.with_state(shard, |state| {
-                        state.executions.iter().filter(|(key, e)| key.namespace == name && e.run.status.is_open()).count() as u64
+                        state
+                            .executions
+                            .iter()
+                            .filter(|(key, e)| key.namespace == name && e.run.status.is_open())
+                            .count() as u64
                     })
                 })
                 .sum();
@@ -74,7 +93,10 @@ impl AdminService for AdminApi {
         .await
     }
 
-    async fn cluster_status(&self, _request: Request<pb::ClusterStatusRequest>) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+    async fn cluster_status(
+        &self,
+        _request: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         observe("ClusterStatus", async {
             let shards = (0..self.node.shard_count())
                 .map(|shard| {

@@ -41,7 +41,8 @@ impl ClientService {
 
     async fn start(&self, request: pb::StartWorkflowRequest) -> Result<pb::StartWorkflowResponse, Status> {
         let (key, shard) = self.key(request.namespace, request.workflow_id)?;
-        let request_id = if request.request_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { request.request_id };
+        let request_id =
+            if request.request_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { request.request_id };
         let span = tracing::debug_span!("start_workflow", shard, workflow_id = %key.workflow_id);
         let reply = self
             .node
@@ -76,7 +77,10 @@ impl ClientService {
             let summary = shard_store::read_run_summary(&self.node.db, shard, &key, &request.run_id)
                 .map_err(storage_status)?
                 .ok_or_else(|| Status::not_found(format!("run {} of workflow {key} not found", request.run_id)))?;
-            return Ok(pb::DescribeWorkflowResponse { info: Some(summary_to_proto(&summary, shard)), ..Default::default() });
+            return Ok(pb::DescribeWorkflowResponse {
+                info: Some(summary_to_proto(&summary, shard)),
+                ..Default::default()
+            });
         }
         let pending_activities = run
             .activities
@@ -92,7 +96,8 @@ impl ClientService {
                 heartbeat_details: activity.heartbeat_details.0.clone(),
             })
             .collect();
-        let pending_timers = run.timers.iter().map(|(seq, timer)| pb::PendingTimer { seq: *seq, fire_time_ms: timer.fire_ms }).collect();
+        let pending_timers =
+            run.timers.iter().map(|(seq, timer)| pb::PendingTimer { seq: *seq, fire_time_ms: timer.fire_ms }).collect();
         let pending_workflow_task = run.workflow_task.as_ref().map(|task| pb::PendingWorkflowTask {
             scheduled_event_id: task.scheduled_event_id,
             attempt: task.attempt,
@@ -128,11 +133,17 @@ impl ClientService {
         } as usize;
         let events = shard_store::read_history(&self.node.db, shard, &key, &run_id, request.from_event_id.max(1), max)
             .map_err(storage_status)?;
-        if events.is_empty() && shard_store::read_run_summary(&self.node.db, shard, &key, &run_id).map_err(storage_status)?.is_none() {
+        if events.is_empty()
+            && shard_store::read_run_summary(&self.node.db, shard, &key, &run_id).map_err(storage_status)?.is_none()
+        {
             return Err(Status::not_found(format!("run {run_id} of workflow {key} not found")));
         }
         let next_event_id = if events.len() == max { events.last().map_or(0, |e| e.event_id + 1) } else { 0 };
-        Ok(pb::GetWorkflowHistoryResponse { run_id, events: events.iter().map(event_to_proto).collect(), next_event_id })
+        Ok(pb::GetWorkflowHistoryResponse {
+            run_id,
+            events: events.iter().map(event_to_proto).collect(),
+            next_event_id,
+        })
     }
 
     async fn result(&self, request: pb::GetWorkflowResultRequest) -> Result<pb::GetWorkflowResultResponse, Status> {
@@ -166,7 +177,9 @@ impl ClientService {
             }
             let event = shard_store::read_event(&self.node.db, shard, &key, &this_run, close_event_id)
                 .map_err(storage_status)?
-                .ok_or_else(|| Status::internal(format!("closed run {this_run} has no closing event {close_event_id}")))?;
+                .ok_or_else(|| {
+                    Status::internal(format!("closed run {this_run} has no closing event {close_event_id}"))
+                })?;
             let mut response = pb::GetWorkflowResultResponse {
                 closed: true,
                 run_id: this_run,
@@ -209,7 +222,10 @@ impl ClientService {
         let cursor: Option<shard_store::ListCursor> = if request.next_page_token.is_empty() {
             None
         } else {
-            Some(codec::decode(&request.next_page_token).map_err(|e| Status::invalid_argument(format!("malformed next_page_token: {e}")))?)
+            Some(
+                codec::decode(&request.next_page_token)
+                    .map_err(|e| Status::invalid_argument(format!("malformed next_page_token: {e}")))?,
+            )
         };
         let status_filter = pb::WorkflowStatus::try_from(request.status)
             .map_err(|_| Status::invalid_argument(format!("unknown status {}", request.status)))
@@ -229,12 +245,18 @@ impl ClientService {
         }
         // The visibility key order: newest start first, then workflow id, then run id.
         rows.sort_by(|(_, a), (_, b)| {
-            (u64::MAX - a.start_ms, &a.key.workflow_id, &a.run_id).cmp(&(u64::MAX - b.start_ms, &b.key.workflow_id, &b.run_id))
+            (u64::MAX - a.start_ms, &a.key.workflow_id, &a.run_id).cmp(&(
+                u64::MAX - b.start_ms,
+                &b.key.workflow_id,
+                &b.run_id,
+            ))
         });
         more |= rows.len() > page_size;
         rows.truncate(page_size);
         let next_page_token = match rows.last() {
-            Some((_, last)) if more => codec::encode(&(last.start_ms, last.key.workflow_id.clone(), last.run_id.clone())),
+            Some((_, last)) if more => {
+                codec::encode(&(last.start_ms, last.key.workflow_id.clone(), last.run_id.clone()))
+            }
             _ => Vec::new(),
         };
         Ok(pb::ListWorkflowsResponse {
@@ -246,15 +268,26 @@ impl ClientService {
 
 #[tonic::async_trait]
 impl WorkflowService for ClientService {
-    async fn start_workflow(&self, request: Request<pb::StartWorkflowRequest>) -> Result<Response<pb::StartWorkflowResponse>, Status> {
+    async fn start_workflow(
+        &self,
+        request: Request<pb::StartWorkflowRequest>,
+    ) -> Result<Response<pb::StartWorkflowResponse>, Status> {
         observe("StartWorkflow", self.start(request.into_inner())).await
     }
 
-    async fn signal_workflow(&self, request: Request<pb::SignalWorkflowRequest>) -> Result<Response<pb::SignalWorkflowResponse>, Status> {
+    async fn signal_workflow(
+        &self,
+        request: Request<pb::SignalWorkflowRequest>,
+    ) -> Result<Response<pb::SignalWorkflowResponse>, Status> {
         observe("SignalWorkflow", async {
             let request = request.into_inner();
             let (key, shard) = self.key(request.namespace, request.workflow_id)?;
-            let command = CommandKind::Signal { key, run_id: request.run_id, name: request.signal_name, input: Payload(request.input) };
+            let command = CommandKind::Signal {
+                key,
+                run_id: request.run_id,
+                name: request.signal_name,
+                input: Payload(request.input),
+            };
             self.node.propose(shard, command).await?;
             Ok(pb::SignalWorkflowResponse {})
         })
@@ -268,23 +301,33 @@ impl WorkflowService for ClientService {
         observe("RequestCancelWorkflow", async {
             let request = request.into_inner();
             let (key, shard) = self.key(request.namespace, request.workflow_id)?;
-            self.node.propose(shard, CommandKind::RequestCancel { key, run_id: request.run_id, reason: request.reason }).await?;
+            self.node
+                .propose(shard, CommandKind::RequestCancel { key, run_id: request.run_id, reason: request.reason })
+                .await?;
             Ok(pb::RequestCancelWorkflowResponse {})
         })
         .await
     }
 
-    async fn terminate_workflow(&self, request: Request<pb::TerminateWorkflowRequest>) -> Result<Response<pb::TerminateWorkflowResponse>, Status> {
+    async fn terminate_workflow(
+        &self,
+        request: Request<pb::TerminateWorkflowRequest>,
+    ) -> Result<Response<pb::TerminateWorkflowResponse>, Status> {
         observe("TerminateWorkflow", async {
             let request = request.into_inner();
             let (key, shard) = self.key(request.namespace, request.workflow_id)?;
-            self.node.propose(shard, CommandKind::Terminate { key, run_id: request.run_id, reason: request.reason }).await?;
+            self.node
+                .propose(shard, CommandKind::Terminate { key, run_id: request.run_id, reason: request.reason })
+                .await?;
             Ok(pb::TerminateWorkflowResponse {})
         })
         .await
     }
 
-    async fn describe_workflow(&self, request: Request<pb::DescribeWorkflowRequest>) -> Result<Response<pb::DescribeWorkflowResponse>, Status> {
+    async fn describe_workflow(
+        &self,
+        request: Request<pb::DescribeWorkflowRequest>,
+    ) -> Result<Response<pb::DescribeWorkflowResponse>, Status> {
         observe("DescribeWorkflow", self.describe(request.into_inner())).await
     }
 
@@ -295,11 +338,17 @@ impl WorkflowService for ClientService {
         observe("GetWorkflowHistory", self.history(request.into_inner())).await
     }
 
-    async fn get_workflow_result(&self, request: Request<pb::GetWorkflowResultRequest>) -> Result<Response<pb::GetWorkflowResultResponse>, Status> {
+    async fn get_workflow_result(
+        &self,
+        request: Request<pb::GetWorkflowResultRequest>,
+    ) -> Result<Response<pb::GetWorkflowResultResponse>, Status> {
         observe("GetWorkflowResult", self.result(request.into_inner())).await
     }
 
-    async fn list_workflows(&self, request: Request<pb::ListWorkflowsRequest>) -> Result<Response<pb::ListWorkflowsResponse>, Status> {
+    async fn list_workflows(
+        &self,
+        request: Request<pb::ListWorkflowsRequest>,
+    ) -> Result<Response<pb::ListWorkflowsResponse>, Status> {
         observe("ListWorkflows", self.list(request.into_inner())).await
     }
 }

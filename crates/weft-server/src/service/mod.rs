@@ -15,7 +15,10 @@ use tonic::{Response, Status};
 use tracing::Instrument;
 
 /// Runs one RPC handler with its metrics and span.
-pub async fn observe<T>(method: &'static str, handler: impl Future<Output = Result<T, Status>>) -> Result<Response<T>, Status> {
+pub async fn observe<T>(
+    method: &'static str,
+    handler: impl Future<Output = Result<T, Status>>,
+) -> Result<Response<T>, Status> {
     let started = std::time::Instant::now();
     let result = handler.instrument(tracing::debug_span!("rpc", method)).await;
     let code = match &result {

@@ -55,7 +55,10 @@ impl WorkerApi {
         result
     }
 
-    async fn complete_workflow_task(&self, request: pb::CompleteWorkflowTaskRequest) -> Result<pb::CompleteWorkflowTaskResponse, Status> {
+    async fn complete_workflow_task(
+        &self,
+        request: pb::CompleteWorkflowTaskRequest,
+    ) -> Result<pb::CompleteWorkflowTaskResponse, Status> {
         let token = self.node.decode_token(&request.task_token)?;
         let TokenTask::Workflow { seen_event_id, .. } = token.task else {
             return Err(Status::invalid_argument("task_token is an activity task token"));
@@ -72,7 +75,9 @@ impl WorkerApi {
         let Reply::WorkflowTaskCompleted { next_task } = reply else {
             return Err(Status::internal(format!("unexpected reply to a workflow task completion: {reply:?}")));
         };
-        let Some(ready) = next_task.filter(|_| inline) else { return Ok(pb::CompleteWorkflowTaskResponse { next_task: None }) };
+        let Some(ready) = next_task.filter(|_| inline) else {
+            return Ok(pb::CompleteWorkflowTaskResponse { next_task: None });
+        };
         match self.node.hand_out_workflow_task(token.shard, &ready, seen_event_id + 1) {
             Ok(Some(task)) => Ok(pb::CompleteWorkflowTaskResponse { next_task: Some(task) }),
             other => {
@@ -86,11 +91,15 @@ impl WorkerApi {
 
 #[tonic::async_trait]
 impl WorkerService for WorkerApi {
-    async fn poll_workflow_task(&self, request: Request<pb::PollWorkflowTaskRequest>) -> Result<Response<pb::PollWorkflowTaskResponse>, Status> {
+    async fn poll_workflow_task(
+        &self,
+        request: Request<pb::PollWorkflowTaskRequest>,
+    ) -> Result<Response<pb::PollWorkflowTaskResponse>, Status> {
         observe("PollWorkflowTask", async {
             let request = request.into_inner();
             let namespace = self.queue(request.namespace, &request.task_queue)?;
-            let task = self.node.poll_workflow_task(&namespace, &request.task_queue, poll_wait(request.wait_ms)).await?;
+            let task =
+                self.node.poll_workflow_task(&namespace, &request.task_queue, poll_wait(request.wait_ms)).await?;
             Ok(pb::PollWorkflowTaskResponse { task })
         })
         .await
@@ -103,7 +112,10 @@ impl WorkerService for WorkerApi {
         observe("CompleteWorkflowTask", self.complete_workflow_task(request.into_inner())).await
     }
 
-    async fn fail_workflow_task(&self, request: Request<pb::FailWorkflowTaskRequest>) -> Result<Response<pb::FailWorkflowTaskResponse>, Status> {
+    async fn fail_workflow_task(
+        &self,
+        request: Request<pb::FailWorkflowTaskRequest>,
+    ) -> Result<Response<pb::FailWorkflowTaskResponse>, Status> {
         observe("FailWorkflowTask", async {
             let request = request.into_inner();
             let token = self.node.decode_token(&request.task_token)?;
@@ -115,7 +127,10 @@ impl WorkerService for WorkerApi {
         .await
     }
 
-    async fn poll_activity_task(&self, request: Request<pb::PollActivityTaskRequest>) -> Result<Response<pb::PollActivityTaskResponse>, Status> {
+    async fn poll_activity_task(
+        &self,
+        request: Request<pb::PollActivityTaskRequest>,
+    ) -> Result<Response<pb::PollActivityTaskResponse>, Status> {
         observe("PollActivityTask", async {
             let request = request.into_inner();
             let namespace = self.queue(request.namespace, &request.task_queue)?;
@@ -139,11 +154,15 @@ impl WorkerService for WorkerApi {
         .await
     }
 
-    async fn fail_activity_task(&self, request: Request<pb::FailActivityTaskRequest>) -> Result<Response<pb::FailActivityTaskResponse>, Status> {
+    async fn fail_activity_task(
+        &self,
+        request: Request<pb::FailActivityTaskRequest>,
+    ) -> Result<Response<pb::FailActivityTaskResponse>, Status> {
         observe("FailActivityTask", async {
             let request = request.into_inner();
             let token = self.node.decode_token(&request.task_token)?;
-            let command = CommandKind::FailActivity { token: token.clone(), failure: failure_from_proto(request.failure) };
+            let command =
+                CommandKind::FailActivity { token: token.clone(), failure: failure_from_proto(request.failure) };
             self.complete(&token, command).await?;
             Ok(pb::FailActivityTaskResponse {})
         })
@@ -166,7 +185,10 @@ impl WorkerService for WorkerApi {
                 return Err(Status::internal(format!("unexpected reply to a heartbeat: {reply:?}")));
             };
             let heartbeat_timeout_ms = self.node.shards.with_state(token.shard, |state| {
-                state.run(&token.key).and_then(|run| run.activities.get(&seq)).map_or(0, |a| a.options.heartbeat_timeout_ms)
+                state
+                    .run(&token.key)
+                    .and_then(|run| run.activities.get(&seq))
+                    .map_or(0, |a| a.options.heartbeat_timeout_ms)
             });
             self.node.heartbeat_received(&token, heartbeat_timeout_ms);
             Ok(pb::RecordActivityHeartbeatResponse { cancel_requested })

@@ -1,0 +1,16 @@
+//! Compiles `proto/weft/v1/*.proto` with the vendored protoc, so a fresh
+//! machine needs no system protobuf compiler.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // SAFETY-free: build scripts are single-threaded; the variable tells prost-build which protoc to run.
+    unsafe { std::env::set_var("PROTOC", protoc) };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = ["weft/v1/common.proto", "weft/v1/client.proto", "weft/v1/worker.proto", "weft/v1/admin.proto"];
+    let paths: Vec<_> = files.iter().map(|f| root.join(f)).collect();
+    for path in &paths {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
+    tonic_prost_build::configure().compile_protos(&paths, &[root])?;
+    Ok(())
+}

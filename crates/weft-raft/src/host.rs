@@ -1,0 +1,383 @@
+//! [`RaftHost`]: every shard's Raft group on this node, and the API the server uses to propose,
+//! read linearizably, and follow leadership.
+//!
+//! Invariants:
+//! - One openraft `Raft` per shard `0..shard_count`, all over the same [`Db`] and the same
+//!   group-commit thread ([`crate::log_sync`]).
+//! - Each shard's applier state is reloaded from the db before its Raft instance starts (so
+//!   `apply` always continues from the in-memory state matching the stored applied log id).
+//! - A shard with no Raft state on disk is initialised as a single-member group of this node; a
+//!   shard with state is recovered from disk and never re-initialised.
+//! - After [`RaftHost::shutdown`] returns, proposals fail with [`ProposeError::ShuttingDown`] and
+//!   the storage handles the Raft groups held are released (bounded wait), so the same data
+//!   directory can be reopened in this process.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, RaftError};
+use openraft::{BasicNode, Config, Raft, RaftMetrics, ServerState, SnapshotPolicy};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use weft_storage::Db;
+
+use crate::log_store::{NO_INDEX, ShardLogStore};
+pub use crate::log_sync::LogSyncStats;
+use crate::log_sync::LogSyncer;
+use crate::network::{NoNetwork, ShardNetworks};
+use crate::state_machine::ShardStateMachine;
+use crate::{Proposal, ShardApplier, TypeConfig};
+
+/// openraft cluster name of every shard group.
+pub const CLUSTER_NAME: &str = "weft";
+/// Leader heartbeat period. Peers are on a LAN or loopback: round trips are well under 1 ms.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 100;
+/// Election timeout range: several heartbeats, randomised to avoid split votes.
+pub const ELECTION_TIMEOUT_MIN_MS: u64 = 400;
+pub const ELECTION_TIMEOUT_MAX_MS: u64 = 800;
+/// A snapshot is built after this many log entries since the last one.
+pub const SNAPSHOT_LOGS_SINCE_LAST: u64 = 10_000;
+/// Log entries kept behind the snapshot after a purge, so a slightly lagging follower catches up
+/// from the log instead of needing a snapshot.
+pub const LOGS_KEPT_AFTER_SNAPSHOT: u64 = 1_000;
+/// Log entries sent in one append-entries message at most.
+pub const REPLICATION_BATCH_ENTRIES_MAX: u64 = 300;
+/// How long shutdown waits for Raft tasks to release their storage handles.
+pub const STORAGE_RELEASE_WAIT_MS: u64 = 10_000;
+/// Poll period of that wait.
+const STORAGE_RELEASE_POLL_MS: u64 = 5;
+/// Shards one node hosts at most (each is a Raft group with its own tasks).
+pub const SHARD_COUNT_MAX: u32 = 4096;
+
+/// Why a proposal or a linearizable read did not go through, and what the caller should do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// This node does not lead the shard: forward to `leader` if known, else retry shortly.
+    #[error("this node is not the leader of the shard (leader: {leader:?})")]
+    NotLeader { leader: Option<u64> },
+    /// The host is shutting down: retry on another node or after restart.
+    #[error("the raft host is shutting down")]
+    ShuttingDown,
+    /// The shard id is not below the cluster's shard count: a caller bug.
+    #[error("shard {shard} does not exist (shard count {shard_count})")]
+    UnknownShard { shard: u32, shard_count: u32 },
+    /// The shard's Raft group stopped on an error (e.g. a storage failure); needs an operator.
+    #[error("shard raft group failed: {0}")]
+    Fatal(String),
+}
+
+/// A point-in-time view of one shard's Raft group on this node. Indexes are 0 when none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardRaftStatus {
+    pub shard: u32,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub committed: u64,
+    pub applied: u64,
+    pub last_log: u64,
+    pub snapshot: u64,
+}
+
+struct ShardGroup {
+    raft: Raft<TypeConfig>,
+    leader_rx: watch::Receiver<bool>,
+    committed_index: Arc<AtomicU64>,
+}
+
+struct HostInner {
+    node_id: u64,
+    shard_count: u32,
+    shards: Vec<ShardGroup>,
+    log_sync: LogSyncer,
+    watchers: Mutex<Vec<JoinHandle<()>>>,
+    shutting_down: AtomicBool,
+    /// Cloned into every log store and state machine; released when openraft drops them.
+    storage_lease: Arc<()>,
+}
+
+/// Every shard's Raft group on this node. Cheap to clone.
+#[derive(Clone)]
+pub struct RaftHost {
+    inner: Arc<HostInner>,
+}
+
+fn raft_config() -> anyhow::Result<Config> {
+    let config = Config {
+        cluster_name: CLUSTER_NAME.to_string(),
+        heartbeat_interval: HEARTBEAT_INTERVAL_MS,
+        election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
+        election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_LOGS_SINCE_LAST),
+        max_in_snapshot_log_to_keep: LOGS_KEPT_AFTER_SNAPSHOT,
+        max_payload_entries: REPLICATION_BATCH_ENTRIES_MAX,
+        ..Config::default()
+    };
+    config.validate().context("validate raft config")
+}
+
+impl RaftHost {
+    /// Opens every shard's group with no Raft network (single-node groups).
+    pub async fn open(
+        db: Db,
+        node_id: u64,
+        node_addr: String,
+        shard_count: u32,
+        applier: Arc<dyn ShardApplier>,
+    ) -> anyhow::Result<RaftHost> {
+        RaftHost::open_with_network(db, node_id, node_addr, shard_count, applier, NoNetwork).await
+    }
+
+    /// Opens every shard's group with the given network.
+    pub async fn open_with_network<N: ShardNetworks>(
+        db: Db,
+        node_id: u64,
+        node_addr: String,
+        shard_count: u32,
+        applier: Arc<dyn ShardApplier>,
+        networks: N,
+    ) -> anyhow::Result<RaftHost> {
+        anyhow::ensure!(
+            shard_count > 0 && shard_count <= SHARD_COUNT_MAX,
+            "shard count {shard_count} is not within 1..={SHARD_COUNT_MAX}"
+        );
+        let config = Arc::new(raft_config()?);
+        let log_sync = LogSyncer::start(db.clone()).context("start log sync thread")?;
+        let storage_lease = Arc::new(());
+        let mut shards = Vec::with_capacity(shard_count as usize);
+        let mut watchers = Vec::with_capacity(shard_count as usize);
+        for shard in 0..shard_count {
+            let committed_index = Arc::new(AtomicU64::new(NO_INDEX));
+            let (log_store, state_machine) =
+                tracing::info_span!("open_shard", shard).in_scope(|| -> anyhow::Result<_> {
+                    let log_store = ShardLogStore::open(
+                        shard,
+                        db.clone(),
+                        log_sync.handle(),
+                        committed_index.clone(),
+                        storage_lease.clone(),
+                    )
+                    .with_context(|| format!("open raft log of shard {shard}"))?;
+                    let state_machine =
+                        ShardStateMachine::open(shard, db.clone(), applier.clone(), storage_lease.clone())
+                            .with_context(|| format!("open state machine of shard {shard}"))?;
+                    Ok((log_store, state_machine))
+                })?;
+            let raft = Raft::new(node_id, config.clone(), networks.for_shard(shard), log_store, state_machine)
+                .await
+                .with_context(|| format!("start raft group of shard {shard}"))?;
+            let initialized =
+                raft.is_initialized().await.with_context(|| format!("read raft state of shard {shard}"))?;
+            if !initialized {
+                let members = BTreeMap::from([(node_id, BasicNode::new(node_addr.clone()))]);
+                raft.initialize(members)
+                    .await
+                    .with_context(|| format!("initialize shard {shard} as a single-member group"))?;
+                tracing::info!(shard, node_id, "initialized shard as a single-member raft group");
+            }
+            let (leader_tx, leader_rx) = watch::channel(false);
+            watchers.push(tokio::spawn(watch_metrics(shard, node_id, raft.metrics(), leader_tx)));
+            shards.push(ShardGroup { raft, leader_rx, committed_index });
+        }
+        tracing::info!(node_id, shard_count, "raft host open");
+        Ok(RaftHost {
+            inner: Arc::new(HostInner {
+                node_id,
+                shard_count,
+                shards,
+                log_sync,
+                watchers: Mutex::new(watchers),
+                shutting_down: AtomicBool::new(false),
+                storage_lease,
+            }),
+        })
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.inner.node_id
+    }
+
+    pub fn shard_count(&self) -> u32 {
+        self.inner.shard_count
+    }
+
+    fn group(&self, shard: u32) -> Result<&ShardGroup, ProposeError> {
+        self.inner
+            .shards
+            .get(shard as usize)
+            .ok_or(ProposeError::UnknownShard { shard, shard_count: self.inner.shard_count })
+    }
+
+    /// The openraft handle of `shard`, for the Raft network service (incoming RPCs).
+    pub fn raft(&self, shard: u32) -> Option<&Raft<TypeConfig>> {
+        self.inner.shards.get(shard as usize).map(|group| &group.raft)
+    }
+
+    /// Proposes `payload` to `shard`'s group; returns the applier's reply once the entry is
+    /// committed (fsynced on a majority) and applied on this node.
+    #[tracing::instrument(level = "debug", skip_all, fields(shard, payload_bytes = payload.len()))]
+    pub async fn propose(&self, shard: u32, payload: Vec<u8>) -> Result<Vec<u8>, ProposeError> {
+        let group = self.group(shard)?;
+        if self.inner.shutting_down.load(Ordering::Acquire) {
+            return Err(ProposeError::ShuttingDown);
+        }
+        match group.raft.client_write(Proposal(payload)).await {
+            Ok(response) => Ok(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(ProposeError::NotLeader { leader: forward.leader_id })
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(ProposeError::Fatal(format!("unexpected membership error: {e}")))
+            }
+            Err(RaftError::Fatal(fatal)) => Err(fatal_error(fatal)),
+        }
+    }
+
+    /// Returns once this node is confirmed leader of `shard` (a read-index check with a quorum)
+    /// and has applied everything committed before the call: reads of the state are then
+    /// linearizable.
+    #[tracing::instrument(level = "debug", skip_all, fields(shard))]
+    pub async fn ensure_linearizable(&self, shard: u32) -> Result<(), ProposeError> {
+        let group = self.group(shard)?;
+        if self.inner.shutting_down.load(Ordering::Acquire) {
+            return Err(ProposeError::ShuttingDown);
+        }
+        match group.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                Err(ProposeError::NotLeader { leader: forward.leader_id })
+            }
+            // Leadership could not be confirmed by a quorum: behave as if not leader, so the
+            // caller retries (possibly elsewhere).
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                Err(ProposeError::NotLeader { leader: None })
+            }
+            Err(RaftError::Fatal(fatal)) => Err(fatal_error(fatal)),
+        }
+    }
+
+    /// Whether this node currently leads `shard` (false for unknown shards).
+    pub fn is_leader(&self, shard: u32) -> bool {
+        self.group(shard).is_ok_and(|group| *group.leader_rx.borrow())
+    }
+
+    /// Watches leadership of `shard`: `true` while this node leads it. The server rebuilds its
+    /// in-memory queues of the shard when this turns `true`.
+    ///
+    /// Panics if `shard >= shard_count` (a caller bug).
+    pub fn leader_watch(&self, shard: u32) -> watch::Receiver<bool> {
+        self.inner
+            .shards
+            .get(shard as usize)
+            .map(|group| group.leader_rx.clone())
+            .unwrap_or_else(|| panic!("leader_watch of shard {shard} beyond shard count {}", self.inner.shard_count))
+    }
+
+    /// The status of `shard` from its Raft metrics.
+    ///
+    /// Panics if `shard >= shard_count` (a caller bug).
+    pub fn status(&self, shard: u32) -> ShardRaftStatus {
+        let group = self
+            .inner
+            .shards
+            .get(shard as usize)
+            .unwrap_or_else(|| panic!("status of shard {shard} beyond shard count {}", self.inner.shard_count));
+        let metrics = group.raft.metrics().borrow().clone();
+        let committed = group.committed_index.load(Ordering::Relaxed);
+        ShardRaftStatus {
+            shard,
+            leader: metrics.current_leader,
+            term: metrics.current_term,
+            committed: if committed == NO_INDEX { 0 } else { committed },
+            applied: metrics.last_applied.map_or(0, |id| id.index),
+            last_log: metrics.last_log_index.unwrap_or(0),
+            snapshot: metrics.snapshot.map_or(0, |id| id.index),
+        }
+    }
+
+    /// The group-commit counters (fsyncs, entries and requests per fsync).
+    pub fn log_sync_stats(&self) -> LogSyncStats {
+        self.inner.log_sync.stats()
+    }
+
+    /// Stops every shard's group and the log sync thread, then waits (bounded) until the groups
+    /// released their storage handles. Idempotent.
+    pub async fn shutdown(&self) {
+        if self.inner.shutting_down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        for (shard, group) in self.inner.shards.iter().enumerate() {
+            if let Err(e) = group.raft.shutdown().await {
+                tracing::warn!(shard, error = %e, "raft group did not shut down cleanly");
+            }
+        }
+        for watcher in self.inner.watchers.lock().drain(..) {
+            watcher.abort();
+        }
+        self.inner.log_sync.stop().await;
+        // openraft's state machine worker and snapshot tasks end shortly after the core task;
+        // wait for them so the data directory can be reopened.
+        let mut waited_ms = 0;
+        while Arc::strong_count(&self.inner.storage_lease) > 1 {
+            if waited_ms >= STORAGE_RELEASE_WAIT_MS {
+                tracing::warn!(
+                    holders = Arc::strong_count(&self.inner.storage_lease) - 1,
+                    "raft storage still in use after shutdown"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(STORAGE_RELEASE_POLL_MS)).await;
+            waited_ms += STORAGE_RELEASE_POLL_MS;
+        }
+        for shard in 0..self.inner.shard_count {
+            metrics::gauge!("weft_raft_is_leader", "shard" => shard.to_string()).set(0.0);
+        }
+        tracing::info!(node_id = self.inner.node_id, "raft host shut down");
+    }
+}
+
+fn fatal_error(fatal: Fatal<u64>) -> ProposeError {
+    match fatal {
+        Fatal::Stopped => ProposeError::ShuttingDown,
+        other => ProposeError::Fatal(other.to_string()),
+    }
+}
+
+/// Follows one shard's Raft metrics: publishes leadership and the per-shard gauges.
+async fn watch_metrics(
+    shard: u32,
+    node_id: u64,
+    mut metrics_rx: watch::Receiver<RaftMetrics<u64, BasicNode>>,
+    leader_tx: watch::Sender<bool>,
+) {
+    let label = shard.to_string();
+    let term = metrics::gauge!("weft_raft_term", "shard" => label.clone());
+    let applied = metrics::gauge!("weft_raft_applied_index", "shard" => label.clone());
+    let last_log = metrics::gauge!("weft_raft_last_log_index", "shard" => label.clone());
+    let is_leader_gauge = metrics::gauge!("weft_raft_is_leader", "shard" => label);
+    loop {
+        let is_leader = {
+            let m = metrics_rx.borrow_and_update();
+            term.set(m.current_term as f64);
+            applied.set(m.last_applied.map_or(0.0, |id| id.index as f64));
+            last_log.set(m.last_log_index.map_or(0.0, |i| i as f64));
+            m.state == ServerState::Leader && m.current_leader == Some(node_id) && m.running_state.is_ok()
+        };
+        is_leader_gauge.set(if is_leader { 1.0 } else { 0.0 });
+        leader_tx.send_if_modified(|current| {
+            let changed = *current != is_leader;
+            *current = is_leader;
+            if changed {
+                tracing::info!(shard, is_leader, "shard leadership changed");
+            }
+            changed
+        });
+        if metrics_rx.changed().await.is_err() {
+            leader_tx.send_replace(false);
+            return;
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! Per-shard state machine adapter (openraft `RaftStateMachine` + `RaftSnapshotBuilder`): drives
+//! the domain's [`ShardApplier`] and owns the shard's snapshots.
+//!
+//! Invariants:
+//! - One `apply` call writes one `StateBatch` holding the domain's changes for every entry *and*
+//!   the applied log id (and the last membership when it changed) under the shard's
+//!   `KIND_SHARD_META` keys. So the durable state is always exactly "entries up to the stored
+//!   applied log id", even though the batch is not fsynced (see `weft_storage::db`).
+//! - `after_write` is called after the batch is in the db and before openraft sees the replies.
+//! - A snapshot is a point-in-time dump of the shard's whole `state` key range (kind 0x00 meta
+//!   included), so its metadata (applied log id, membership) is read from the dump itself and
+//!   always matches its data, even while applies continue during the dump.
+//! - The current snapshot is stored in `raft_meta[shard, Snapshot]` and survives restarts. A
+//!   stored snapshot never goes backwards (builders racing an install keep the newer one).
+//! - Installing writes the snapshot record first and the state second; if a crash falls between,
+//!   [`ShardStateMachine::open`] sees a snapshot newer than the state and installs it again.
+
+use std::io::Cursor;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{AnyError, Entry, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use weft_storage::keys::{self, KIND_SHARD_META, KeyBuilder};
+use weft_storage::{Db, Durability, PendingStateDump, RaftMetaField, codec};
+
+use crate::{LogId, Proposal, RaftStorageError, ShardApplier, SnapshotMeta, StoredMembership, TypeConfig};
+
+/// Key of the shard's applied log id (value: `Option<LogId>`).
+pub fn applied_log_id_key(shard: u32) -> Vec<u8> {
+    KeyBuilder::new(shard, KIND_SHARD_META).str("applied_log_id").finish()
+}
+
+/// Key of the shard's last applied membership (value: `StoredMembership`).
+pub fn membership_key(shard: u32) -> Vec<u8> {
+    KeyBuilder::new(shard, KIND_SHARD_META).str("last_membership").finish()
+}
+
+/// Numbers the snapshots built by this process (part of their ids).
+static SNAPSHOT_BUILD_SEQ: AtomicU64 = AtomicU64::new(1);
+
+/// The data of a snapshot: every state entry of the shard, in key order.
+#[derive(Serialize, Deserialize)]
+struct SnapshotPayload {
+    shard: u32,
+    entries: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// The current snapshot as stored in `raft_meta`.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    /// An encoded [`SnapshotPayload`].
+    data: Vec<u8>,
+}
+
+fn sm_read_err(e: impl std::error::Error + 'static) -> RaftStorageError {
+    StorageIOError::read_state_machine(AnyError::new(&e)).into()
+}
+
+fn sm_write_err(e: impl std::error::Error + 'static) -> RaftStorageError {
+    StorageIOError::write_state_machine(AnyError::new(&e)).into()
+}
+
+fn snapshot_err(verb: ErrorVerb, detail: impl std::fmt::Display) -> RaftStorageError {
+    StorageIOError::new(ErrorSubject::Snapshot(None), verb, AnyError::error(detail)).into()
+}
+
+/// Shared between a shard's state machine and its snapshot builders: serialises replacing the
+/// stored snapshot and remembers its last log id.
+type CurrentSnapshot = Arc<Mutex<Option<LogId>>>;
+
+/// The state machine of one shard.
+pub struct ShardStateMachine {
+    shard: u32,
+    db: Db,
+    applier: Arc<dyn ShardApplier>,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    current_snapshot: CurrentSnapshot,
+    /// Held while openraft owns this state machine; the host waits for it to be released.
+    _lease: Arc<()>,
+}
+
+impl ShardStateMachine {
+    /// Opens the state machine of `shard`: reads the applied state, repairs an interrupted
+    /// snapshot install, and has the applier rebuild its in-memory state.
+    pub(crate) fn open(
+        shard: u32,
+        db: Db,
+        applier: Arc<dyn ShardApplier>,
+        lease: Arc<()>,
+    ) -> Result<ShardStateMachine, RaftStorageError> {
+        let stored = read_stored_snapshot(&db, shard)?;
+        let mut sm = ShardStateMachine {
+            shard,
+            applied: None,
+            membership: StoredMembership::default(),
+            current_snapshot: Arc::new(Mutex::new(stored.as_ref().and_then(|s| s.meta.last_log_id))),
+            db,
+            applier,
+            _lease: lease,
+        };
+        sm.load_applied_state()?;
+        if let Some(stored) = stored
+            && stored.meta.last_log_id > sm.applied
+        {
+            tracing::warn!(shard, snapshot = ?stored.meta.last_log_id, applied = ?sm.applied, "state is behind the stored snapshot (interrupted install); installing it again");
+            sm.install_state(&stored.meta, &stored.data)?;
+        }
+        sm.applier
+            .reload(shard, &sm.db)
+            .map_err(|e| StorageIOError::read_state_machine(AnyError::error(format!("reload shard {shard}: {e:#}"))))?;
+        Ok(sm)
+    }
+
+    fn load_applied_state(&mut self) -> Result<(), RaftStorageError> {
+        if let Some(raw) = self.db.get_state(&applied_log_id_key(self.shard)).map_err(sm_read_err)? {
+            self.applied = codec::decode::<Option<LogId>>(&raw).map_err(sm_read_err)?;
+        }
+        if let Some(raw) = self.db.get_state(&membership_key(self.shard)).map_err(sm_read_err)? {
+            self.membership = codec::decode(&raw).map_err(sm_read_err)?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the shard's whole state with an encoded [`SnapshotPayload`], durably.
+    fn install_state(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), RaftStorageError> {
+        let shard = self.shard;
+        let payload: SnapshotPayload = codec::decode(data)
+            .map_err(|e| snapshot_err(ErrorVerb::Read, format!("decode snapshot {}: {e}", meta.snapshot_id)))?;
+        if payload.shard != shard {
+            return Err(snapshot_err(
+                ErrorVerb::Read,
+                format!("snapshot {} is of shard {}, not shard {shard}", meta.snapshot_id, payload.shard),
+            ));
+        }
+        let (start, end) = keys::shard_range(shard);
+        let mut batch = self.db.state_batch();
+        batch.delete_range(&start, &end);
+        for (key, value) in &payload.entries {
+            if !(start.as_slice() <= key.as_slice() && key.as_slice() < end.as_slice()) {
+                return Err(snapshot_err(
+                    ErrorVerb::Read,
+                    format!("snapshot {} holds a key outside shard {shard}", meta.snapshot_id),
+                ));
+            }
+            batch.put(key, value);
+        }
+        // The dump already holds these; writing them from `meta` makes the installed state agree
+        // with what openraft was told, whatever the dump's origin.
+        batch.put(&applied_log_id_key(shard), &codec::encode(&meta.last_log_id));
+        batch.put(&membership_key(shard), &codec::encode(&meta.last_membership));
+        self.db.write_state(batch).map_err(sm_write_err)?;
+        // openraft purges the log up to the snapshot next; the state must be durable first.
+        self.db.sync_wal().map_err(sm_write_err)?;
+        self.applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        Ok(())
+    }
+}
+
+fn read_stored_snapshot(db: &Db, shard: u32) -> Result<Option<StoredSnapshot>, RaftStorageError> {
+    let Some(raw) = db.get_raft_meta(shard, RaftMetaField::Snapshot).map_err(|e| snapshot_err(ErrorVerb::Read, e))?
+    else {
+        return Ok(None);
+    };
+    codec::decode(&raw)
+        .map(Some)
+        .map_err(|e| snapshot_err(ErrorVerb::Read, format!("decode stored snapshot of shard {shard}: {e}")))
+}
+
+/// Stores `snapshot` as the shard's current one unless a newer one is stored already (`force`
+/// replaces it regardless: an installed snapshot supersedes everything).
+fn store_snapshot(
+    db: &Db,
+    shard: u32,
+    current: &CurrentSnapshot,
+    snapshot: &StoredSnapshot,
+    force: bool,
+) -> Result<bool, RaftStorageError> {
+    let mut current = current.lock();
+    if !force && *current >= snapshot.meta.last_log_id {
+        return Ok(false);
+    }
+    let mut batch = db.raft_batch();
+    batch.put_meta(shard, RaftMetaField::Snapshot, &codec::encode(snapshot));
+    // Not synced here: a built snapshot only needs to be durable before the log it replaces is
+    // purged, and purge syncs the WAL first. An install syncs right after writing the state.
+    db.write_raft(batch, Durability::Buffered).map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+    *current = snapshot.meta.last_log_id;
+    Ok(true)
+}
+
+impl RaftStateMachine<TypeConfig> for ShardStateMachine {
+    type SnapshotBuilder = ShardSnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), RaftStorageError> {
+        Ok((self.applied, self.membership.clone()))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(shard = self.shard))]
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<u8>>, RaftStorageError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let shard = self.shard;
+        let mut batch = self.db.state_batch();
+        let mut replies = Vec::new();
+        let mut last = None;
+        let mut membership = None;
+        for entry in entries {
+            let reply = match entry.payload {
+                EntryPayload::Blank => Vec::new(),
+                EntryPayload::Normal(Proposal(payload)) => {
+                    self.applier.apply(shard, entry.log_id.index, &payload, &mut batch)
+                }
+                EntryPayload::Membership(config) => {
+                    membership = Some(StoredMembership::new(Some(entry.log_id), config));
+                    Vec::new()
+                }
+            };
+            replies.push(reply);
+            last = Some(entry.log_id);
+        }
+        let Some(last) = last else { return Ok(replies) };
+        batch.put(&applied_log_id_key(shard), &codec::encode(&Some(last)));
+        if let Some(membership) = &membership {
+            batch.put(&membership_key(shard), &codec::encode(membership));
+        }
+        self.db.write_state(batch).map_err(|e| StorageIOError::apply(last, AnyError::new(&e)))?;
+        self.applied = Some(last);
+        if let Some(membership) = membership {
+            self.membership = membership;
+        }
+        self.applier.after_write(shard);
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> ShardSnapshotBuilder {
+        // Pinned here, in the state machine's task, so the dump is exactly the state after the
+        // last apply; the dump itself runs on its own thread while applies continue.
+        let dump = self.db.begin_state_dump(self.shard);
+        ShardSnapshotBuilder {
+            shard: self.shard,
+            db: self.db.clone(),
+            dump: Some(dump),
+            current_snapshot: self.current_snapshot.clone(),
+            _lease: self._lease.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, RaftStorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    #[tracing::instrument(level = "info", skip_all, fields(shard = self.shard, snapshot = %meta.snapshot_id))]
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), RaftStorageError> {
+        let stored = StoredSnapshot { meta: meta.clone(), data: snapshot.into_inner() };
+        // Record first, state second: see the module doc for the crash in between.
+        store_snapshot(&self.db, self.shard, &self.current_snapshot, &stored, true)?;
+        self.install_state(&stored.meta, &stored.data)?;
+        let shard = self.shard;
+        self.applier.reload(shard, &self.db).map_err(|e| {
+            StorageIOError::write_state_machine(AnyError::error(format!(
+                "reload shard {shard} after snapshot install: {e:#}"
+            )))
+        })?;
+        tracing::info!(applied = ?self.applied, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
+        let stored = read_stored_snapshot(&self.db, self.shard)?;
+        Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+    }
+}
+
+/// Builds one snapshot of a shard from a state dump pinned by the state machine.
+pub struct ShardSnapshotBuilder {
+    shard: u32,
+    db: Db,
+    dump: Option<weft_storage::db::Result<PendingStateDump>>,
+    current_snapshot: CurrentSnapshot,
+    _lease: Arc<()>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for ShardSnapshotBuilder {
+    #[tracing::instrument(level = "info", skip_all, fields(shard = self.shard))]
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
+        let shard = self.shard;
+        let dump = self.dump.take().ok_or_else(|| snapshot_err(ErrorVerb::Write, "snapshot builder used twice"))?;
+        let dump = dump.map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+        let entries = tokio::task::spawn_blocking(move || dump.wait())
+            .await
+            .map_err(|e| snapshot_err(ErrorVerb::Write, format!("join dump task: {e}")))?
+            .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+
+        let find = |key: Vec<u8>| {
+            entries.binary_search_by(|(k, _)| k.as_slice().cmp(key.as_slice())).ok().map(|i| entries[i].1.as_slice())
+        };
+        let last_log_id: Option<LogId> = match find(applied_log_id_key(shard)) {
+            Some(raw) => codec::decode(raw).map_err(|e| snapshot_err(ErrorVerb::Read, e))?,
+            None => None,
+        };
+        let last_membership: StoredMembership = match find(membership_key(shard)) {
+            Some(raw) => codec::decode(raw).map_err(|e| snapshot_err(ErrorVerb::Read, e))?,
+            None => StoredMembership::default(),
+        };
+        // Unique within the process; two snapshots of a shard at the same log id (built in
+        // different processes) hold the same state, so they may share the rest of the id.
+        let build_seq = SNAPSHOT_BUILD_SEQ.fetch_add(1, Ordering::Relaxed);
+        let snapshot_id = match last_log_id {
+            Some(id) => format!("{shard}-{}-{}-{build_seq}", id.leader_id, id.index),
+            None => format!("{shard}-none-{build_seq}"),
+        };
+        let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
+        let entry_count = entries.len();
+        let stored = StoredSnapshot { meta, data: codec::encode(&SnapshotPayload { shard, entries }) };
+        let stored_now = store_snapshot(&self.db, shard, &self.current_snapshot, &stored, false)?;
+        tracing::info!(snapshot = %stored.meta.snapshot_id, entries = entry_count, bytes = stored.data.len(), stored_now, "built snapshot");
+        Ok(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) })
+    }
+}

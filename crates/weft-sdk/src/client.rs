@@ -1,0 +1,320 @@
+//! [`Client`]: starts, signals, cancels and inspects workflows; the worker
+//! uses it too. One HTTP/2 channel, shared by clones.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+use weft_proto::v1 as pb;
+use weft_proto::v1::admin_service_client::AdminServiceClient;
+use weft_proto::v1::worker_service_client::WorkerServiceClient;
+use weft_proto::v1::workflow_service_client::WorkflowServiceClient;
+
+use crate::error::{Failure, WorkflowResultError};
+use crate::retry::duration_ms;
+
+/// Namespace used unless [`Client::with_namespace`] says otherwise.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Largest message the client sends or accepts: a full history may reach
+/// 50 MiB, and tonic's default of 4 MiB would refuse it.
+const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// How long one `GetWorkflowResult` call waits; the server caps it at 60 s.
+const RESULT_WAIT_MS: u64 = 60_000;
+
+/// Transient errors `workflow_result` retries before giving up.
+const RESULT_RETRIES_MAX: u32 = 10;
+
+/// Events asked for per `GetWorkflowHistory` page.
+const HISTORY_PAGE_EVENTS: u32 = 1_000;
+
+/// A connection to a Weft server, bound to one namespace. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Client {
+    namespace: String,
+    clients: RawClients,
+}
+
+/// The generated gRPC clients, for tools that need calls the SDK does not wrap.
+#[derive(Clone, Debug)]
+pub struct RawClients {
+    pub workflow: WorkflowServiceClient<Channel>,
+    pub worker: WorkerServiceClient<Channel>,
+    pub admin: AdminServiceClient<Channel>,
+}
+
+/// A started run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkflowRun {
+    pub workflow_id: String,
+    pub run_id: String,
+    /// False when a repeated request id returned the run started before.
+    pub started: bool,
+}
+
+/// Everything `start_workflow_with` can set.
+#[derive(Clone, Debug, Default)]
+pub struct StartWorkflowOptions {
+    pub workflow_type: String,
+    pub workflow_id: String,
+    pub task_queue: String,
+    /// Idempotency key: a repeated start with the same key returns the same run.
+    pub request_id: Option<String>,
+    /// Timeout of each workflow task; `None` means the server's default (10 s).
+    pub workflow_task_timeout: Option<Duration>,
+}
+
+/// Filter and page of [`Client::list_workflows`].
+#[derive(Clone, Debug, Default)]
+pub struct ListWorkflowsOptions {
+    pub status: Option<pb::WorkflowStatus>,
+    pub workflow_type: Option<String>,
+    /// 0 means the server's default (100).
+    pub page_size: u32,
+    pub next_page_token: Vec<u8>,
+}
+
+impl Client {
+    /// Connects to `address` ("http://host:port", or "host:port").
+    pub async fn connect(address: &str) -> Result<Client, tonic::transport::Error> {
+        let uri = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
+        let channel = Endpoint::from_shared(uri)?
+            .connect_timeout(Duration::from_secs(5))
+            // Small requests must not wait for the previous segment's ACK (Nagle + delayed ACK = 40 ms a step).
+            .tcp_nodelay(true)
+            .tcp_keepalive(Some(Duration::from_secs(30)))
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true)
+            .connect()
+            .await?;
+        Ok(Client::from_channel(channel))
+    }
+
+    /// A client over a channel you built (TLS, interceptors, ...).
+    pub fn from_channel(channel: Channel) -> Client {
+        let clients = RawClients {
+            workflow: WorkflowServiceClient::new(channel.clone())
+                .max_decoding_message_size(MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(MESSAGE_BYTES_MAX),
+            worker: WorkerServiceClient::new(channel.clone())
+                .max_decoding_message_size(MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(MESSAGE_BYTES_MAX),
+            admin: AdminServiceClient::new(channel),
+        };
+        Client { namespace: DEFAULT_NAMESPACE.to_string(), clients }
+    }
+
+    /// The same connection, bound to another namespace.
+    pub fn with_namespace(mut self, namespace: impl Into<String>) -> Client {
+        self.namespace = namespace.into();
+        self
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The generated gRPC clients (clones sharing the connection).
+    pub fn raw(&self) -> RawClients {
+        self.clients.clone()
+    }
+
+    /// Starts workflow `workflow_type` with id `workflow_id` on `task_queue`.
+    pub async fn start_workflow<I: Serialize>(
+        &self,
+        workflow_type: &str,
+        workflow_id: &str,
+        task_queue: &str,
+        input: &I,
+    ) -> Result<WorkflowRun, tonic::Status> {
+        let options = StartWorkflowOptions {
+            workflow_type: workflow_type.to_string(),
+            workflow_id: workflow_id.to_string(),
+            task_queue: task_queue.to_string(),
+            ..StartWorkflowOptions::default()
+        };
+        self.start_workflow_with(options, input).await
+    }
+
+    pub async fn start_workflow_with<I: Serialize>(
+        &self,
+        options: StartWorkflowOptions,
+        input: &I,
+    ) -> Result<WorkflowRun, tonic::Status> {
+        let request = pb::StartWorkflowRequest {
+            namespace: self.namespace.clone(),
+            workflow_id: options.workflow_id.clone(),
+            workflow_type: options.workflow_type,
+            task_queue: options.task_queue,
+            input: encode(input, "workflow input")?,
+            request_id: options.request_id.unwrap_or_default(),
+            workflow_task_timeout_ms: options.workflow_task_timeout.map(duration_ms).unwrap_or(0),
+        };
+        let response = self.clients.workflow.clone().start_workflow(request).await?.into_inner();
+        Ok(WorkflowRun { workflow_id: options.workflow_id, run_id: response.run_id, started: response.started })
+    }
+
+    /// Sends signal `signal_name` to the current run of `workflow_id`.
+    pub async fn signal_workflow<T: Serialize>(
+        &self,
+        workflow_id: &str,
+        signal_name: &str,
+        payload: &T,
+    ) -> Result<(), tonic::Status> {
+        let request = pb::SignalWorkflowRequest {
+            namespace: self.namespace.clone(),
+            workflow_id: workflow_id.to_string(),
+            run_id: String::new(),
+            signal_name: signal_name.to_string(),
+            input: encode(payload, "signal payload")?,
+            request_id: String::new(),
+        };
+        self.clients.workflow.clone().signal_workflow(request).await?;
+        Ok(())
+    }
+
+    /// Asks the current run to cancel; its code sees the request and decides.
+    pub async fn cancel_workflow(&self, workflow_id: &str, reason: &str) -> Result<(), tonic::Status> {
+        let request = pb::RequestCancelWorkflowRequest {
+            namespace: self.namespace.clone(),
+            workflow_id: workflow_id.to_string(),
+            run_id: String::new(),
+            reason: reason.to_string(),
+        };
+        self.clients.workflow.clone().request_cancel_workflow(request).await?;
+        Ok(())
+    }
+
+    /// Ends the current run at once, without running its code.
+    pub async fn terminate_workflow(&self, workflow_id: &str, reason: &str) -> Result<(), tonic::Status> {
+        let request = pb::TerminateWorkflowRequest {
+            namespace: self.namespace.clone(),
+            workflow_id: workflow_id.to_string(),
+            run_id: String::new(),
+            reason: reason.to_string(),
+        };
+        self.clients.workflow.clone().terminate_workflow(request).await?;
+        Ok(())
+    }
+
+    pub async fn describe_workflow(&self, workflow_id: &str) -> Result<pb::DescribeWorkflowResponse, tonic::Status> {
+        let request = pb::DescribeWorkflowRequest {
+            namespace: self.namespace.clone(),
+            workflow_id: workflow_id.to_string(),
+            run_id: String::new(),
+        };
+        Ok(self.clients.workflow.clone().describe_workflow(request).await?.into_inner())
+    }
+
+    /// The whole history of a run (`None`: the current run), fetched page by page.
+    pub async fn workflow_history(
+        &self,
+        workflow_id: &str,
+        run_id: Option<&str>,
+    ) -> Result<Vec<pb::HistoryEvent>, tonic::Status> {
+        self.history_from(workflow_id, run_id.unwrap_or_default(), 1).await
+    }
+
+    /// The events of a run from `from_event_id` on.
+    pub(crate) async fn history_from(
+        &self,
+        workflow_id: &str,
+        run_id: &str,
+        from_event_id: u64,
+    ) -> Result<Vec<pb::HistoryEvent>, tonic::Status> {
+        let mut events: Vec<pb::HistoryEvent> = Vec::new();
+        let mut next = from_event_id;
+        let mut run_id = run_id.to_string();
+        loop {
+            let request = pb::GetWorkflowHistoryRequest {
+                namespace: self.namespace.clone(),
+                workflow_id: workflow_id.to_string(),
+                run_id: run_id.clone(),
+                from_event_id: next,
+                max_events: HISTORY_PAGE_EVENTS,
+            };
+            let page = self.clients.workflow.clone().get_workflow_history(request).await?.into_inner();
+            // Later pages must come from the same run even if it continues as new meanwhile.
+            if run_id.is_empty() {
+                run_id = page.run_id.clone();
+            }
+            let got = page.events.len();
+            events.extend(page.events);
+            if page.next_event_id == 0 || got == 0 || page.next_event_id <= next {
+                return Ok(events);
+            }
+            next = page.next_event_id;
+        }
+    }
+
+    /// Waits until the workflow's run (following continue-as-new) closes and returns its result.
+    pub async fn workflow_result<T: DeserializeOwned>(&self, workflow_id: &str) -> Result<T, WorkflowResultError> {
+        let mut run_id = String::new();
+        let mut transient_errors = 0;
+        loop {
+            let request = pb::GetWorkflowResultRequest {
+                namespace: self.namespace.clone(),
+                workflow_id: workflow_id.to_string(),
+                run_id: run_id.clone(),
+                wait_ms: RESULT_WAIT_MS,
+                follow_runs: true,
+            };
+            let response = match self.clients.workflow.clone().get_workflow_result(request).await {
+                Ok(response) => response.into_inner(),
+                Err(status)
+                    if transient_errors < RESULT_RETRIES_MAX
+                        && matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) =>
+                {
+                    transient_errors += 1;
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(transient_errors))).await;
+                    continue;
+                }
+                Err(status) => return Err(WorkflowResultError::Rpc(status)),
+            };
+            transient_errors = 0;
+            if !response.closed {
+                continue;
+            }
+            let failure = || response.failure.clone().map(Failure::from).unwrap_or_default();
+            return match response.status() {
+                pb::WorkflowStatus::Completed => {
+                    let bytes = if response.result.is_empty() { b"null".as_slice() } else { &response.result };
+                    serde_json::from_slice(bytes).map_err(|error| WorkflowResultError::Decode(error.to_string()))
+                }
+                pb::WorkflowStatus::Failed => Err(WorkflowResultError::Failed(failure())),
+                pb::WorkflowStatus::Canceled => Err(WorkflowResultError::Canceled),
+                pb::WorkflowStatus::Terminated => Err(WorkflowResultError::Terminated(failure().message)),
+                pb::WorkflowStatus::TimedOut => Err(WorkflowResultError::TimedOut),
+                pb::WorkflowStatus::ContinuedAsNew if !response.continued_as_run_id.is_empty() => {
+                    run_id = response.continued_as_run_id;
+                    continue;
+                }
+                status => Err(WorkflowResultError::Rpc(tonic::Status::internal(format!(
+                    "the server reported the run closed with status {status:?}"
+                )))),
+            };
+        }
+    }
+
+    /// One page of the namespace's runs, newest first.
+    pub async fn list_workflows(
+        &self,
+        options: ListWorkflowsOptions,
+    ) -> Result<pb::ListWorkflowsResponse, tonic::Status> {
+        let request = pb::ListWorkflowsRequest {
+            namespace: self.namespace.clone(),
+            status: options.status.unwrap_or(pb::WorkflowStatus::Unspecified) as i32,
+            workflow_type: options.workflow_type.unwrap_or_default(),
+            page_size: options.page_size,
+            next_page_token: options.next_page_token,
+        };
+        Ok(self.clients.workflow.clone().list_workflows(request).await?.into_inner())
+    }
+}
+
+fn encode<T: Serialize>(value: &T, what: &str) -> Result<Vec<u8>, tonic::Status> {
+    serde_json::to_vec(value)
+        .map_err(|error| tonic::Status::invalid_argument(format!("encode {what} as JSON: {error}")))
+}

@@ -1,0 +1,567 @@
+//! [`Worker`]: polls a task queue for workflow and activity tasks and runs them.
+//!
+//! Workflow tasks go through the replay engine ([`crate::replay`]); a run's
+//! machine is kept in an LRU cache between tasks, so a task that only brings
+//! new events costs no replay. Concurrency is bounded by one semaphore per
+//! task kind; a poller takes a slot before it polls, so the worker never holds
+//! a task it has no room to run.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tracing::Instrument;
+use weft_proto::v1 as pb;
+
+use crate::activity::{ActivityContext, ActivityFactory, activity_factory, run_activity_task};
+use crate::client::Client;
+use crate::error::{ActivityError, Failure, WorkflowError};
+use crate::replay::{RunMachine, WorkflowFactory};
+use crate::workflow::{RunInfo, WorkflowContext, workflow_factory};
+
+/// How long a poll waits on the server for a task.
+const POLL_WAIT_MS: u64 = 30_000;
+/// First delay after a failed poll; doubles up to `POLL_BACKOFF_MAX`.
+const POLL_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const POLL_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Registers workflows and activities and sets limits; [`build`](Self::build) makes the worker.
+pub struct WorkerBuilder {
+    client: Client,
+    task_queue: String,
+    workflows: HashMap<String, WorkflowFactory>,
+    activities: HashMap<String, ActivityFactory>,
+    max_concurrent_workflow_tasks: usize,
+    max_concurrent_activities: usize,
+    workflow_pollers: usize,
+    activity_pollers: usize,
+    cached_runs_max: usize,
+    shutdown_grace: Duration,
+    identity: String,
+}
+
+impl WorkerBuilder {
+    /// Registers workflow type `name`: `async fn(WorkflowContext, I) -> Result<O, WorkflowError>`.
+    pub fn register_workflow<I, O, F, Fut>(mut self, name: &str, function: F) -> Self
+    where
+        I: DeserializeOwned + Send + 'static,
+        O: Serialize + Send + 'static,
+        F: Fn(WorkflowContext, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, WorkflowError>> + Send + 'static,
+    {
+        let factory = workflow_factory(name, function);
+        self.workflows.insert(name.to_string(), factory);
+        self
+    }
+
+    /// Registers activity type `name`: `async fn(ActivityContext, I) -> Result<O, ActivityError>`.
+    pub fn register_activity<I, O, F, Fut>(mut self, name: &str, function: F) -> Self
+    where
+        I: DeserializeOwned + Send + 'static,
+        O: Serialize + Send + 'static,
+        F: Fn(ActivityContext, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, ActivityError>> + Send + 'static,
+    {
+        self.activities.insert(name.to_string(), activity_factory(function));
+        self
+    }
+
+    /// Workflow tasks run at once (default 64).
+    pub fn max_concurrent_workflow_tasks(mut self, max: usize) -> Self {
+        self.max_concurrent_workflow_tasks = max.max(1);
+        self
+    }
+
+    /// Activity attempts run at once (default 64).
+    pub fn max_concurrent_activities(mut self, max: usize) -> Self {
+        self.max_concurrent_activities = max.max(1);
+        self
+    }
+
+    /// Concurrent long-polls for workflow tasks (default 2).
+    pub fn workflow_pollers(mut self, pollers: usize) -> Self {
+        self.workflow_pollers = pollers.max(1);
+        self
+    }
+
+    /// Concurrent long-polls for activity tasks (default 2).
+    pub fn activity_pollers(mut self, pollers: usize) -> Self {
+        self.activity_pollers = pollers.max(1);
+        self
+    }
+
+    /// Runs kept in memory between workflow tasks (default 1,000); others replay.
+    pub fn cached_runs_max(mut self, max: usize) -> Self {
+        self.cached_runs_max = max;
+        self
+    }
+
+    /// How long shutdown waits for running tasks (default 30 s).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// The name the server records for this worker (default "pid@host").
+    pub fn identity(mut self, identity: impl Into<String>) -> Self {
+        self.identity = identity.into();
+        self
+    }
+
+    pub fn build(self) -> Worker {
+        Worker {
+            shared: Arc::new(WorkerShared {
+                workflow_slots: Arc::new(Semaphore::new(self.max_concurrent_workflow_tasks)),
+                activity_slots: Arc::new(Semaphore::new(self.max_concurrent_activities)),
+                cache: Mutex::new(RunCache::new(self.cached_runs_max)),
+                client: self.client,
+                task_queue: self.task_queue,
+                workflows: self.workflows,
+                activities: self.activities,
+                max_concurrent_workflow_tasks: self.max_concurrent_workflow_tasks,
+                max_concurrent_activities: self.max_concurrent_activities,
+                workflow_pollers: self.workflow_pollers,
+                activity_pollers: self.activity_pollers,
+                shutdown_grace: self.shutdown_grace,
+                identity: self.identity,
+            }),
+        }
+    }
+}
+
+/// Runs the registered workflows and activities of one task queue.
+#[derive(Clone)]
+pub struct Worker {
+    shared: Arc<WorkerShared>,
+}
+
+struct WorkerShared {
+    client: Client,
+    task_queue: String,
+    workflows: HashMap<String, WorkflowFactory>,
+    activities: HashMap<String, ActivityFactory>,
+    workflow_slots: Arc<Semaphore>,
+    activity_slots: Arc<Semaphore>,
+    max_concurrent_workflow_tasks: usize,
+    max_concurrent_activities: usize,
+    workflow_pollers: usize,
+    activity_pollers: usize,
+    shutdown_grace: Duration,
+    identity: String,
+    cache: Mutex<RunCache>,
+}
+
+impl Worker {
+    pub fn builder(client: Client, task_queue: &str) -> WorkerBuilder {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_string());
+        WorkerBuilder {
+            client,
+            task_queue: task_queue.to_string(),
+            workflows: HashMap::new(),
+            activities: HashMap::new(),
+            max_concurrent_workflow_tasks: 64,
+            max_concurrent_activities: 64,
+            workflow_pollers: 2,
+            activity_pollers: 2,
+            cached_runs_max: 1_000,
+            shutdown_grace: Duration::from_secs(30),
+            identity: format!("{}@{host}", std::process::id()),
+        }
+    }
+
+    /// Runs until ctrl-c, then shuts down gracefully.
+    pub async fn run(&self) -> anyhow::Result<()> {
+        self.run_until(async {
+            if let Err(error) = tokio::signal::ctrl_c().await {
+                tracing::warn!("cannot listen for ctrl-c ({error}); running until killed");
+                std::future::pending::<()>().await;
+            }
+        })
+        .await
+    }
+
+    /// Runs until `shutdown` completes; then stops polling, waits (at most the
+    /// shutdown grace) for running tasks to finish, and returns.
+    pub async fn run_until<S: Future<Output = ()>>(&self, shutdown: S) -> anyhow::Result<()> {
+        let shared = &self.shared;
+        if shared.workflows.is_empty() && shared.activities.is_empty() {
+            anyhow::bail!(
+                "the worker for task queue {:?} has no workflows or activities registered",
+                shared.task_queue
+            );
+        }
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut pollers = Vec::new();
+        if !shared.workflows.is_empty() {
+            for _ in 0..shared.workflow_pollers {
+                pollers.push(tokio::spawn(poll_workflow_tasks(shared.clone(), stop_rx.clone())));
+            }
+        }
+        if !shared.activities.is_empty() {
+            for _ in 0..shared.activity_pollers {
+                pollers.push(tokio::spawn(poll_activity_tasks(shared.clone(), stop_rx.clone())));
+            }
+        }
+        tracing::info!(
+            task_queue = %shared.task_queue,
+            namespace = %shared.client.namespace(),
+            workflows = ?sorted_names(&shared.workflows),
+            activities = ?sorted_names(&shared.activities),
+            "worker started"
+        );
+        shutdown.await;
+        tracing::info!(task_queue = %shared.task_queue, "worker stopping: no new tasks, waiting for running ones");
+        let _ = stop_tx.send(true);
+        for poller in pollers {
+            let _ = poller.await;
+        }
+        let drained = async {
+            let workflows = u32::try_from(shared.max_concurrent_workflow_tasks).unwrap_or(u32::MAX);
+            let activities = u32::try_from(shared.max_concurrent_activities).unwrap_or(u32::MAX);
+            let _all_workflow_slots = shared.workflow_slots.acquire_many(workflows).await;
+            let _all_activity_slots = shared.activity_slots.acquire_many(activities).await;
+        };
+        if tokio::time::timeout(shared.shutdown_grace, drained).await.is_err() {
+            tracing::warn!(grace = ?shared.shutdown_grace, "worker stopped with tasks still running");
+        } else {
+            tracing::info!(task_queue = %shared.task_queue, "worker stopped");
+        }
+        Ok(())
+    }
+}
+
+fn sorted_names<T>(map: &HashMap<String, T>) -> Vec<&str> {
+    let mut names: Vec<&str> = map.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    names
+}
+
+/// Resolves once the worker is told to stop.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+/// Exponential backoff for failed polls, so a down server is not hammered.
+struct PollBackoff {
+    next: Duration,
+}
+
+impl PollBackoff {
+    fn new() -> Self {
+        PollBackoff { next: POLL_BACKOFF_MIN }
+    }
+
+    fn reset(&mut self) {
+        self.next = POLL_BACKOFF_MIN;
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(POLL_BACKOFF_MAX);
+        // Up to 20% jitter, so many workers do not poll in lockstep.
+        let jitter_ms = rand::random::<u64>() % (delay.as_millis() as u64 / 5 + 1);
+        delay + Duration::from_millis(jitter_ms)
+    }
+}
+
+async fn poll_workflow_tasks(shared: Arc<WorkerShared>, mut stop: watch::Receiver<bool>) {
+    let mut worker = shared.client.raw().worker;
+    let mut backoff = PollBackoff::new();
+    loop {
+        let permit = tokio::select! {
+            _ = stopped(&mut stop) => return,
+            permit = shared.workflow_slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        let request = pb::PollWorkflowTaskRequest {
+            namespace: shared.client.namespace().to_string(),
+            task_queue: shared.task_queue.clone(),
+            identity: shared.identity.clone(),
+            wait_ms: POLL_WAIT_MS,
+        };
+        let polled = tokio::select! {
+            _ = stopped(&mut stop) => return,
+            polled = worker.poll_workflow_task(request) => polled,
+        };
+        match polled {
+            Ok(response) => {
+                backoff.reset();
+                let Some(task) = response.into_inner().task else { continue };
+                if task.task_token.is_empty() {
+                    continue;
+                }
+                let span = tracing::info_span!(
+                    "workflow_task",
+                    workflow_id = %task.workflow_id,
+                    run_id = %task.run_id,
+                    workflow_type = %task.workflow_type,
+                );
+                tokio::spawn(process_workflow_task(shared.clone(), task, permit).instrument(span));
+            }
+            Err(status) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(task_queue = %shared.task_queue, "polling workflow tasks failed: {status}; retrying in {delay:?}");
+                tokio::select! {
+                    _ = stopped(&mut stop) => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn poll_activity_tasks(shared: Arc<WorkerShared>, mut stop: watch::Receiver<bool>) {
+    let mut worker = shared.client.raw().worker;
+    let mut backoff = PollBackoff::new();
+    let mut registered = sorted_names(&shared.activities).into_iter().map(String::from).collect::<Vec<_>>();
+    registered.sort();
+    loop {
+        let permit = tokio::select! {
+            _ = stopped(&mut stop) => return,
+            permit = shared.activity_slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        let request = pb::PollActivityTaskRequest {
+            namespace: shared.client.namespace().to_string(),
+            task_queue: shared.task_queue.clone(),
+            identity: shared.identity.clone(),
+            wait_ms: POLL_WAIT_MS,
+        };
+        let polled = tokio::select! {
+            _ = stopped(&mut stop) => return,
+            polled = worker.poll_activity_task(request) => polled,
+        };
+        match polled {
+            Ok(response) => {
+                backoff.reset();
+                let Some(task) = response.into_inner().task else { continue };
+                if task.task_token.is_empty() {
+                    continue;
+                }
+                let span = tracing::info_span!(
+                    "activity",
+                    workflow_id = %task.workflow_id,
+                    run_id = %task.run_id,
+                    activity_type = %task.activity_type,
+                    seq = task.seq,
+                    attempt = task.attempt,
+                );
+                let factory = shared.activities.get(&task.activity_type).cloned();
+                let client = shared.client.clone();
+                let identity = shared.identity.clone();
+                let registered = registered.clone();
+                tokio::spawn(
+                    async move {
+                        run_activity_task(client, identity, factory, registered, task).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
+            }
+            Err(status) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(task_queue = %shared.task_queue, "polling activity tasks failed: {status}; retrying in {delay:?}");
+                tokio::select! {
+                    _ = stopped(&mut stop) => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Runs a workflow task and the tasks the server hands back inline, then
+/// parks the run in the cache (or drops it when it closed or went wrong).
+async fn process_workflow_task(shared: Arc<WorkerShared>, mut task: pb::WorkflowTask, _slot: OwnedSemaphorePermit) {
+    let key = RunKey::of(&task);
+    let mut cached = shared.cache.lock().take(&key);
+    let mut worker = shared.client.raw().worker;
+    loop {
+        let task_token = task.task_token.clone();
+        let mut machine = match prepare_machine(&shared, cached.take(), &mut task).await {
+            Ok(machine) => machine,
+            Err(failure) => {
+                fail_workflow_task(&shared, task_token, failure).await;
+                return;
+            }
+        };
+        let timeout = machine.workflow_task_timeout();
+        let activation = match tokio::time::timeout(timeout, machine.advance()).await {
+            Ok(Ok(activation)) => activation,
+            Ok(Err(error)) => {
+                tracing::error!(attempt = task.attempt, "workflow task failed: {error}");
+                fail_workflow_task(&shared, task_token, error.to_failure()).await;
+                return;
+            }
+            Err(_) => {
+                // The server times the task out and schedules it again; the code restarts from history.
+                tracing::warn!(
+                    ?timeout,
+                    "workflow code ran longer than the workflow task timeout (a slow step?); dropped"
+                );
+                return;
+            }
+        };
+        tracing::debug!(
+            commands = activation.commands.len(),
+            finished = activation.finished,
+            "completing workflow task"
+        );
+        let request = pb::CompleteWorkflowTaskRequest {
+            task_token,
+            commands: activation.commands,
+            return_next_task: !activation.finished,
+            identity: shared.identity.clone(),
+        };
+        match worker.complete_workflow_task(request).await {
+            Ok(response) => {
+                if activation.finished {
+                    return;
+                }
+                match response.into_inner().next_task {
+                    Some(next) if !next.task_token.is_empty() => {
+                        task = next;
+                        cached = Some(machine);
+                    }
+                    _ => {
+                        shared.cache.lock().put(key, machine);
+                        return;
+                    }
+                }
+            }
+            Err(status) if matches!(status.code(), tonic::Code::FailedPrecondition | tonic::Code::NotFound) => {
+                tracing::info!("workflow task completion rejected ({}); dropping the cached run", status.message());
+                return;
+            }
+            Err(status) => {
+                tracing::warn!("completing the workflow task failed: {status}; dropping the cached run");
+                return;
+            }
+        }
+    }
+}
+
+/// The run's machine with the task's events added: the cached one when the
+/// task continues what it saw, else a fresh one replaying the full history.
+async fn prepare_machine(
+    shared: &WorkerShared,
+    cached: Option<RunMachine>,
+    task: &mut pb::WorkflowTask,
+) -> Result<RunMachine, Failure> {
+    let events = std::mem::take(&mut task.history);
+    let first_event_id = task.first_event_id.max(1);
+    if let Some(mut machine) = cached {
+        let continues = if first_event_id == 1 {
+            machine.is_prefix_of(&events)
+        } else {
+            first_event_id == machine.known_events() + 1
+        };
+        if continues {
+            let skip = usize::try_from(machine.known_events().saturating_sub(first_event_id - 1)).unwrap_or(usize::MAX);
+            machine.add_events(events.into_iter().skip(skip)).map_err(|error| error.to_failure())?;
+            return Ok(machine);
+        }
+        tracing::debug!(
+            known = machine.known_events(),
+            first_event_id,
+            "cached run does not match the task; replaying"
+        );
+    }
+    let history = if first_event_id == 1 {
+        events
+    } else {
+        // A gap: fetch everything, up to what the task saw.
+        let last_event_id = first_event_id + events.len() as u64 - 1;
+        let mut history =
+            shared.client.history_from(&task.workflow_id, &task.run_id, 1).await.map_err(|status| {
+                Failure::new("HistoryFetchFailed", format!("fetch the history to replay: {status}"))
+            })?;
+        history.truncate(usize::try_from(last_event_id).unwrap_or(usize::MAX));
+        history
+    };
+    let Some(factory) = shared.workflows.get(&task.workflow_type) else {
+        return Err(Failure::new(
+            "UnknownWorkflowType",
+            format!(
+                "workflow type {:?} is not registered on worker {} (it has: {})",
+                task.workflow_type,
+                shared.identity,
+                sorted_names(&shared.workflows).join(", ")
+            ),
+        ));
+    };
+    let info = RunInfo {
+        namespace: task.namespace.clone(),
+        workflow_id: task.workflow_id.clone(),
+        run_id: task.run_id.clone(),
+        workflow_type: task.workflow_type.clone(),
+        task_queue: task.task_queue.clone(),
+    };
+    RunMachine::new(info, history, factory).map_err(|error| error.to_failure())
+}
+
+async fn fail_workflow_task(shared: &WorkerShared, task_token: Vec<u8>, failure: Failure) {
+    let request =
+        pb::FailWorkflowTaskRequest { task_token, failure: Some(failure.into()), identity: shared.identity.clone() };
+    if let Err(status) = shared.client.raw().worker.fail_workflow_task(request).await {
+        tracing::warn!("reporting the failed workflow task failed: {status}");
+    }
+}
+
+/// A run, as the cache names it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct RunKey {
+    namespace: String,
+    workflow_id: String,
+    run_id: String,
+}
+
+impl RunKey {
+    fn of(task: &pb::WorkflowTask) -> Self {
+        RunKey { namespace: task.namespace.clone(), workflow_id: task.workflow_id.clone(), run_id: task.run_id.clone() }
+    }
+}
+
+/// Machines of runs waiting for their next workflow task, least recently used evicted first.
+struct RunCache {
+    capacity: usize,
+    runs: HashMap<RunKey, (u64, RunMachine)>,
+    by_use: BTreeMap<u64, RunKey>,
+    clock: u64,
+}
+
+impl RunCache {
+    fn new(capacity: usize) -> Self {
+        RunCache { capacity, runs: HashMap::new(), by_use: BTreeMap::new(), clock: 0 }
+    }
+
+    /// Removes and returns the run's machine: one task works on a run at a time.
+    fn take(&mut self, key: &RunKey) -> Option<RunMachine> {
+        let (used, machine) = self.runs.remove(key)?;
+        self.by_use.remove(&used);
+        Some(machine)
+    }
+
+    fn put(&mut self, key: RunKey, machine: RunMachine) {
+        if self.capacity == 0 {
+            return;
+        }
+        self.take(&key);
+        while self.runs.len() >= self.capacity {
+            let Some((_, oldest)) = self.by_use.pop_first() else { break };
+            self.runs.remove(&oldest);
+        }
+        self.clock += 1;
+        self.by_use.insert(self.clock, key.clone());
+        self.runs.insert(key, (self.clock, machine));
+    }
+}

@@ -1,0 +1,494 @@
+//! [`WorkflowContext`]: what workflow code calls to perform durable operations.
+//!
+//! Every operation takes its `seq` when it is *called* (not when first
+//! polled), so the numbering follows program order even when futures are
+//! created first and awaited later. Workflow code must be deterministic:
+//! no clocks, randomness or I/O outside steps and activities; use
+//! `ctx.now()`, `ctx.random()`, `ctx.uuid()` and `ctx.sleep()` instead.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use weft_proto::v1 as pb;
+use weft_proto::v1::workflow_command::Command;
+
+use crate::error::{ActivityError, ContinueAsNewRequest, Failure, PAYLOAD_ERROR_TYPE, WorkflowError};
+use crate::replay::{OpKind, Outcome, Resolution, RunState, WorkflowFactory, WorkflowFuture, event_type_name};
+use crate::retry::{RetryPolicy, duration_ms};
+
+/// Identity of the run a workflow context belongs to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunInfo {
+    pub namespace: String,
+    pub workflow_id: String,
+    pub run_id: String,
+    pub workflow_type: String,
+    pub task_queue: String,
+}
+
+/// Options of `ctx.activity`. Timeouts left `None` are unlimited, except
+/// start-to-close, which the server sets to 60 s when schedule-to-close is unset too.
+#[derive(Clone, Debug, Default)]
+pub struct ActivityOptions {
+    /// `None` means the workflow's own task queue.
+    pub task_queue: Option<String>,
+    /// Applied by the server; the default retries without limit, 1 s doubling up to 100 s.
+    pub retry_policy: RetryPolicy,
+    pub schedule_to_start_timeout: Option<Duration>,
+    pub start_to_close_timeout: Option<Duration>,
+    pub schedule_to_close_timeout: Option<Duration>,
+    pub heartbeat_timeout: Option<Duration>,
+}
+
+/// The handle workflow code uses to perform operations. Cheap to clone.
+#[derive(Clone)]
+pub struct WorkflowContext {
+    state: Arc<Mutex<RunState>>,
+    info: Arc<RunInfo>,
+}
+
+impl std::fmt::Debug for WorkflowContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkflowContext").field("info", &self.info).finish()
+    }
+}
+
+impl WorkflowContext {
+    pub(crate) fn new(state: Arc<Mutex<RunState>>) -> Self {
+        let info = state.lock().info.clone();
+        WorkflowContext { state, info }
+    }
+
+    pub fn info(&self) -> &RunInfo {
+        &self.info
+    }
+
+    pub fn workflow_id(&self) -> &str {
+        &self.info.workflow_id
+    }
+
+    pub fn run_id(&self) -> &str {
+        &self.info.run_id
+    }
+
+    pub fn workflow_type(&self) -> &str {
+        &self.info.workflow_type
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.info.namespace
+    }
+
+    /// Number of history events the code has been fed so far.
+    pub fn history_length(&self) -> u64 {
+        self.state.lock().last_fed_event_id
+    }
+
+    /// The time of the last event the code observed (the event that resolved
+    /// its latest operation, or `WorkflowStarted`). Replays identically.
+    pub fn now(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.state.lock().now_ms)
+    }
+
+    /// A random number from a generator seeded by the run id. Replays identically.
+    pub fn random(&self) -> u64 {
+        self.state.lock().rng.next_u64()
+    }
+
+    /// A version-4 UUID from the run's deterministic generator. Replays identically.
+    pub fn uuid(&self) -> uuid::Uuid {
+        self.state.lock().rng.next_uuid()
+    }
+
+    /// Whether the workflow was asked to cancel before the last event the code observed.
+    pub fn is_cancel_requested(&self) -> bool {
+        let state = self.state.lock();
+        state.cancel_requested_event_id.is_some_and(|id| id < state.last_observed_event_id)
+    }
+
+    /// The error to return to end this run and start a new one with `input`:
+    /// `return Err(ctx.continue_as_new(&next_input))`.
+    pub fn continue_as_new<I: Serialize>(&self, input: &I) -> WorkflowError {
+        self.continue_as_new_with(input, None, None)
+    }
+
+    /// Like [`continue_as_new`](Self::continue_as_new), optionally with another workflow type or task queue.
+    pub fn continue_as_new_with<I: Serialize>(
+        &self,
+        input: &I,
+        workflow_type: Option<String>,
+        task_queue: Option<String>,
+    ) -> WorkflowError {
+        match serde_json::to_vec(input) {
+            Ok(input) => WorkflowError::ContinueAsNew(ContinueAsNewRequest { input, workflow_type, task_queue }),
+            Err(error) => WorkflowError::Payload(format!("encode continue-as-new input: {error}")),
+        }
+    }
+
+    /// Runs `body` once and makes its result durable: the code continues only
+    /// after the result is recorded in the history, and a replay returns the
+    /// recorded result without running `body` again. A failed attempt is
+    /// retried in the worker per [`RetryPolicy::step_default`] (3 attempts);
+    /// the final failure is recorded and returned as [`WorkflowError::Step`].
+    /// Return an [`ActivityError::non_retryable`] (through anyhow) to stop retrying.
+    pub fn step<T, F, Fut>(
+        &self,
+        name: &str,
+        body: F,
+    ) -> impl Future<Output = Result<T, WorkflowError>> + Send + 'static
+    where
+        T: Serialize + DeserializeOwned + 'static,
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<T>> + Send + 'static,
+    {
+        self.step_with(name, RetryPolicy::step_default(), body)
+    }
+
+    /// [`step`](Self::step) with a retry policy of your own. Retries run inside
+    /// one workflow task, so the attempts and delays are cut short at half the
+    /// workflow task timeout.
+    pub fn step_with<T, F, Fut>(
+        &self,
+        name: &str,
+        policy: RetryPolicy,
+        mut body: F,
+    ) -> impl Future<Output = Result<T, WorkflowError>> + Send + 'static
+    where
+        T: Serialize + DeserializeOwned + 'static,
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<T>> + Send + 'static,
+    {
+        let begun = self.begin(OpKind::Step, name, |_| None);
+        let ctx = self.clone();
+        let name = name.to_string();
+        async move {
+            let (seq, is_new) = begun?;
+            if is_new {
+                let running = StepRunning::enter(&ctx.state);
+                let budget = ctx.state.lock().workflow_task_timeout / 2;
+                let (outcome, attempts) = run_step_body(&name, &policy, budget, &mut body).await;
+                let (result, failure) = match outcome {
+                    Ok(result) => (result, None),
+                    Err(failure) => (Vec::new(), Some(pb::Failure::from(failure))),
+                };
+                ctx.push_command(Command::RecordStep(pb::RecordStep {
+                    seq,
+                    name: name.clone(),
+                    result,
+                    failure,
+                    attempts,
+                }));
+                drop(running);
+            }
+            match ctx.resolution(seq).await.outcome {
+                Outcome::StepCompleted(result) => decode(&result, || format!("result of step {name:?}")),
+                Outcome::StepFailed(failure) => Err(WorkflowError::Step { name, failure }),
+                other => Err(ctx.unexpected(seq, &other)),
+            }
+        }
+    }
+
+    /// Schedules an activity on the server and waits for its final result.
+    pub fn activity<I, O>(
+        &self,
+        activity_type: &str,
+        input: &I,
+        options: ActivityOptions,
+    ) -> impl Future<Output = Result<O, WorkflowError>> + Send + 'static
+    where
+        I: Serialize,
+        O: DeserializeOwned + 'static,
+    {
+        let encoded = serde_json::to_vec(input)
+            .map_err(|error| WorkflowError::Payload(format!("encode input of activity {activity_type:?}: {error}")));
+        let begun = encoded.and_then(|input| {
+            self.begin(OpKind::Activity, activity_type, |seq| {
+                Some(Command::ScheduleActivity(pb::ScheduleActivity {
+                    seq,
+                    activity_type: activity_type.to_string(),
+                    task_queue: options.task_queue.clone().unwrap_or_default(),
+                    input,
+                    retry_policy: Some(pb::RetryPolicy::from(&options.retry_policy)),
+                    schedule_to_start_timeout_ms: options.schedule_to_start_timeout.map(duration_ms).unwrap_or(0),
+                    start_to_close_timeout_ms: options.start_to_close_timeout.map(duration_ms).unwrap_or(0),
+                    schedule_to_close_timeout_ms: options.schedule_to_close_timeout.map(duration_ms).unwrap_or(0),
+                    heartbeat_timeout_ms: options.heartbeat_timeout.map(duration_ms).unwrap_or(0),
+                }))
+            })
+        });
+        let ctx = self.clone();
+        let activity_type = activity_type.to_string();
+        async move {
+            let (seq, _) = begun?;
+            match ctx.resolution(seq).await.outcome {
+                Outcome::ActivityCompleted(result) => {
+                    decode(&result, || format!("result of activity {activity_type:?}"))
+                }
+                Outcome::ActivityFailed(failure) => Err(WorkflowError::Activity { activity_type, failure }),
+                Outcome::ActivityCanceled => Err(WorkflowError::Canceled),
+                other => Err(ctx.unexpected(seq, &other)),
+            }
+        }
+    }
+
+    /// Waits `duration` on a durable timer. Dropping the future before it
+    /// fires cancels the timer. Returns `Err(Canceled)` when the workflow is
+    /// asked to cancel while it sleeps.
+    pub fn sleep(&self, duration: Duration) -> impl Future<Output = Result<(), WorkflowError>> + Send + 'static {
+        let duration_ms = duration_ms(duration);
+        let begun = self.begin(OpKind::Timer, "", |seq| Some(Command::StartTimer(pb::StartTimer { seq, duration_ms })));
+        // Made now, not at the first poll: a sleep dropped unpolled cancels its timer too.
+        let mut guard =
+            begun.as_ref().ok().map(|(seq, _)| TimerGuard { state: self.state.clone(), seq: *seq, armed: true });
+        let ctx = self.clone();
+        async move {
+            let (seq, _) = begun?;
+            let resolution = ctx.resolution(seq).await;
+            if let Some(guard) = guard.as_mut() {
+                guard.armed = false;
+            }
+            match resolution.outcome {
+                Outcome::TimerFired => Ok(()),
+                Outcome::TimerCanceled => Err(WorkflowError::Canceled),
+                other => Err(ctx.unexpected(seq, &other)),
+            }
+        }
+    }
+
+    /// Waits for the signal `name` (the oldest buffered one, or the next to
+    /// arrive). `Ok(None)` when `timeout` passed first; `None` waits for ever.
+    pub fn signal<T>(
+        &self,
+        name: &str,
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = Result<Option<T>, WorkflowError>> + Send + 'static
+    where
+        T: DeserializeOwned + 'static,
+    {
+        let timeout_ms = timeout.map(duration_ms).unwrap_or(0);
+        let begun = self.begin(OpKind::SignalWait, name, |seq| {
+            Some(Command::WaitSignal(pb::WaitSignal { seq, signal_name: name.to_string(), timeout_ms }))
+        });
+        let ctx = self.clone();
+        let name = name.to_string();
+        async move {
+            let (seq, _) = begun?;
+            match ctx.resolution(seq).await.outcome {
+                Outcome::SignalConsumed(payload) => {
+                    decode(&payload, || format!("payload of signal {name:?}")).map(Some)
+                }
+                Outcome::SignalTimedOut => Ok(None),
+                Outcome::SignalCanceled => Err(WorkflowError::Canceled),
+                other => Err(ctx.unexpected(seq, &other)),
+            }
+        }
+    }
+
+    /// Takes the next seq for an operation and checks it against the history;
+    /// a new operation emits `command(seq)`. Returns the seq and whether it is new.
+    fn begin(
+        &self,
+        kind: OpKind,
+        name: &str,
+        command: impl FnOnce(u32) -> Option<Command>,
+    ) -> Result<(u32, bool), WorkflowError> {
+        let mut state = self.state.lock();
+        if let Some(message) = &state.nondeterminism {
+            // Once diverged, nothing the code does is trustworthy.
+            return Err(WorkflowError::NonDeterminism(message.clone()));
+        }
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        let is_new = match state.history_ops.get(&seq) {
+            Some(op) => {
+                if op.kind != kind || (kind != OpKind::Timer && op.name != name) {
+                    let message = format!(
+                        "operation seq {seq}: the workflow code issued {kind} {name:?}, but the history holds {} \
+                         {:?} (event {}) for this seq",
+                        event_type_name(op.event_type),
+                        op.name,
+                        op.event_id
+                    );
+                    state.nondeterminism = Some(message.clone());
+                    return Err(WorkflowError::NonDeterminism(message));
+                }
+                false
+            }
+            None => {
+                if let Some((later_seq, op)) = state.history_ops.range(seq..).next() {
+                    let message = format!(
+                        "operation seq {seq}: the workflow code issued {kind} {name:?}, which the history does not \
+                         hold, but it holds {} {:?} (event {}) as the later seq {later_seq}",
+                        event_type_name(op.event_type),
+                        op.name,
+                        op.event_id
+                    );
+                    state.nondeterminism = Some(message.clone());
+                    return Err(WorkflowError::NonDeterminism(message));
+                }
+                if let Some(command) = command(seq) {
+                    state.commands.push(pb::WorkflowCommand { command: Some(command) });
+                }
+                true
+            }
+        };
+        state.issued.insert(seq, (kind, name.to_string()));
+        Ok((seq, is_new))
+    }
+
+    fn push_command(&self, command: Command) {
+        self.state.lock().commands.push(pb::WorkflowCommand { command: Some(command) });
+    }
+
+    /// Waits until an event resolves operation `seq`, and marks it observed.
+    fn resolution(&self, seq: u32) -> impl Future<Output = Resolution> + Send + 'static {
+        let state = self.state.clone();
+        futures::future::poll_fn(move |cx| {
+            let mut state = state.lock();
+            match state.resolutions.remove(&seq) {
+                Some(resolution) => {
+                    state.wakers.remove(&seq);
+                    state.now_ms = state.now_ms.max(resolution.time_ms);
+                    state.last_observed_event_id = state.last_observed_event_id.max(resolution.event_id);
+                    std::task::Poll::Ready(resolution)
+                }
+                None => {
+                    state.wakers.insert(seq, cx.waker().clone());
+                    std::task::Poll::Pending
+                }
+            }
+        })
+    }
+
+    fn unexpected(&self, seq: u32, outcome: &Outcome) -> WorkflowError {
+        let message = format!("operation seq {seq} was resolved by an event of another kind: {outcome:?}");
+        self.state.lock().nondeterminism.get_or_insert(message.clone());
+        WorkflowError::NonDeterminism(message)
+    }
+}
+
+/// Counts a running step body, so the activation waits for it to finish.
+struct StepRunning {
+    state: Arc<Mutex<RunState>>,
+}
+
+impl StepRunning {
+    fn enter(state: &Arc<Mutex<RunState>>) -> Self {
+        state.lock().steps_running += 1;
+        StepRunning { state: state.clone() }
+    }
+}
+
+impl Drop for StepRunning {
+    fn drop(&mut self) {
+        self.state.lock().steps_running -= 1;
+    }
+}
+
+/// Cancels its timer when the sleep is dropped before the timer resolved.
+struct TimerGuard {
+    state: Arc<Mutex<RunState>>,
+    seq: u32,
+    armed: bool,
+}
+
+impl Drop for TimerGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut state = self.state.lock();
+        let seq = self.seq;
+        state.wakers.remove(&seq);
+        // A replay finds the cancel (or the fire) in the history and must not send it again.
+        if state.closing
+            || state.resolutions.contains_key(&seq)
+            || state.history_resolved.contains(&seq)
+            || !state.canceled_timers.insert(seq)
+        {
+            return;
+        }
+        state.commands.push(pb::WorkflowCommand { command: Some(Command::CancelTimer(pb::CancelTimer { seq })) });
+    }
+}
+
+/// Runs a step body with retries; returns its JSON result or final failure, and the attempts made.
+async fn run_step_body<T, F, Fut>(
+    name: &str,
+    policy: &RetryPolicy,
+    budget: Duration,
+    body: &mut F,
+) -> (Result<Vec<u8>, Failure>, u32)
+where
+    T: Serialize,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut attempt = 1;
+    loop {
+        let failure = match body().await {
+            Ok(value) => match serde_json::to_vec(&value) {
+                Ok(result) => return (Ok(result), attempt),
+                Err(error) => {
+                    let mut failure =
+                        Failure::new(PAYLOAD_ERROR_TYPE, format!("encode result of step {name:?}: {error}"));
+                    failure.non_retryable = true;
+                    return (Err(failure), attempt);
+                }
+            },
+            Err(error) => match error.downcast::<ActivityError>() {
+                Ok(activity_error) => activity_error.failure,
+                Err(error) => Failure::from_anyhow(&error),
+            },
+        };
+        if !policy.allows_retry(attempt, &failure) {
+            return (Err(failure), attempt);
+        }
+        let delay = policy.delay_before(attempt + 1);
+        if started.elapsed() + delay > budget {
+            tracing::warn!(
+                step = name,
+                attempt,
+                "step failed: {failure}; no retry, it would outlast the workflow task"
+            );
+            return (Err(failure), attempt);
+        }
+        tracing::warn!(step = name, attempt, "step failed: {failure}; retrying in {delay:?}");
+        tokio::time::sleep(delay).await;
+        attempt += 1;
+    }
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8], what: impl FnOnce() -> String) -> Result<T, WorkflowError> {
+    // An empty payload is JSON null, so `()` and `Option` results decode.
+    let bytes = if bytes.is_empty() { b"null".as_slice() } else { bytes };
+    serde_json::from_slice(bytes).map_err(|error| WorkflowError::Payload(format!("decode {}: {error}", what())))
+}
+
+/// Wraps a typed workflow function into a factory of run futures.
+pub(crate) fn workflow_factory<I, O, F, Fut>(workflow_type: &str, function: F) -> WorkflowFactory
+where
+    I: DeserializeOwned + Send + 'static,
+    O: Serialize + Send + 'static,
+    F: Fn(WorkflowContext, I) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<O, WorkflowError>> + Send + 'static,
+{
+    let function = Arc::new(function);
+    let workflow_type = workflow_type.to_string();
+    Arc::new(move |context: WorkflowContext, input: Vec<u8>| {
+        let function = function.clone();
+        let workflow_type = workflow_type.clone();
+        Box::pin(async move {
+            let input: I = decode(&input, || format!("input of workflow {workflow_type:?}"))?;
+            let output = function(context, input).await?;
+            serde_json::to_vec(&output).map_err(|error| {
+                WorkflowError::Payload(format!("encode result of workflow {workflow_type:?}: {error}"))
+            })
+        }) as WorkflowFuture
+    })
+}

@@ -1,0 +1,672 @@
+//! The node's one RocksDB: column families, tuning, durable batches, scans and state dumps.
+//!
+//! Column families:
+//! - `raft_log`: per-shard Raft log entries, key `[shard u32 BE][index u64 BE]`.
+//! - `raft_meta`: per-shard Raft metadata (vote, last purged log id, committed log id, current
+//!   snapshot), key `[0x01][shard u32 BE][field u8]`; node-level records (cluster metadata), key
+//!   `[0x00][name]`.
+//! - `state`: all state-machine data; every key starts with `[shard u32 BE]` (see
+//!   [`crate::keys`]), so one shard's state is one contiguous key range.
+//!
+//! Durability model (why `write_state` does not fsync):
+//! - Every write goes through RocksDB's single write-ahead log, shared by all column families, in
+//!   commit order. An fsync of the WAL (a write with `sync = true`, or [`Db::sync_wal`]) makes
+//!   durable every write issued before it, whatever its column family. Recovery uses
+//!   point-in-time mode: after a crash the database holds a *prefix* of the write order.
+//! - The Raft log (`raft_log`) is the durable source of truth. Log appends are acknowledged only
+//!   after an fsync, so a committed entry is always on disk. State-machine writes
+//!   ([`Db::write_state`]) go to the WAL without an fsync: after a crash the state may be behind
+//!   the log, but it is a consistent prefix (each applied batch carries its applied log id) and
+//!   Raft re-applies the missing entries from the log. Syncing every apply would double the
+//!   fsyncs for no gain in safety.
+//! - The one hazard is deleting log entries whose effects are not yet durable in `state`: the
+//!   log owner must call [`Db::sync_wal`] before purging (see `weft-raft`'s log store).
+//!
+//! Invariants: no method panics on disk bytes; every error says which operation failed.
+
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, DBRecoveryMode, IteratorMode,
+    Options, ReadOptions, WriteBatch, WriteOptions,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, CodecError};
+use crate::keys::{self, KeyError};
+
+/// Column family of the per-shard Raft log entries.
+pub const CF_RAFT_LOG: &str = "raft_log";
+/// Column family of the per-shard Raft metadata and node-level metadata.
+pub const CF_RAFT_META: &str = "raft_meta";
+/// Column family of all state-machine data.
+pub const CF_STATE: &str = "state";
+
+/// Size of the block cache shared by all column families.
+const BLOCK_CACHE_BYTES: usize = 128 << 20;
+/// Bound on all memtables of the node together; RocksDB flushes the largest when exceeded.
+const DB_WRITE_BUFFER_BYTES: usize = 256 << 20;
+/// Memtable size of the `state` column family.
+const STATE_WRITE_BUFFER_BYTES: usize = 64 << 20;
+/// Memtable size of the `raft_log` column family: entries are read back soon after being written
+/// (apply, replication) and then purged, so a modest memtable serves most reads from memory.
+const RAFT_LOG_WRITE_BUFFER_BYTES: usize = 64 << 20;
+/// Memtable size of the small `raft_meta` column family.
+const RAFT_META_WRITE_BUFFER_BYTES: usize = 4 << 20;
+/// Memtables per column family (one active, the rest being flushed).
+const WRITE_BUFFERS_PER_CF_MAX: i32 = 4;
+/// Bound on the WAL: beyond it RocksDB flushes the column families pinning the oldest WAL file.
+const WAL_TOTAL_BYTES_MAX: u64 = 512 << 20;
+/// Background flush and compaction threads (sized for small nodes; RocksDB splits them).
+const BACKGROUND_JOBS_MAX: i32 = 2;
+/// Bloom filter bits per key for the point-lookup column families.
+const BLOOM_FILTER_BITS_PER_KEY: f64 = 10.0;
+/// Info log files RocksDB keeps in the data directory.
+const INFO_LOG_FILES_MAX: usize = 4;
+/// Largest state dump (one shard's state, for a Raft snapshot) held in memory.
+pub const STATE_DUMP_BYTES_MAX: usize = 1 << 30;
+
+/// `raft_meta` key tag of node-level records.
+const META_TAG_NODE: u8 = 0x00;
+/// `raft_meta` key tag of per-shard records.
+const META_TAG_SHARD: u8 = 0x01;
+/// `raft_meta` name of the cluster metadata record.
+const META_NAME_CLUSTER: &[u8] = b"cluster_meta";
+
+/// An error of the storage layer, naming the operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("open rocksdb at {path}: {source}")]
+    Open { path: PathBuf, source: rocksdb::Error },
+    #[error("{op}: rocksdb: {source}")]
+    Rocks { op: &'static str, source: rocksdb::Error },
+    #[error("{op}: {source}")]
+    Codec { op: &'static str, source: CodecError },
+    #[error("{op}: {source}")]
+    Key { op: &'static str, source: KeyError },
+    #[error("{op}: corrupt record: {detail}")]
+    Corrupt { op: &'static str, detail: String },
+    #[error("dump shard {shard} state: larger than {limit_bytes} bytes")]
+    DumpTooLarge { shard: u32, limit_bytes: usize },
+    #[error("{op}: background thread failed: {detail}")]
+    Thread { op: &'static str, detail: String },
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+fn rocks(op: &'static str) -> impl FnOnce(rocksdb::Error) -> StorageError {
+    move |source| StorageError::Rocks { op, source }
+}
+
+/// Node-level cluster metadata, written once when the node's data directory is created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMeta {
+    pub cluster_id: String,
+    pub node_id: u64,
+    pub shard_count: u32,
+    pub created_ms: u64,
+}
+
+/// A per-shard record in `raft_meta`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RaftMetaField {
+    /// The last vote (term, candidate, committed flag).
+    Vote = 1,
+    /// The log id of the last purged log entry.
+    LastPurged = 2,
+    /// The last known committed log id (an optimisation: lets a restarted node re-apply committed
+    /// entries before hearing from a leader).
+    Committed = 3,
+    /// The current snapshot (metadata and data) of the shard.
+    Snapshot = 4,
+}
+
+/// Whether a raft write must be on disk before the call returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// In the WAL, not fsynced: durable once any later fsync completes.
+    Buffered,
+    /// fsynced before returning.
+    Synced,
+}
+
+/// Direction of a range scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanDirection {
+    Forward,
+    Reverse,
+}
+
+/// One key-value pair read from the state column family.
+pub type StateEntry = (Box<[u8]>, Box<[u8]>);
+
+/// The node's RocksDB. Cheap to clone (an `Arc` inside); all shards share it.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<DbInner>,
+}
+
+struct DbInner {
+    rocks: rocksdb::DB,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("path", &self.inner.path).finish()
+    }
+}
+
+fn cf_options(cache: &Cache, write_buffer_bytes: usize, bloom_filter: bool) -> Options {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    table.set_format_version(5);
+    table.set_cache_index_and_filter_blocks(true);
+    if bloom_filter {
+        table.set_bloom_filter(BLOOM_FILTER_BITS_PER_KEY, false);
+    }
+    let mut options = Options::default();
+    options.set_block_based_table_factory(&table);
+    options.set_compression_type(DBCompressionType::Lz4);
+    options.set_write_buffer_size(write_buffer_bytes);
+    options.set_max_write_buffer_number(WRITE_BUFFERS_PER_CF_MAX);
+    options.set_level_compaction_dynamic_level_bytes(true);
+    options
+}
+
+impl Db {
+    /// Opens (creating if needed) the node's database at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Db> {
+        let path = path.as_ref().to_path_buf();
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        options.set_max_background_jobs(BACKGROUND_JOBS_MAX);
+        options.set_db_write_buffer_size(DB_WRITE_BUFFER_BYTES);
+        options.set_max_total_wal_size(WAL_TOTAL_BYTES_MAX);
+        options.set_keep_log_file_num(INFO_LOG_FILES_MAX);
+        options.set_bytes_per_sync(1 << 20);
+        // Point-in-time recovery: after a crash the database is a prefix of the write order,
+        // which is what the durability reasoning in this module's doc relies on.
+        options.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
+
+        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        let families = vec![
+            ColumnFamilyDescriptor::new(CF_RAFT_LOG, cf_options(&cache, RAFT_LOG_WRITE_BUFFER_BYTES, false)),
+            ColumnFamilyDescriptor::new(CF_RAFT_META, cf_options(&cache, RAFT_META_WRITE_BUFFER_BYTES, true)),
+            ColumnFamilyDescriptor::new(CF_STATE, cf_options(&cache, STATE_WRITE_BUFFER_BYTES, true)),
+        ];
+        let rocks = rocksdb::DB::open_cf_descriptors(&options, &path, families)
+            .map_err(|source| StorageError::Open { path: path.clone(), source })?;
+        tracing::info!(path = %path.display(), "opened rocksdb");
+        Ok(Db { inner: Arc::new(DbInner { rocks, path }) })
+    }
+
+    /// The data directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// How many `Db` handles (clones) are alive, including this one. Lets an owner wait for
+    /// background tasks to release the database before it is reopened in the same process.
+    pub fn handle_count(&self) -> usize {
+        Arc::strong_count(&self.inner)
+    }
+
+    fn cf(&self, name: &'static str) -> &ColumnFamily {
+        self.inner.rocks.cf_handle(name).expect("Db::open creates every column family this module names")
+    }
+
+    // ---- state ----
+
+    /// Reads one state key.
+    pub fn get_state(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.inner.rocks.get_cf(self.cf(CF_STATE), key).map_err(rocks("read state key"))
+    }
+
+    /// Iterates, in key order, over every state key starting with `prefix`.
+    pub fn scan_state_prefix<'a>(&'a self, prefix: &[u8]) -> impl Iterator<Item = Result<StateEntry>> + use<'a> {
+        let upper = prefix_end(prefix);
+        let upper = upper.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        self.iter_state_range(Bound::Included(prefix), upper, ScanDirection::Forward)
+    }
+
+    /// Iterates over the state keys within `(lower, upper)`, in `direction` order.
+    pub fn iter_state_range<'a>(
+        &'a self,
+        lower: Bound<&[u8]>,
+        upper: Bound<&[u8]>,
+        direction: ScanDirection,
+    ) -> impl Iterator<Item = Result<StateEntry>> + use<'a> {
+        let mut read = ReadOptions::default();
+        match lower {
+            Bound::Included(key) => read.set_iterate_lower_bound(key.to_vec()),
+            Bound::Excluded(key) => read.set_iterate_lower_bound(keys::successor(key)),
+            Bound::Unbounded => {}
+        }
+        match upper {
+            Bound::Included(key) => read.set_iterate_upper_bound(keys::successor(key)),
+            Bound::Excluded(key) => read.set_iterate_upper_bound(key.to_vec()),
+            Bound::Unbounded => {}
+        }
+        let mode = match direction {
+            ScanDirection::Forward => IteratorMode::Start,
+            ScanDirection::Reverse => IteratorMode::End,
+        };
+        self.inner
+            .rocks
+            .iterator_cf_opt(self.cf(CF_STATE), read, mode)
+            .map(|item| item.map_err(rocks("scan state range")))
+    }
+
+    /// Reads up to `limit` state entries within `(lower, upper)` in `direction` order: one page.
+    /// The next page starts after the last key returned (`Bound::Excluded(last)` as the new lower
+    /// bound going forward, or as the new upper bound going in reverse).
+    pub fn scan_state_range(
+        &self,
+        lower: Bound<&[u8]>,
+        upper: Bound<&[u8]>,
+        direction: ScanDirection,
+        limit: usize,
+    ) -> Result<Vec<StateEntry>> {
+        self.iter_state_range(lower, upper, direction).take(limit).collect()
+    }
+
+    /// Starts a state batch; nothing is written until [`Db::write_state`].
+    pub fn state_batch(&self) -> StateBatch {
+        StateBatch { db: self.clone(), batch: WriteBatch::default() }
+    }
+
+    /// Writes a state batch atomically: in the WAL, **not fsynced**. See the module doc for why
+    /// this is safe (the Raft log is the durable source; a crash loses at most a suffix of
+    /// applied batches, which Raft re-applies).
+    pub fn write_state(&self, batch: StateBatch) -> Result<()> {
+        self.inner.rocks.write_opt(batch.batch, &WriteOptions::default()).map_err(rocks("write state batch"))
+    }
+
+    /// fsyncs the WAL: every write issued before this call is durable when it returns.
+    pub fn sync_wal(&self) -> Result<()> {
+        self.inner.rocks.flush_wal(true).map_err(rocks("sync wal"))
+    }
+
+    /// Pins a consistent point-in-time view of `shard`'s whole state range (all kinds) and dumps
+    /// it on a background thread. Writes issued after this call returns are not in the dump, so a
+    /// caller that serialises it with its own writes gets a dump of exactly what it had written.
+    pub fn begin_state_dump(&self, shard: u32) -> Result<PendingStateDump> {
+        let (start, end) = keys::shard_range(shard);
+        let db = self.clone();
+        let (pinned_tx, pinned_rx) = mpsc::sync_channel::<()>(1);
+        let (done_tx, done_rx) = mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name(format!("weft-dump-{shard}"))
+            .spawn(move || {
+                let snapshot = db.inner.rocks.snapshot();
+                // The receiver waits for this; if it went away nobody needs the dump either.
+                if pinned_tx.send(()).is_err() {
+                    return;
+                }
+                let mut read = ReadOptions::default();
+                read.set_iterate_lower_bound(start);
+                read.set_iterate_upper_bound(end);
+                let mut entries = Vec::new();
+                let mut dump_bytes = 0usize;
+                let mut result = Ok(());
+                for item in snapshot.iterator_cf_opt(db.cf(CF_STATE), read, IteratorMode::Start) {
+                    match item {
+                        Ok((key, value)) => {
+                            dump_bytes += key.len() + value.len();
+                            if dump_bytes > STATE_DUMP_BYTES_MAX {
+                                result = Err(StorageError::DumpTooLarge { shard, limit_bytes: STATE_DUMP_BYTES_MAX });
+                                break;
+                            }
+                            entries.push((key.into_vec(), value.into_vec()));
+                        }
+                        Err(source) => {
+                            result = Err(StorageError::Rocks { op: "dump shard state", source });
+                            break;
+                        }
+                    }
+                }
+                let _ = done_tx.send(result.map(|()| entries));
+            })
+            .map_err(|e| StorageError::Thread { op: "spawn state dump thread", detail: e.to_string() })?;
+        pinned_rx.recv().map_err(|_| StorageError::Thread {
+            op: "pin state snapshot",
+            detail: "dump thread exited early".into(),
+        })?;
+        Ok(PendingStateDump { done_rx: std::sync::Mutex::new(done_rx) })
+    }
+
+    // ---- raft log and raft meta ----
+
+    /// Starts a batch on the raft column families.
+    pub fn raft_batch(&self) -> RaftBatch {
+        RaftBatch { db: self.clone(), batch: WriteBatch::default() }
+    }
+
+    /// Writes a raft batch atomically with the given durability.
+    pub fn write_raft(&self, batch: RaftBatch, durability: Durability) -> Result<()> {
+        let mut options = WriteOptions::default();
+        options.set_sync(durability == Durability::Synced);
+        self.inner.rocks.write_opt(batch.batch, &options).map_err(rocks("write raft batch"))
+    }
+
+    /// Reads one log entry's bytes.
+    pub fn get_log_entry(&self, shard: u32, index: u64) -> Result<Option<Vec<u8>>> {
+        self.inner.rocks.get_cf(self.cf(CF_RAFT_LOG), log_key(shard, index)).map_err(rocks("read raft log entry"))
+    }
+
+    /// Iterates, in index order, over the log entries of `shard` with index in `[start, end)`.
+    pub fn scan_log(&self, shard: u32, start: u64, end: u64) -> impl Iterator<Item = Result<(u64, Box<[u8]>)>> + '_ {
+        let mut read = ReadOptions::default();
+        read.set_iterate_lower_bound(log_key(shard, start));
+        read.set_iterate_upper_bound(log_key_end(shard, end));
+        self.inner.rocks.iterator_cf_opt(self.cf(CF_RAFT_LOG), read, IteratorMode::Start).map(|item| {
+            let (key, value) = item.map_err(rocks("scan raft log"))?;
+            Ok((log_key_index(&key)?, value))
+        })
+    }
+
+    /// The last log entry of `shard`, if any.
+    pub fn last_log_entry(&self, shard: u32) -> Result<Option<(u64, Box<[u8]>)>> {
+        let mut read = ReadOptions::default();
+        read.set_iterate_lower_bound(log_key(shard, 0));
+        read.set_iterate_upper_bound(log_key_end(shard, u64::MAX));
+        let mut iter = self.inner.rocks.iterator_cf_opt(self.cf(CF_RAFT_LOG), read, IteratorMode::End);
+        match iter.next() {
+            None => Ok(None),
+            Some(item) => {
+                let (key, value) = item.map_err(rocks("read last raft log entry"))?;
+                Ok(Some((log_key_index(&key)?, value)))
+            }
+        }
+    }
+
+    /// Reads a per-shard raft metadata record.
+    pub fn get_raft_meta(&self, shard: u32, field: RaftMetaField) -> Result<Option<Vec<u8>>> {
+        self.inner.rocks.get_cf(self.cf(CF_RAFT_META), raft_meta_key(shard, field)).map_err(rocks("read raft meta"))
+    }
+
+    // ---- node-level metadata ----
+
+    /// Reads the cluster metadata, if this data directory was initialised.
+    pub fn get_cluster_meta(&self) -> Result<Option<ClusterMeta>> {
+        let op = "read cluster meta";
+        let raw =
+            self.inner.rocks.get_cf(self.cf(CF_RAFT_META), node_meta_key(META_NAME_CLUSTER)).map_err(rocks(op))?;
+        raw.map(|raw| codec::decode(&raw).map_err(|source| StorageError::Codec { op, source })).transpose()
+    }
+
+    /// Writes the cluster metadata, fsynced.
+    pub fn put_cluster_meta(&self, meta: &ClusterMeta) -> Result<()> {
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.inner
+            .rocks
+            .put_cf_opt(self.cf(CF_RAFT_META), node_meta_key(META_NAME_CLUSTER), codec::encode(meta), &options)
+            .map_err(rocks("write cluster meta"))
+    }
+}
+
+/// The entries of a state dump, in key order.
+pub type StateDump = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// A dump started by [`Db::begin_state_dump`].
+pub struct PendingStateDump {
+    /// In a mutex only to make the handle `Sync` (openraft's snapshot builders must be).
+    done_rx: std::sync::Mutex<mpsc::Receiver<Result<StateDump>>>,
+}
+
+impl PendingStateDump {
+    /// Blocks until the dump is complete; returns the entries in key order.
+    pub fn wait(self) -> Result<StateDump> {
+        let done_rx = self.done_rx.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+        done_rx
+            .recv()
+            .map_err(|_| StorageError::Thread { op: "dump shard state", detail: "dump thread panicked".into() })?
+    }
+}
+
+/// An atomic batch of writes to the `state` column family.
+pub struct StateBatch {
+    db: Db,
+    batch: WriteBatch,
+}
+
+impl StateBatch {
+    pub fn put(&mut self, key: &[u8], value: &[u8]) {
+        self.batch.put_cf(self.db.cf(CF_STATE), key, value);
+    }
+
+    pub fn delete(&mut self, key: &[u8]) {
+        self.batch.delete_cf(self.db.cf(CF_STATE), key);
+    }
+
+    /// Deletes every key in `[start, end)`.
+    pub fn delete_range(&mut self, start: &[u8], end: &[u8]) {
+        self.batch.delete_range_cf(self.db.cf(CF_STATE), start, end);
+    }
+
+    /// Number of operations in the batch.
+    pub fn len(&self) -> usize {
+        self.batch.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+
+    /// Encoded size of the batch.
+    pub fn size_bytes(&self) -> usize {
+        self.batch.size_in_bytes()
+    }
+}
+
+/// An atomic batch of writes to the `raft_log` and `raft_meta` column families.
+pub struct RaftBatch {
+    db: Db,
+    batch: WriteBatch,
+}
+
+impl RaftBatch {
+    pub fn put_log_entry(&mut self, shard: u32, index: u64, entry: &[u8]) {
+        self.batch.put_cf(self.db.cf(CF_RAFT_LOG), log_key(shard, index), entry);
+    }
+
+    /// Deletes the log entries of `shard` with index in `[start, end)`.
+    pub fn delete_log_entries(&mut self, shard: u32, start: u64, end: u64) {
+        self.batch.delete_range_cf(self.db.cf(CF_RAFT_LOG), log_key(shard, start), log_key_end(shard, end));
+    }
+
+    pub fn put_meta(&mut self, shard: u32, field: RaftMetaField, value: &[u8]) {
+        self.batch.put_cf(self.db.cf(CF_RAFT_META), raft_meta_key(shard, field), value);
+    }
+
+    pub fn delete_meta(&mut self, shard: u32, field: RaftMetaField) {
+        self.batch.delete_cf(self.db.cf(CF_RAFT_META), raft_meta_key(shard, field));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+}
+
+fn log_key(shard: u32, index: u64) -> [u8; 12] {
+    let mut key = [0u8; 12];
+    key[..4].copy_from_slice(&shard.to_be_bytes());
+    key[4..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+/// Exclusive end key for log indexes `< end` of `shard`. Index `u64::MAX` itself is never used by
+/// Raft, so `end = u64::MAX` covers the whole shard.
+fn log_key_end(shard: u32, end: u64) -> [u8; 12] {
+    log_key(shard, end)
+}
+
+fn log_key_index(key: &[u8]) -> Result<u64> {
+    let op = "decode raft log key";
+    let index_bytes: [u8; 8] = key
+        .get(4..)
+        .and_then(|rest| rest.try_into().ok())
+        .ok_or_else(|| StorageError::Corrupt { op, detail: format!("log key has {} bytes, expected 12", key.len()) })?;
+    Ok(u64::from_be_bytes(index_bytes))
+}
+
+fn raft_meta_key(shard: u32, field: RaftMetaField) -> [u8; 6] {
+    let mut key = [0u8; 6];
+    key[0] = META_TAG_SHARD;
+    key[1..5].copy_from_slice(&shard.to_be_bytes());
+    key[5] = field as u8;
+    key
+}
+
+fn node_meta_key(name: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + name.len());
+    key.push(META_TAG_NODE);
+    key.extend_from_slice(name);
+    key
+}
+
+/// The smallest key greater than every key starting with `prefix`, or `None` if there is none
+/// (the prefix is empty or all `0xFF`).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last != 0xFF {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::KeyBuilder;
+
+    fn open() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let db = Db::open(dir.path()).expect("open db");
+        (dir, db)
+    }
+
+    fn keys_of(entries: &[StateEntry]) -> Vec<Vec<u8>> {
+        entries.iter().map(|(k, _)| k.to_vec()).collect()
+    }
+
+    #[test]
+    fn state_batches_prefix_scans_and_pages() {
+        let (_dir, db) = open();
+        let key = |shard, n| KeyBuilder::new(shard, 0x10).str("ns").u64(n).finish();
+        let mut batch = db.state_batch();
+        for n in 0..10 {
+            batch.put(&key(1, n), &n.to_be_bytes());
+        }
+        batch.put(&key(2, 0), b"other shard");
+        batch.put(&KeyBuilder::new(1, 0x10).str("ns2").u64(0).finish(), b"other namespace");
+        assert_eq!(batch.len(), 12);
+        db.write_state(batch).expect("write");
+
+        assert_eq!(db.get_state(&key(1, 3)).expect("get"), Some(3u64.to_be_bytes().to_vec()));
+        let prefix = KeyBuilder::new(1, 0x10).str("ns").finish();
+        let all: Vec<_> = db.scan_state_prefix(&prefix).collect::<Result<_>>().expect("scan");
+        assert_eq!(keys_of(&all), (0..10).map(|n| key(1, n)).collect::<Vec<_>>());
+
+        // Forward paging, 4 at a time.
+        let upper = prefix_end(&prefix).expect("finite prefix");
+        let page = db
+            .scan_state_range(Bound::Included(&prefix), Bound::Excluded(&upper), ScanDirection::Forward, 4)
+            .expect("page 1");
+        assert_eq!(keys_of(&page), (0..4).map(|n| key(1, n)).collect::<Vec<_>>());
+        let page = db
+            .scan_state_range(Bound::Excluded(&page[3].0), Bound::Excluded(&upper), ScanDirection::Forward, 4)
+            .expect("page 2");
+        assert_eq!(keys_of(&page), (4..8).map(|n| key(1, n)).collect::<Vec<_>>());
+        // Reverse paging from the end.
+        let page = db
+            .scan_state_range(Bound::Included(&prefix), Bound::Excluded(&upper), ScanDirection::Reverse, 3)
+            .expect("rev 1");
+        assert_eq!(keys_of(&page), [9, 8, 7].map(|n| key(1, n)).to_vec());
+        let page = db
+            .scan_state_range(Bound::Included(&prefix), Bound::Excluded(&page[2].0), ScanDirection::Reverse, 3)
+            .expect("rev 2");
+        assert_eq!(keys_of(&page), [6, 5, 4].map(|n| key(1, n)).to_vec());
+        let page = db
+            .scan_state_range(Bound::Included(&key(1, 2)), Bound::Included(&key(1, 4)), ScanDirection::Forward, 10)
+            .expect("inclusive");
+        assert_eq!(keys_of(&page), [2, 3, 4].map(|n| key(1, n)).to_vec());
+
+        let (start, end) = keys::shard_range(1);
+        let mut batch = db.state_batch();
+        batch.delete_range(&start, &end);
+        batch.delete(&key(2, 0));
+        db.write_state(batch).expect("delete");
+        assert_eq!(
+            db.scan_state_range(Bound::Unbounded, Bound::Unbounded, ScanDirection::Forward, 10).expect("scan").len(),
+            0
+        );
+    }
+
+    #[test]
+    fn raft_log_meta_and_cluster_meta_survive_reopen() {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        {
+            let db = Db::open(dir.path()).expect("open");
+            let mut batch = db.raft_batch();
+            for index in 0..20 {
+                batch.put_log_entry(7, index, &index.to_le_bytes());
+                batch.put_log_entry(8, index, b"x");
+            }
+            batch.put_meta(7, RaftMetaField::Vote, b"vote");
+            db.write_raft(batch, Durability::Synced).expect("write");
+            let mut batch = db.raft_batch();
+            batch.delete_log_entries(7, 0, 5);
+            batch.delete_log_entries(7, 15, u64::MAX);
+            db.write_raft(batch, Durability::Buffered).expect("delete");
+            db.sync_wal().expect("sync");
+            let meta = ClusterMeta { cluster_id: "c1".into(), node_id: 1, shard_count: 16, created_ms: 5 };
+            db.put_cluster_meta(&meta).expect("put meta");
+        }
+        let db = Db::open(dir.path()).expect("reopen");
+        let indexes: Vec<u64> = db.scan_log(7, 0, 100).map(|r| r.map(|(i, _)| i)).collect::<Result<_>>().expect("scan");
+        assert_eq!(indexes, (5..15).collect::<Vec<_>>());
+        assert_eq!(db.last_log_entry(7).expect("last").map(|(i, _)| i), Some(14));
+        assert_eq!(db.last_log_entry(8).expect("last").map(|(i, _)| i), Some(19));
+        assert_eq!(db.last_log_entry(9).expect("last"), None);
+        assert_eq!(db.get_log_entry(7, 6).expect("get"), Some(6u64.to_le_bytes().to_vec()));
+        assert_eq!(db.get_raft_meta(7, RaftMetaField::Vote).expect("vote"), Some(b"vote".to_vec()));
+        assert_eq!(db.get_raft_meta(8, RaftMetaField::Vote).expect("vote"), None);
+        assert_eq!(db.get_cluster_meta().expect("meta").map(|m| m.shard_count), Some(16));
+    }
+
+    #[test]
+    fn state_dump_is_a_point_in_time_view_of_one_shard() {
+        let (_dir, db) = open();
+        let mut batch = db.state_batch();
+        batch.put(&KeyBuilder::new(3, 0x00).str("applied").finish(), b"meta");
+        batch.put(&KeyBuilder::new(3, 0x10).u64(1).finish(), b"a");
+        batch.put(&KeyBuilder::new(4, 0x10).u64(1).finish(), b"other shard");
+        db.write_state(batch).expect("write");
+        let pending = db.begin_state_dump(3).expect("begin dump");
+        let mut batch = db.state_batch();
+        batch.put(&KeyBuilder::new(3, 0x10).u64(2).finish(), b"after the snapshot");
+        db.write_state(batch).expect("write after");
+        let dump = pending.wait().expect("dump");
+        assert_eq!(dump.len(), 2);
+        assert_eq!(dump[1].1, b"a".to_vec());
+    }
+
+    #[test]
+    fn prefix_end_handles_ff() {
+        assert_eq!(prefix_end(&[1, 0xFF]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xFF, 0xFF]), None);
+        assert_eq!(prefix_end(&[]), None);
+    }
+}

@@ -1,0 +1,297 @@
+//! The command line as clap types: every subcommand, flag and default of `weft`.
+//!
+//! Parsing only; `main.rs` dispatches and `commands/` does the work.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Address the client commands call when neither `--server` nor `WEFT_SERVER` is set.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7470";
+
+#[derive(Debug, Parser)]
+#[command(name = "weft", version, about = "Weft: a durable workflow engine", long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every client command understands; they may appear before or after the subcommand.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Address of a Weft node, with or without `http://`.
+    #[arg(long, global = true, env = "WEFT_SERVER", default_value = DEFAULT_SERVER)]
+    pub server: String,
+
+    /// Namespace of the workflows a command addresses.
+    #[arg(long, global = true, env = "WEFT_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+
+    /// How results are printed.
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Tables and key-value lists for people.
+    Table,
+    /// One JSON document on stdout, for tools.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a single development node with embedded storage.
+    Dev(NodeArgs),
+    /// Run a node.
+    Server(ServerArgs),
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+/// The commands that call a node.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Start, signal, inspect and list workflow runs.
+    #[command(subcommand)]
+    Workflow(WorkflowCommand),
+    /// Create and inspect namespaces.
+    #[command(subcommand)]
+    Namespace(NamespaceCommand),
+    /// Inspect the cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+/// Flags of a node (`weft dev` and `weft server`).
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Directory of the node's storage; created on first start, reopened after.
+    #[arg(long, default_value = "./.weft")]
+    pub data_dir: PathBuf,
+
+    /// Address the gRPC services listen on.
+    #[arg(long, default_value = weft_server::DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Number of shards; used when the cluster is created, ignored when reopened.
+    #[arg(
+        long,
+        default_value_t = weft_server::DEFAULT_SHARDS,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(weft_server::SHARDS_MAX))
+    )]
+    pub shards: u32,
+
+    /// Address of the Prometheus metrics endpoint, or `off` to disable it.
+    #[arg(long, default_value = weft_server::DEFAULT_METRICS_LISTEN, value_parser = parse_metrics_listen)]
+    pub metrics_listen: MetricsListen,
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+
+    /// This node's id in the cluster.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub node_id: u64,
+}
+
+/// `--metrics-listen`: an address, or disabled.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricsListen(pub Option<SocketAddr>);
+
+fn parse_metrics_listen(value: &str) -> Result<MetricsListen, String> {
+    match value {
+        "off" | "none" | "" => Ok(MetricsListen(None)),
+        address => address
+            .parse::<SocketAddr>()
+            .map(|address| MetricsListen(Some(address)))
+            .map_err(|error| format!("expected HOST:PORT or `off`: {error}")),
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkflowCommand {
+    /// Start a run of a workflow.
+    Start(StartArgs),
+    /// Send a signal to a run.
+    Signal(SignalArgs),
+    /// Ask a run to cancel; its code decides how.
+    Cancel(CloseArgs),
+    /// End a run at once, without running more workflow code.
+    Terminate(CloseArgs),
+    /// Show a run: its summary and what it waits for.
+    Describe(RunArgs),
+    /// Print every event of a run's history.
+    History(RunArgs),
+    /// Wait until a run closes and print its result.
+    Result(ResultArgs),
+    /// List runs, newest first.
+    List(ListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Workflow type, as registered by the worker.
+    pub workflow_type: String,
+    /// Workflow id; at most one run of an id is open at a time.
+    #[arg(long)]
+    pub id: String,
+    /// Task queue the workers of this workflow poll.
+    #[arg(long)]
+    pub task_queue: String,
+    /// Input as JSON; `null` when absent.
+    #[arg(long)]
+    pub input: Option<String>,
+    /// Idempotency key: repeating a start with the same key returns the same run.
+    #[arg(long)]
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SignalArgs {
+    /// Workflow id.
+    pub id: String,
+    /// Signal name.
+    pub name: String,
+    /// Signal payload as JSON; `null` when absent.
+    #[arg(long)]
+    pub input: Option<String>,
+    /// Run to signal; the current run when absent.
+    #[arg(long)]
+    pub run_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CloseArgs {
+    /// Workflow id.
+    pub id: String,
+    /// Why, recorded in the history.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Run to address; the current run when absent.
+    #[arg(long)]
+    pub run_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Workflow id.
+    pub id: String,
+    /// Run to show; the current run when absent.
+    #[arg(long)]
+    pub run_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ResultArgs {
+    /// Workflow id.
+    pub id: String,
+    /// Run to wait for; the current run when absent. Continue-as-new chains are followed.
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Give up after this many seconds (exit code 2); wait for ever when absent.
+    #[arg(long)]
+    pub timeout: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only runs with this status.
+    #[arg(long, value_enum)]
+    pub status: Option<StatusFilter>,
+    /// Only runs of this workflow type.
+    #[arg(long = "type")]
+    pub workflow_type: Option<String>,
+    /// Runs per page (the server's default is 100, its maximum 1,000).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub page_size: Option<u32>,
+    /// Continue a listing from the token a previous page printed.
+    #[arg(long, conflicts_with = "all")]
+    pub page_token: Option<String>,
+    /// Fetch every page.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// `--status` values; the names match how statuses are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusFilter {
+    Running,
+    Completed,
+    Failed,
+    Canceled,
+    Terminated,
+    ContinuedAsNew,
+    TimedOut,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NamespaceCommand {
+    /// Create a namespace.
+    Create {
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List namespaces.
+    List,
+    /// Show a namespace.
+    Describe { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Cluster id, nodes and the Raft state of every shard.
+    Status,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_follow_the_subcommand() {
+        let cli = Cli::try_parse_from([
+            "weft",
+            "workflow",
+            "list",
+            "--status",
+            "continued-as-new",
+            "--output",
+            "json",
+            "--namespace",
+            "ns1",
+        ])
+        .expect("valid command line");
+        assert_eq!(cli.global.output, OutputFormat::Json);
+        assert_eq!(cli.global.namespace, "ns1");
+        match cli.command {
+            Command::Client(ClientCommand::Workflow(WorkflowCommand::List(list))) => {
+                assert_eq!(list.status, Some(StatusFilter::ContinuedAsNew));
+            }
+            other => panic!("unexpected command {other:?}"),
+        }
+    }
+
+    #[test]
+    fn metrics_listen_can_be_disabled() {
+        let cli = Cli::try_parse_from(["weft", "dev", "--metrics-listen", "off"]).expect("valid command line");
+        match cli.command {
+            Command::Dev(node) => assert!(node.metrics_listen.0.is_none()),
+            other => panic!("unexpected command {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Bad input gets a clear status, never a panic, hang or silent loss.
+
+use std::io::Write;
+use std::time::Duration;
+
+use tonic::Code;
+use weft_proto::v1 as pb;
+
+use crate::support::{TestNode, json};
+
+fn start_request(workflow_id: &str, task_queue: &str, input: Vec<u8>) -> pb::StartWorkflowRequest {
+    pb::StartWorkflowRequest {
+        namespace: String::new(),
+        workflow_id: workflow_id.into(),
+        workflow_type: "order".into(),
+        task_queue: task_queue.into(),
+        input,
+        request_id: String::new(),
+        workflow_task_timeout_ms: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_and_malformed_requests_get_the_right_status() {
+    let node = TestNode::start().await;
+    let (mut client, mut worker, mut admin) = node.clients().await;
+
+    // Names: 1 to 255 bytes.
+    for (id, queue) in [("", "q"), (&*"x".repeat(256), "q"), ("ok", ""), ("ok", &*"q".repeat(256))] {
+        let status = client.start_workflow(start_request(id, queue, json(serde_json::json!({})))).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("bytes") || status.message().contains("empty"), "{}", status.message());
+    }
+    // Payloads: at most 2 MiB.
+    let big = vec![b'1'; 2 * 1024 * 1024 + 1];
+    let status = client.start_workflow(start_request("big", "q", big.clone())).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("2 MiB"), "{}", status.message());
+    let exactly = vec![b'1'; 2 * 1024 * 1024];
+    client.start_workflow(start_request("exactly-2mib", "q", exactly)).await.expect("2 MiB is allowed");
+
+    // Unknown things.
+    let missing =
+        pb::DescribeWorkflowRequest { namespace: String::new(), workflow_id: "nope".into(), run_id: String::new() };
+    assert_eq!(client.describe_workflow(missing).await.unwrap_err().code(), Code::NotFound);
+    let mut other_ns = start_request("w", "q", Vec::new());
+    other_ns.namespace = "no-such-namespace".into();
+    assert_eq!(client.start_workflow(other_ns).await.unwrap_err().code(), Code::NotFound);
+    let signal =
+        pb::SignalWorkflowRequest { workflow_id: "nope".into(), signal_name: "s".into(), ..Default::default() };
+    assert_eq!(client.signal_workflow(signal).await.unwrap_err().code(), Code::NotFound);
+
+    // Workflow id reuse while running.
+    client.start_workflow(start_request("dup", "q", Vec::new())).await.expect("first start");
+    let status = client.start_workflow(start_request("dup", "q", Vec::new())).await.unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+
+    // Namespaces.
+    let create = pb::CreateNamespaceRequest { name: "payments".into(), description: String::new() };
+    admin.create_namespace(create.clone()).await.expect("create");
+    assert_eq!(admin.create_namespace(create).await.unwrap_err().code(), Code::AlreadyExists);
+    let bad_ns = pb::CreateNamespaceRequest { name: "x".repeat(300), description: String::new() };
+    assert_eq!(admin.create_namespace(bad_ns).await.unwrap_err().code(), Code::InvalidArgument);
+
+    // Task tokens: garbage, stale and repeated.
+    let garbage = pb::CompleteActivityTaskRequest { task_token: b"\x01garbage".to_vec(), ..Default::default() };
+    let status = worker.complete_activity_task(garbage).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("task token"), "{}", status.message());
+    let empty = pb::CompleteWorkflowTaskRequest::default();
+    assert_eq!(worker.complete_workflow_task(empty).await.unwrap_err().code(), Code::InvalidArgument);
+
+    client.start_workflow(start_request("tokens", "tokens-q", Vec::new())).await.expect("start");
+    let poll = pb::PollWorkflowTaskRequest {
+        namespace: String::new(),
+        task_queue: "tokens-q".into(),
+        identity: "t".into(),
+        wait_ms: 5_000,
+    };
+    let task = worker.poll_workflow_task(poll).await.expect("poll").into_inner().task.expect("a task is ready");
+    let complete = pb::CompleteWorkflowTaskRequest {
+        task_token: task.task_token.clone(),
+        commands: vec![pb::WorkflowCommand {
+            command: Some(pb::workflow_command::Command::RecordStep(pb::RecordStep {
+                seq: 1,
+                name: "a".into(),
+                result: json(serde_json::json!(1)),
+                failure: None,
+                attempts: 1,
+            })),
+        }],
+        return_next_task: false,
+        identity: "t".into(),
+    };
+    worker.complete_workflow_task(complete.clone()).await.expect("first completion");
+    let status = worker.complete_workflow_task(complete).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("stale task token"), "{}", status.message());
+    let history = client
+        .get_workflow_history(pb::GetWorkflowHistoryRequest { workflow_id: "tokens".into(), ..Default::default() })
+        .await
+        .expect("history")
+        .into_inner();
+    let steps = history.events.iter().filter(|e| e.event_type == pb::EventType::StepCompleted as i32).count();
+    assert_eq!(steps, 1, "the repeated completion recorded nothing");
+
+    // A command with a bad seq is refused with the reason.
+    let poll = pb::PollWorkflowTaskRequest {
+        namespace: String::new(),
+        task_queue: "tokens-q".into(),
+        identity: "t".into(),
+        wait_ms: 5_000,
+    };
+    let task = worker.poll_workflow_task(poll).await.expect("poll").into_inner().task.expect("the next task is ready");
+    let reused_seq = pb::CompleteWorkflowTaskRequest {
+        task_token: task.task_token,
+        commands: vec![pb::WorkflowCommand {
+            command: Some(pb::workflow_command::Command::StartTimer(pb::StartTimer { seq: 1, duration_ms: 10 })),
+        }],
+        return_next_task: false,
+        identity: "t".into(),
+    };
+    let status = worker.complete_workflow_task(reused_seq).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("seq"), "{}", status.message());
+
+    // A long-poll with nothing to do returns empty at its deadline.
+    let poll = pb::PollWorkflowTaskRequest {
+        namespace: String::new(),
+        task_queue: "idle".into(),
+        identity: "t".into(),
+        wait_ms: 200,
+    };
+    let started = std::time::Instant::now();
+    let response = worker.poll_workflow_task(poll).await.expect("poll").into_inner();
+    assert!(response.task.is_none());
+    assert!(started.elapsed() < Duration::from_secs(10), "the poll honoured its deadline");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_grpc_port_does_not_stop_the_node() {
+    let node = TestNode::start().await;
+    for garbage in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        &[0xFF; 4096][..],
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x09\x00",
+    ] {
+        let mut stream = std::net::TcpStream::connect(node.addr).expect("connect");
+        stream.set_write_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let _ = stream.write_all(garbage);
+        drop(stream);
+    }
+    let (_, _, mut admin) = node.clients().await;
+    let status = admin.cluster_status(pb::ClusterStatusRequest {}).await.expect("the node still serves").into_inner();
+    assert_eq!(status.shard_count, 4);
+    node.stop().await;
+}

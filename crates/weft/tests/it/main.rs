@@ -1,0 +1,12 @@
+//! Weft's integration tests: one binary (fast to link), one module per area.
+//!
+//! - `bad_input`: every limit and malformed request gets the right status, and
+//!   garbage on the gRPC port does not stop the node.
+//! - `workflows`: a node and SDK workers in this process, on 127.0.0.1 port 0.
+//! - `crash`: real `weft` processes killed with SIGKILL at random moments,
+//!   restarted, and checked for what survived.
+
+mod bad_input;
+mod crash;
+mod support;
+mod workflows;

@@ -1,0 +1,160 @@
+//! Shared test support: in-process nodes, spawned `weft` processes, raw gRPC
+//! clients, and waiting for a condition with a deadline (never a bare sleep).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use weft_proto::v1 as pb;
+use weft_proto::v1::admin_service_client::AdminServiceClient;
+use weft_proto::v1::worker_service_client::WorkerServiceClient;
+use weft_proto::v1::workflow_service_client::WorkflowServiceClient;
+use weft_server::{NodeConfig, NodeHandle, start_node};
+
+pub type Clients = (
+    WorkflowServiceClient<tonic::transport::Channel>,
+    WorkerServiceClient<tonic::transport::Channel>,
+    AdminServiceClient<tonic::transport::Channel>,
+);
+
+pub fn endpoint(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}
+
+/// A node running inside the test process.
+pub struct TestNode {
+    pub handle: Option<NodeHandle>,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestNode {
+    pub async fn start() -> TestNode {
+        let dir = tempfile::tempdir().expect("create a temp dir");
+        let handle = start_in(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;
+        TestNode { addr: handle.addr, handle: Some(handle), dir }
+    }
+
+    /// Shuts the node down cleanly and starts it again on the same data and port.
+    pub async fn restart(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.shutdown().await.expect("clean shutdown");
+        }
+        let handle = start_in(self.dir.path(), self.addr).await;
+        self.handle = Some(handle);
+    }
+
+    pub async fn clients(&self) -> Clients {
+        clients(self.addr).await
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.shutdown().await.expect("clean shutdown");
+        }
+    }
+}
+
+async fn start_in(dir: &Path, listen: SocketAddr) -> NodeHandle {
+    let config = NodeConfig { data_dir: dir.to_path_buf(), listen, shards: 4, node_id: 1, metrics_listen: None };
+    start_node(config).await.expect("start an in-process node")
+}
+
+pub async fn clients(addr: SocketAddr) -> Clients {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint(addr))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect to the node");
+    (
+        WorkflowServiceClient::new(channel.clone())
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20),
+        WorkerServiceClient::new(channel.clone())
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20),
+        AdminServiceClient::new(channel),
+    )
+}
+
+/// Waits until `check` returns `Some`, trying again every 20 ms, failing after `deadline`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < until, "timed out after {deadline:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A free loopback port (bound and released; the kernel does not hand it out again at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A `weft dev` process. Killed with SIGKILL when dropped.
+pub struct WeftProcess {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    #[allow(dead_code)] // kept for debugging a failed crash test
+    pub data_dir: PathBuf,
+}
+
+impl WeftProcess {
+    pub fn spawn(data_dir: &Path, port: u16) -> WeftProcess {
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.with_extension("log"))
+            .expect("open the node log");
+        let child = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["dev", "--data-dir"])
+            .arg(data_dir)
+            .args(["--listen", &addr.to_string(), "--shards", "4", "--metrics-listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn the weft binary");
+        WeftProcess { child: Some(child), addr, data_dir: data_dir.to_path_buf() }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL the node");
+            child.wait().expect("reap the node");
+        }
+    }
+
+    pub async fn wait_ready(&self) -> Clients {
+        let addr = self.addr;
+        wait_for("the node to serve", Duration::from_secs(60), || async move {
+            let channel = tonic::transport::Endpoint::from_shared(endpoint(addr)).ok()?.connect().await.ok()?;
+            let mut admin = AdminServiceClient::new(channel);
+            let status = admin.cluster_status(pb::ClusterStatusRequest {}).await.ok()?.into_inner();
+            status.shards.iter().all(|s| s.leader_node_id != 0).then_some(())
+        })
+        .await;
+        clients(addr).await
+    }
+}
+
+impl Drop for WeftProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn json(value: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&value).expect("json")
+}
