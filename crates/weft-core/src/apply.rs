@@ -354,10 +354,10 @@ fn arm_timer(timer: DueTimer, out: &mut Outcome) {
 /// Closes the run with `kind` and drops all its pending work.
 fn close_run(key: &WorkflowKey, run: &mut RunState, now: u64, kind: EventKind, status: RunStatus, out: &mut Outcome) {
     debug_assert!(kind.is_close());
-    if let Some(task) = run.workflow_task.take() {
-        if task.is_ready() {
-            out.writes.push(Write::DeleteReady(workflow_ready_task(key, run, &task)));
-        }
+    if let Some(task) = run.workflow_task.take()
+        && task.is_ready()
+    {
+        out.writes.push(Write::DeleteReady(workflow_ready_task(key, run, &task)));
     }
     let activities = std::mem::take(&mut run.activities);
     for (seq, activity) in &activities {

@@ -262,45 +262,34 @@ pub fn validate_history(events: &[HistoryEvent]) -> Result<(), String> {
         if index > 0 && events[index - 1].time_ms > event.time_ms {
             return Err(format!("event {} is older than the event before it", event.event_id));
         }
-        let unmatched =
-            |what: &str, seq: u32| Err(format!("event {} {what} seq {seq} matches no open schedule", event.event_id));
-        match &event.kind {
-            EventKind::ActivityScheduled { seq, .. } => {
-                open_activities.insert(*seq);
-            }
+        // Whether the event fits the open schedules: a new seq, or the resolution of an open one.
+        let matched = match &event.kind {
+            EventKind::ActivityScheduled { seq, .. } => open_activities.insert(*seq),
             EventKind::ActivityCompleted { seq, .. }
             | EventKind::ActivityFailed { seq, .. }
             | EventKind::ActivityTimedOut { seq, .. }
-            | EventKind::ActivityCanceled { seq } => {
-                if !open_activities.remove(seq) {
-                    return unmatched(event.kind.type_name(), *seq);
-                }
-            }
+            | EventKind::ActivityCanceled { seq } => open_activities.remove(seq),
             EventKind::ActivityStarted { seq, .. } | EventKind::ActivityAttemptFailed { seq, .. } => {
-                if !open_activities.contains(seq) {
-                    return unmatched(event.kind.type_name(), *seq);
-                }
+                open_activities.contains(seq)
             }
-            EventKind::TimerStarted { seq, .. } => {
-                open_timers.insert(*seq);
-            }
-            EventKind::TimerFired { seq } | EventKind::TimerCanceled { seq } => {
-                if !open_timers.remove(seq) {
-                    return unmatched(event.kind.type_name(), *seq);
-                }
-            }
-            EventKind::SignalWaitStarted { seq, .. } => {
-                open_waits.insert(*seq);
-            }
+            EventKind::TimerStarted { seq, .. } => open_timers.insert(*seq),
+            EventKind::TimerFired { seq } | EventKind::TimerCanceled { seq } => open_timers.remove(seq),
+            EventKind::SignalWaitStarted { seq, .. } => open_waits.insert(*seq),
             EventKind::SignalConsumed { seq, .. }
             | EventKind::SignalWaitTimedOut { seq, .. }
-            | EventKind::SignalWaitCanceled { seq, .. } => {
-                if !open_waits.remove(seq) {
-                    return unmatched(event.kind.type_name(), *seq);
-                }
+            | EventKind::SignalWaitCanceled { seq, .. } => open_waits.remove(seq),
+            kind => {
+                closed = kind.is_close();
+                true
             }
-            kind if kind.is_close() => closed = true,
-            _ => {}
+        };
+        if !matched {
+            return Err(format!(
+                "event {} {} seq {} does not match the open schedules (a resolution without a schedule, or a seq scheduled twice)",
+                event.event_id,
+                event.kind.type_name(),
+                event.kind.seq().unwrap_or(0)
+            ));
         }
     }
     Ok(())

@@ -61,7 +61,7 @@ impl RetryPolicy {
     /// non-retryable, its type not listed, and attempts left.
     pub fn allows_retry(&self, attempt: u32, failure: &Failure) -> bool {
         !failure.non_retryable
-            && !self.non_retryable_error_types.iter().any(|t| *t == failure.error_type)
+            && !self.non_retryable_error_types.contains(&failure.error_type)
             && (self.maximum_attempts == 0 || attempt < self.maximum_attempts)
     }
 }
