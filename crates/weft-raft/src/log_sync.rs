@@ -98,6 +98,20 @@ pub struct LogSyncer {
     stats: Arc<StatsCounters>,
 }
 
+/// Dropping the syncer stops its thread and waits for it, so the thread never
+/// outlives its owner: a process that exits while the thread is still closing
+/// RocksDB aborts ("pthread lock: Invalid argument").
+impl Drop for LogSyncer {
+    fn drop(&mut self) {
+        let Some(thread) = self.thread.get_mut().take() else { return };
+        // With the queue full, joining could wait on other handles; the thread
+        // then stops by itself once they are gone.
+        if self.handle.tx.try_send(SyncRequest::Stop).is_ok() && thread.join().is_err() {
+            tracing::error!("log sync thread panicked");
+        }
+    }
+}
+
 impl LogSyncer {
     /// Starts the sync thread for `db`.
     pub fn start(db: Db) -> io::Result<LogSyncer> {
