@@ -269,45 +269,43 @@ impl PollBackoff {
     }
 }
 
-async fn poll_workflow_tasks(shared: Arc<WorkerShared>, mut stop: watch::Receiver<bool>) {
-    let mut worker = shared.client.raw().worker;
+/// One poller: takes a concurrency slot, long-polls, hands a task with its slot
+/// to `dispatch`, and backs off (with jitter) on RPC errors. Returns on stop.
+async fn poll_loop<T, Poll, PollFut, Dispatch>(
+    shared: &WorkerShared,
+    slots: &Arc<Semaphore>,
+    kind: &str,
+    mut stop: watch::Receiver<bool>,
+    mut poll: Poll,
+    mut dispatch: Dispatch,
+) where
+    Poll: FnMut() -> PollFut,
+    PollFut: Future<Output = Result<Option<T>, tonic::Status>>,
+    Dispatch: FnMut(T, OwnedSemaphorePermit),
+{
     let mut backoff = PollBackoff::new();
     loop {
         let permit = tokio::select! {
             _ = stopped(&mut stop) => return,
-            permit = shared.workflow_slots.clone().acquire_owned() => match permit {
+            permit = slots.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => return,
             },
         };
-        let request = pb::PollWorkflowTaskRequest {
-            namespace: shared.client.namespace().to_string(),
-            task_queue: shared.task_queue.clone(),
-            identity: shared.identity.clone(),
-            wait_ms: POLL_WAIT_MS,
-        };
         let polled = tokio::select! {
             _ = stopped(&mut stop) => return,
-            polled = worker.poll_workflow_task(request) => polled,
+            polled = poll() => polled,
         };
         match polled {
-            Ok(response) => {
+            Ok(task) => {
                 backoff.reset();
-                let Some(task) = response.into_inner().task else { continue };
-                if task.task_token.is_empty() {
-                    continue;
+                if let Some(task) = task {
+                    dispatch(task, permit);
                 }
-                let span = tracing::info_span!(
-                    "workflow_task",
-                    workflow_id = %task.workflow_id,
-                    run_id = %task.run_id,
-                    workflow_type = %task.workflow_type,
-                );
-                tokio::spawn(process_workflow_task(shared.clone(), task, permit).instrument(span));
             }
             Err(status) => {
                 let delay = backoff.next_delay();
-                tracing::warn!(task_queue = %shared.task_queue, "polling workflow tasks failed: {status}; retrying in {delay:?}");
+                tracing::warn!(task_queue = %shared.task_queue, "polling {kind} tasks failed: {status}; retrying in {delay:?}");
                 tokio::select! {
                     _ = stopped(&mut stop) => return,
                     _ = tokio::time::sleep(delay) => {}
@@ -317,66 +315,71 @@ async fn poll_workflow_tasks(shared: Arc<WorkerShared>, mut stop: watch::Receive
     }
 }
 
-async fn poll_activity_tasks(shared: Arc<WorkerShared>, mut stop: watch::Receiver<bool>) {
-    let mut worker = shared.client.raw().worker;
-    let mut backoff = PollBackoff::new();
-    let mut registered = sorted_names(&shared.activities).into_iter().map(String::from).collect::<Vec<_>>();
-    registered.sort();
-    loop {
-        let permit = tokio::select! {
-            _ = stopped(&mut stop) => return,
-            permit = shared.activity_slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
+async fn poll_workflow_tasks(shared: Arc<WorkerShared>, stop: watch::Receiver<bool>) {
+    let worker = shared.client.raw().worker;
+    let poll = || {
+        let mut worker = worker.clone();
+        let request = pb::PollWorkflowTaskRequest {
+            namespace: shared.client.namespace().to_string(),
+            task_queue: shared.task_queue.clone(),
+            identity: shared.identity.clone(),
+            wait_ms: POLL_WAIT_MS,
         };
+        async move {
+            let task = worker.poll_workflow_task(request).await?.into_inner().task;
+            Ok(task.filter(|task| !task.task_token.is_empty()))
+        }
+    };
+    let dispatch = |task: pb::WorkflowTask, permit| {
+        let span = tracing::info_span!(
+            "workflow_task",
+            workflow_id = %task.workflow_id,
+            run_id = %task.run_id,
+            workflow_type = %task.workflow_type,
+        );
+        tokio::spawn(process_workflow_task(shared.clone(), task, permit).instrument(span));
+    };
+    poll_loop(&shared, &shared.workflow_slots, "workflow", stop, poll, dispatch).await;
+}
+
+async fn poll_activity_tasks(shared: Arc<WorkerShared>, stop: watch::Receiver<bool>) {
+    let worker = shared.client.raw().worker;
+    let registered = sorted_names(&shared.activities).into_iter().map(String::from).collect::<Vec<_>>();
+    let poll = || {
+        let mut worker = worker.clone();
         let request = pb::PollActivityTaskRequest {
             namespace: shared.client.namespace().to_string(),
             task_queue: shared.task_queue.clone(),
             identity: shared.identity.clone(),
             wait_ms: POLL_WAIT_MS,
         };
-        let polled = tokio::select! {
-            _ = stopped(&mut stop) => return,
-            polled = worker.poll_activity_task(request) => polled,
-        };
-        match polled {
-            Ok(response) => {
-                backoff.reset();
-                let Some(task) = response.into_inner().task else { continue };
-                if task.task_token.is_empty() {
-                    continue;
-                }
-                let span = tracing::info_span!(
-                    "activity",
-                    workflow_id = %task.workflow_id,
-                    run_id = %task.run_id,
-                    activity_type = %task.activity_type,
-                    seq = task.seq,
-                    attempt = task.attempt,
-                );
-                let factory = shared.activities.get(&task.activity_type).cloned();
-                let client = shared.client.clone();
-                let identity = shared.identity.clone();
-                let registered = registered.clone();
-                tokio::spawn(
-                    async move {
-                        run_activity_task(client, identity, factory, registered, task).await;
-                        drop(permit);
-                    }
-                    .instrument(span),
-                );
-            }
-            Err(status) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(task_queue = %shared.task_queue, "polling activity tasks failed: {status}; retrying in {delay:?}");
-                tokio::select! {
-                    _ = stopped(&mut stop) => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
+        async move {
+            let task = worker.poll_activity_task(request).await?.into_inner().task;
+            Ok(task.filter(|task| !task.task_token.is_empty()))
         }
-    }
+    };
+    let dispatch = |task: pb::ActivityTask, permit: OwnedSemaphorePermit| {
+        let span = tracing::info_span!(
+            "activity",
+            workflow_id = %task.workflow_id,
+            run_id = %task.run_id,
+            activity_type = %task.activity_type,
+            seq = task.seq,
+            attempt = task.attempt,
+        );
+        let factory = shared.activities.get(&task.activity_type).cloned();
+        let client = shared.client.clone();
+        let identity = shared.identity.clone();
+        let registered = registered.clone();
+        tokio::spawn(
+            async move {
+                run_activity_task(client, identity, factory, registered, task).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    };
+    poll_loop(&shared, &shared.activity_slots, "activity", stop, poll, dispatch).await;
 }
 
 /// Runs a workflow task and the tasks the server hands back inline, then
