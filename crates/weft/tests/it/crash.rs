@@ -128,17 +128,36 @@ fn check_exactly_once(id: &str, n: u64, events: &[pb::HistoryEvent]) {
     assert_eq!(result, (n + 1) * 2 + 1, "{id}: the right result");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_anywhere_loses_nothing_and_records_exactly_once() {
-    let seed = std::time::SystemTime::UNIX_EPOCH.elapsed().map_or(7, |d| d.as_nanos() as u64) | 1;
-    eprintln!("crash test seed {seed}");
-    let mut moments = Moments(seed);
+/// A spawned node on a fresh data dir with a spawned worker process.
+struct Setup {
+    _dir: tempfile::TempDir,
+    data_dir: std::path::PathBuf,
+    port: u16,
+    node: WeftProcess,
+    clients: Clients,
+    worker: WorkerProcess,
+}
+
+async fn setup() -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().join("node");
     let port = free_port();
-    let mut node = WeftProcess::spawn(&data_dir, port);
-    let mut clients = node.wait_ready().await;
-    let mut worker = WorkerProcess::spawn(node.addr);
+    let node = WeftProcess::spawn(&data_dir, port);
+    let clients = node.wait_ready().await;
+    let worker = WorkerProcess::spawn(node.addr);
+    Setup { _dir: dir, data_dir, port, node, clients, worker }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_anywhere_loses_nothing_and_records_exactly_once() {
+    // WEFT_CRASH_SEED=<seed> replays the kill moments of a failed run.
+    let seed = std::env::var("WEFT_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::UNIX_EPOCH.elapsed().map_or(7, |d| d.as_nanos() as u64) | 1);
+    eprintln!("crash test seed {seed} (rerun with WEFT_CRASH_SEED={seed})");
+    let mut moments = Moments(seed);
+    let Setup { _dir, data_dir, port, mut node, mut clients, mut worker } = setup().await;
 
     const WORKFLOWS: u64 = 24;
     for n in 0..WORKFLOWS {
@@ -194,12 +213,7 @@ async fn sigkill_anywhere_loses_nothing_and_records_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timer_due_while_the_node_was_down_fires_after_restart() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data_dir = dir.path().join("node");
-    let port = free_port();
-    let mut node = WeftProcess::spawn(&data_dir, port);
-    let mut clients = node.wait_ready().await;
-    let mut worker = WorkerProcess::spawn(node.addr);
+    let Setup { _dir, data_dir, port, mut node, mut clients, mut worker } = setup().await;
     start(&mut clients, "sleepy", 1).await;
     let fire_ms = wait_for("the timer to start", Duration::from_secs(30), || {
         let mut clients = clients.clone();
