@@ -5,7 +5,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // SAFETY-free: build scripts are single-threaded; the variable tells prost-build which protoc to run.
     unsafe { std::env::set_var("PROTOC", protoc) };
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time, not with `env!`: a build-script binary is reused across
+    // checkouts that share a target dir, and a path baked in at compile time
+    // would point at whichever checkout built it first.
+    let root = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files = ["weft/v1/common.proto", "weft/v1/client.proto", "weft/v1/worker.proto", "weft/v1/admin.proto"];
     let paths: Vec<_> = files.iter().map(|f| root.join(f)).collect();
     for path in &paths {

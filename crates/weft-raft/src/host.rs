@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, RaftError};
-use openraft::{BasicNode, Config, Raft, RaftMetrics, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -179,7 +179,7 @@ impl RaftHost {
                 tracing::info!(shard, node_id, "initialized shard as a single-member raft group");
             }
             let (leader_tx, leader_rx) = watch::channel(false);
-            watchers.push(tokio::spawn(watch_metrics(shard, node_id, raft.metrics(), leader_tx)));
+            watchers.push(tokio::spawn(watch_metrics(shard, node_id, raft.clone(), leader_tx)));
             shards.push(ShardGroup { raft, leader_rx, committed_index });
         }
         tracing::info!(node_id, shard_count, "raft host open");
@@ -346,25 +346,26 @@ fn fatal_error(fatal: Fatal<u64>) -> ProposeError {
     }
 }
 
-/// Follows one shard's Raft metrics: publishes leadership and the per-shard gauges.
-async fn watch_metrics(
-    shard: u32,
-    node_id: u64,
-    mut metrics_rx: watch::Receiver<RaftMetrics<u64, BasicNode>>,
-    leader_tx: watch::Sender<bool>,
-) {
+/// How often the per-shard Raft gauges (term, applied and last log index) are refreshed.
+/// Leadership is followed on every change; the gauges are sampled, so a commit does not wake
+/// this task.
+pub const RAFT_GAUGES_INTERVAL_MS: u64 = 1_000;
+
+/// Follows one shard's leadership (openraft's server metrics change only on a vote, state or
+/// leader change) and samples the per-shard gauges.
+async fn watch_metrics(shard: u32, node_id: u64, raft: Raft<TypeConfig>, leader_tx: watch::Sender<bool>) {
     let label = shard.to_string();
     let term = metrics::gauge!("weft_raft_term", "shard" => label.clone());
     let applied = metrics::gauge!("weft_raft_applied_index", "shard" => label.clone());
     let last_log = metrics::gauge!("weft_raft_last_log_index", "shard" => label.clone());
     let is_leader_gauge = metrics::gauge!("weft_raft_is_leader", "shard" => label);
+    let mut server_rx = raft.server_metrics();
+    let mut gauges = tokio::time::interval(Duration::from_millis(RAFT_GAUGES_INTERVAL_MS));
+    gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let is_leader = {
-            let m = metrics_rx.borrow_and_update();
-            term.set(m.current_term as f64);
-            applied.set(m.last_applied.map_or(0.0, |id| id.index as f64));
-            last_log.set(m.last_log_index.map_or(0.0, |i| i as f64));
-            m.state == ServerState::Leader && m.current_leader == Some(node_id) && m.running_state.is_ok()
+            let m = server_rx.borrow_and_update();
+            m.state == ServerState::Leader && m.current_leader == Some(node_id)
         };
         is_leader_gauge.set(if is_leader { 1.0 } else { 0.0 });
         leader_tx.send_if_modified(|current| {
@@ -375,9 +376,29 @@ async fn watch_metrics(
             }
             changed
         });
-        if metrics_rx.changed().await.is_err() {
-            leader_tx.send_replace(false);
-            return;
+        loop {
+            tokio::select! {
+                changed = server_rx.changed() => {
+                    if changed.is_err() {
+                        // The group stopped (shutdown or a fatal error).
+                        leader_tx.send_replace(false);
+                        is_leader_gauge.set(0.0);
+                        return;
+                    }
+                    break;
+                }
+                _ = gauges.tick() => {
+                    let m = raft.metrics().borrow().clone();
+                    term.set(m.current_term as f64);
+                    applied.set(m.last_applied.map_or(0.0, |id| id.index as f64));
+                    last_log.set(m.last_log_index.map_or(0.0, |i| i as f64));
+                    if m.running_state.is_err() {
+                        leader_tx.send_replace(false);
+                        is_leader_gauge.set(0.0);
+                        return;
+                    }
+                }
+            }
         }
     }
 }

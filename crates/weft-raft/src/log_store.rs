@@ -3,7 +3,8 @@
 //!
 //! Invariants:
 //! - Log entries of shard `s` live at `raft_log[s, index]`, encoded with `weft_storage::codec`;
-//!   the vote, last purged log id and committed log id at `raft_meta[s, field]`.
+//!   the vote, last purged log id and committed log id at `raft_meta[s, field]`. The committed
+//!   log id is written with the next append, not on its own (it is only a restart hint).
 //! - `append` returns once the entries are readable (written to RocksDB without sync) and fires
 //!   openraft's `LogFlushed` callback only after the node's group-commit thread
 //!   ([`crate::log_sync`]) fsynced the WAL past them. `save_vote` and `truncate` return only after
@@ -120,6 +121,9 @@ pub struct ShardLogStore {
     last_entry_id: Option<LogId>,
     /// Last committed index, shared with the host for status reports ([`NO_INDEX`] if none).
     committed_index: Arc<AtomicU64>,
+    /// The committed log id openraft last reported, not yet written: it is stored with the next
+    /// append's batch rather than in a write of its own.
+    unsaved_committed: Option<Option<LogId>>,
     /// Held while openraft owns this store; the host waits for it to be released.
     _lease: Arc<()>,
 }
@@ -138,7 +142,15 @@ impl ShardLogStore {
         let last_entry_id = last_entry_id(&reader.db, shard)?;
         let committed = read_meta::<Option<LogId>>(&reader.db, shard, RaftMetaField::Committed)?.flatten();
         committed_index.store(committed.map_or(NO_INDEX, |id| id.index), Ordering::Relaxed);
-        Ok(ShardLogStore { reader, syncer, last_purged, last_entry_id, committed_index, _lease: lease })
+        Ok(ShardLogStore {
+            reader,
+            syncer,
+            last_purged,
+            last_entry_id,
+            committed_index,
+            unsaved_committed: None,
+            _lease: lease,
+        })
     }
 
     fn shard(&self) -> u32 {
@@ -204,16 +216,20 @@ impl RaftLogStorage<TypeConfig> for ShardLogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), RaftStorageError> {
-        // Not fsynced: the committed index is a hint for re-applying after a restart; if it is
-        // lost, the leader re-establishes it.
-        let mut batch = self.db().raft_batch();
-        batch.put_meta(self.shard(), RaftMetaField::Committed, &codec::encode(&committed));
-        self.db().write_raft(batch, Durability::Buffered).map_err(write_err)?;
+        // Not written now: openraft calls this on every commit, and a write of its own would add
+        // a WAL record per commit. The value rides along with the next append instead. It is a
+        // hint for re-applying after a restart (a stale or lost value only means entries are
+        // applied once the leader re-establishes the commit index), so lagging by one append is
+        // harmless.
+        self.unsaved_committed = Some(committed);
         self.committed_index.store(committed.map_or(NO_INDEX, |id| id.index), Ordering::Relaxed);
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, RaftStorageError> {
+        if let Some(committed) = self.unsaved_committed {
+            return Ok(committed);
+        }
         Ok(read_meta::<Option<LogId>>(self.db(), self.shard(), RaftMetaField::Committed)?.flatten())
     }
 
@@ -235,6 +251,9 @@ impl RaftLogStorage<TypeConfig> for ShardLogStore {
         if last.is_none() {
             callback.log_io_completed(Ok(()));
             return Ok(());
+        }
+        if let Some(committed) = self.unsaved_committed.take() {
+            batch.put_meta(shard, RaftMetaField::Committed, &codec::encode(&committed));
         }
         // Written now (readable at once), durable after the group fsync that fires `callback`.
         self.db().write_raft(batch, Durability::Buffered).map_err(write_err)?;

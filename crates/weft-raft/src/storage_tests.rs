@@ -84,6 +84,8 @@ async fn log_vote_and_snapshot_survive_reopen() -> Result<(), RaftStorageError> 
         log.blocking_append(entries.clone()).await?;
         log.save_vote(&Vote::new_committed(1, 1)).await?;
         log.save_committed(Some(log_id(1, 1, 2))).await?;
+        // The committed log id is stored with the next append.
+        log.blocking_append(vec![blank_ent::<TypeConfig>(1, 1, 3)]).await?;
         sm.apply(entries).await?;
         let snapshot = sm.get_snapshot_builder().await.build_snapshot().await?;
         snapshot_meta = snapshot.meta;
@@ -96,8 +98,8 @@ async fn log_vote_and_snapshot_survive_reopen() -> Result<(), RaftStorageError> 
     let (mut log, mut sm) = open_stores(&db, &syncer)?;
     let state = log.get_log_state().await?;
     assert_eq!(state.last_purged_log_id, Some(log_id(1, 1, 1)));
-    assert_eq!(state.last_log_id, Some(log_id(1, 1, 2)));
-    assert_eq!(log.try_get_log_entries(0..10).await?.len(), 1);
+    assert_eq!(state.last_log_id, Some(log_id(1, 1, 3)));
+    assert_eq!(log.try_get_log_entries(0..10).await?.len(), 2);
     assert_eq!(log.read_vote().await?, Some(Vote::new_committed(1, 1)));
     assert_eq!(log.read_committed().await?, Some(log_id(1, 1, 2)));
     assert_eq!(sm.applied_state().await?.0, Some(log_id(1, 1, 2)));

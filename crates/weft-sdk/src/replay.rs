@@ -22,7 +22,7 @@
 //! events in and sends the returned commands out, so tests drive the engine
 //! with synthetic histories.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -127,6 +127,15 @@ pub(crate) struct RunState {
     pub(crate) canceled_timers: HashSet<u32>,
     /// Step bodies running now; while any runs, the activation is not done.
     pub(crate) steps_running: usize,
+    /// Steps whose result the code already has but whose event is not fed yet: live, a step
+    /// body that finished in this activation (its `RecordStep` goes out with the activation's
+    /// commands); on replay, a step whose recorded result was handed out before its slice.
+    pub(crate) unfed_steps: BTreeSet<u32>,
+    /// Results of steps from known events that are not fed yet, so a replayed step resolves as
+    /// soon as it is issued, exactly as the live step did once its body finished.
+    pub(crate) recorded_steps: HashMap<u32, Resolution>,
+    /// Steps waiting until earlier steps' results are durable (their events fed).
+    pub(crate) durable_waiters: Vec<Waker>,
     pub(crate) now_ms: u64,
     pub(crate) last_observed_event_id: u64,
     pub(crate) cancel_requested_event_id: Option<u64>,
@@ -230,6 +239,9 @@ impl RunMachine {
             commands: Vec::new(),
             canceled_timers: HashSet::new(),
             steps_running: 0,
+            unfed_steps: BTreeSet::new(),
+            recorded_steps: HashMap::new(),
+            durable_waiters: Vec::new(),
             now_ms: first.time_ms,
             last_observed_event_id: 1,
             cancel_requested_event_id: None,
@@ -303,8 +315,12 @@ impl RunMachine {
                 let op = HistoryOp { kind, name, event_id: event.event_id, event_type: event.event_type() };
                 state.history_ops.entry(event.seq).or_insert(op);
             }
-            if resolution_of(&event).is_some() {
+            if let Some(outcome) = resolution_of(&event) {
                 state.history_resolved.insert(event.seq);
+                if is_step_event(&event) && !state.unfed_steps.contains(&event.seq) {
+                    let resolution = Resolution { event_id: event.event_id, time_ms: event.time_ms, outcome };
+                    state.recorded_steps.insert(event.seq, resolution);
+                }
             }
             self.known_events = event.event_id;
             self.fingerprint = fingerprint_event(self.fingerprint, &event);
@@ -344,6 +360,17 @@ impl RunMachine {
                 }
                 if let Some(outcome) = resolution_of(&event) {
                     let seq = event.seq;
+                    if is_step_event(&event) {
+                        // A step's event is observed when it is fed, live and on replay alike
+                        // (the code may have had the result since the previous activation).
+                        state.now_ms = state.now_ms.max(event.time_ms);
+                        state.last_observed_event_id = state.last_observed_event_id.max(event.event_id);
+                        state.recorded_steps.remove(&seq);
+                        if state.unfed_steps.remove(&seq) {
+                            to_wake.append(&mut state.durable_waiters);
+                            continue;
+                        }
+                    }
                     state
                         .resolutions
                         .insert(seq, Resolution { event_id: event.event_id, time_ms: event.time_ms, outcome });
@@ -460,6 +487,12 @@ fn schedules_op(event: &pb::HistoryEvent) -> Option<(OpKind, String)> {
         _ => return None,
     };
     Some((kind, event.name.clone()))
+}
+
+/// Whether the event records a step's result (steps have one event, which both schedules and
+/// resolves them).
+fn is_step_event(event: &pb::HistoryEvent) -> bool {
+    matches!(event.event_type(), EventType::StepCompleted | EventType::StepFailed)
 }
 
 /// The outcome an event resolves its operation with.

@@ -154,28 +154,30 @@ async fn run_sample_live() -> (History, Value) {
     let mut history = History::start(json!({"order_id": "o-1"}));
     let mut run = machine(&factory, history.events.clone());
 
-    // Task 1: the step runs and is sent; the code waits for it to be recorded.
+    // Task 1: the step runs; its record goes out with the next operation the code issues (the
+    // activity), since no other step body runs before it.
     let activation = run.advance().await.expect("task 1");
-    assert_eq!(activation.commands, vec![record_step(1, "reserve", json!("r1"))]);
-    assert!(!activation.finished);
-    assert_eq!(step_runs.load(Ordering::SeqCst), 1);
-
-    // Task 2 (returned inline): the step is recorded; the activity is scheduled.
-    let from = history.last_id() + 1;
-    history.completed().event(T::StepCompleted, 1, "reserve", json_bytes(&json!("r1")), None).scheduled();
-    run.add_events(history.since(from)).expect("no gap");
-    let activation = run.advance().await.expect("task 2");
-    assert_eq!(activation.commands.len(), 1);
-    let Some(Command::ScheduleActivity(schedule)) = &activation.commands[0].command else {
+    assert_eq!(activation.commands.len(), 2, "{:?}", activation.commands);
+    assert_eq!(activation.commands[0], record_step(1, "reserve", json!("r1")));
+    let Some(Command::ScheduleActivity(schedule)) = &activation.commands[1].command else {
         panic!("expected ScheduleActivity, got {:?}", activation.commands)
     };
     assert_eq!((schedule.seq, schedule.activity_type.as_str()), (2, "charge"));
     assert_eq!(schedule.input, json_bytes(&json!({"order_id": "o-1"})));
+    assert!(!activation.finished);
+    assert_eq!(step_runs.load(Ordering::SeqCst), 1);
+
+    // Task 2 (returned inline, because the step record resolved an operation): nothing new.
+    let from = history.last_id() + 1;
+    history.completed().event(T::StepCompleted, 1, "reserve", json_bytes(&json!("r1")), None);
+    history.event(T::ActivityScheduled, 2, "charge", Vec::new(), None).scheduled();
+    run.add_events(history.since(from)).expect("no gap");
+    let activation = run.advance().await.expect("task 2");
+    assert_eq!(activation.commands, Vec::new());
 
     // Task 3: the activity completed; the code waits for the signal.
     let from = history.last_id() + 1;
-    history.completed().event(T::ActivityScheduled, 2, "charge", Vec::new(), None);
-    history.event(T::ActivityStarted, 2, "", Vec::new(), None);
+    history.completed().event(T::ActivityStarted, 2, "", Vec::new(), None);
     history.event(T::ActivityCompleted, 2, "", json_bytes(&json!("ch_1")), None).scheduled();
     run.add_events(history.since(from)).expect("no gap");
     let activation = run.advance().await.expect("task 3");
@@ -318,13 +320,11 @@ async fn code_sees_the_cancel_request_and_may_clean_up() {
     history.event(T::SignalWaitCanceled, 1, "approve", Vec::new(), None).scheduled();
     let mut run = machine(&factory, history.events.clone());
     let activation = run.advance().await.expect("task");
-    assert_eq!(activation.commands, vec![record_step(2, "release", json!("released"))]);
-    let from = history.last_id() + 1;
-    history.completed().event(T::StepCompleted, 2, "release", json_bytes(&json!("released")), None).scheduled();
-    run.add_events(history.since(from)).expect("no gap");
-    let activation = run.advance().await.expect("task");
+    // The clean-up step's record and the close go out together: one workflow task.
     assert!(activation.finished);
-    let Some(Command::FailWorkflow(fail)) = &activation.commands[0].command else {
+    assert_eq!(activation.commands.len(), 2, "{:?}", activation.commands);
+    assert_eq!(activation.commands[0], record_step(2, "release", json!("released")));
+    let Some(Command::FailWorkflow(fail)) = &activation.commands[1].command else {
         panic!("{:?}", activation.commands)
     };
     assert_eq!(fail.failure.as_ref().map(|f| f.error_type.as_str()), Some(CANCELED_ERROR_TYPE));
@@ -372,10 +372,15 @@ async fn dropped_sleep_cancels_its_timer_once() {
     let activation = run.advance().await.expect("task 2");
     assert_eq!(
         activation.commands,
-        vec![cmd(Command::CancelTimer(pb::CancelTimer { seq: 1 })), record_step(3, "after", json!("done"))]
+        vec![
+            cmd(Command::CancelTimer(pb::CancelTimer { seq: 1 })),
+            record_step(3, "after", json!("done")),
+            complete(&json!("signal"))
+        ]
     );
     history.completed().event(T::TimerCanceled, 1, "", Vec::new(), None);
-    history.event(T::StepCompleted, 3, "after", json_bytes(&json!("done")), None).scheduled();
+    history.event(T::StepCompleted, 3, "after", json_bytes(&json!("done")), None);
+    history.event(T::WorkflowCompleted, 0, "", json_bytes(&json!("signal")), None);
 
     // Replay from scratch: the signal branch wins again and no CancelTimer is sent twice.
     let activation = machine(&factory, history.events.clone()).advance().await.expect("replay");
@@ -402,7 +407,7 @@ async fn failing_step_retries_then_records_the_failure() {
             charged.map(|c| json!(c))
         }
     });
-    let mut history = History::start(json!(null));
+    let history = History::start(json!(null));
     let mut run = machine(&factory, history.events.clone());
     let activation = run.advance().await.expect("task 1");
     assert_eq!(attempts.load(Ordering::SeqCst), 3);
@@ -410,12 +415,9 @@ async fn failing_step_retries_then_records_the_failure() {
     assert_eq!((step.seq, step.attempts), (1, 3));
     let failure = step.failure.clone().expect("a failure");
     assert_eq!(failure.message, "card declined");
-
-    let from = history.last_id() + 1;
-    history.completed().event(T::StepFailed, 1, "charge", Vec::new(), Some(Failure::from(failure))).scheduled();
-    run.add_events(history.since(from)).expect("no gap");
-    let activation = run.advance().await.expect("task 2");
-    let Some(Command::FailWorkflow(fail)) = &activation.commands[0].command else {
+    // The failure is recorded with the close it causes, in one workflow task.
+    assert!(activation.finished);
+    let Some(Command::FailWorkflow(fail)) = &activation.commands[1].command else {
         panic!("{:?}", activation.commands)
     };
     let message = &fail.failure.as_ref().expect("failure").message;
@@ -507,4 +509,104 @@ fn activations_are_cut_before_each_completed_task() {
     history.completed();
     let cuts: Vec<u64> = split_activations(history.events.clone()).iter().map(|a| a[0].event_id).collect();
     assert_eq!(cuts, vec![1, 3, 11]);
+}
+
+/// Three sequential steps, then `now()`; counts body runs per step.
+fn three_steps(runs: Arc<[AtomicUsize; 3]>) -> WorkflowFactory {
+    workflow_factory("sample", move |ctx: WorkflowContext, _input: Value| {
+        let runs = runs.clone();
+        async move {
+            let mut results = Vec::new();
+            for (i, name) in ["s1", "s2", "s3"].into_iter().enumerate() {
+                let runs = runs.clone();
+                let result: String = ctx
+                    .step(name, move || {
+                        let runs = runs.clone();
+                        async move {
+                            runs[i].fetch_add(1, Ordering::SeqCst);
+                            Ok::<_, anyhow::Error>(format!("r{}", i + 1))
+                        }
+                    })
+                    .await?;
+                results.push(result);
+            }
+            let now_ms = ctx.now().duration_since(UNIX_EPOCH).expect("after the epoch").as_millis() as u64;
+            Ok(json!({"results": results, "now_ms": now_ms}))
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_step_body_waits_for_earlier_records_and_the_last_record_goes_with_the_close() {
+    let runs = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0)]);
+    let factory = three_steps(runs.clone());
+    let mut history = History::start(json!(null));
+    let mut run = machine(&factory, history.events.clone());
+    let count = |i: usize| runs[i].load(Ordering::SeqCst);
+
+    // Task 1: s1 runs; s2 is issued but its body waits until s1's record is durable.
+    let activation = run.advance().await.expect("task 1");
+    assert_eq!(activation.commands, vec![record_step(1, "s1", json!("r1"))]);
+    assert_eq!((count(0), count(1), count(2)), (1, 0, 0));
+
+    // Task 2: s1 is recorded; s2 runs.
+    let from = history.last_id() + 1;
+    history.completed().event(T::StepCompleted, 1, "s1", json_bytes(&json!("r1")), None).scheduled();
+    run.add_events(history.since(from)).expect("no gap");
+    let activation = run.advance().await.expect("task 2");
+    assert_eq!(activation.commands, vec![record_step(2, "s2", json!("r2"))]);
+    assert_eq!((count(0), count(1), count(2)), (1, 1, 0));
+
+    // Task 3: s3 runs and the workflow returns: its record and the close go out together.
+    let from = history.last_id() + 1;
+    history.completed().event(T::StepCompleted, 2, "s2", json_bytes(&json!("r2")), None).scheduled();
+    run.add_events(history.since(from)).expect("no gap");
+    let activation = run.advance().await.expect("task 3");
+    assert!(activation.finished);
+    assert_eq!(activation.commands.len(), 2, "{:?}", activation.commands);
+    assert_eq!(activation.commands[0], record_step(3, "s3", json!("r3")));
+    let live = completed_result(&activation);
+    assert_eq!(live["results"], json!(["r1", "r2", "r3"]));
+    // now() is the time of the last step event fed (s2's); s3's is not in the history yet.
+    let s2 = history.events.iter().find(|e| e.event_type() == T::StepCompleted && e.seq == 2).expect("s2");
+    assert_eq!(live["now_ms"], s2.time_ms);
+    assert_eq!((count(0), count(1), count(2)), (1, 1, 1));
+    history.completed().event(T::StepCompleted, 3, "s3", json_bytes(&json!("r3")), None);
+    history.event(T::WorkflowCompleted, 0, "", serde_json::to_vec(&live).expect("json"), None);
+
+    // A full replay returns the same result (now() included) without running a body.
+    let replay_runs = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0)]);
+    let activation =
+        machine(&three_steps(replay_runs.clone()), history.events.clone()).advance().await.expect("replay");
+    assert_eq!(activation.commands, vec![complete(&live)]);
+    assert!(replay_runs.iter().all(|r| r.load(Ordering::SeqCst) == 0));
+
+    // A replay of the history up to task 2's schedule runs exactly s2's body, as live.
+    let task2_scheduled =
+        history.events.iter().position(|e| e.event_type() == T::StepCompleted && e.seq == 1).expect("s1 recorded") + 2;
+    let prefix_runs = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0)]);
+    let activation = machine(&three_steps(prefix_runs.clone()), history.events[..task2_scheduled].to_vec())
+        .advance()
+        .await
+        .expect("prefix replay");
+    assert_eq!(activation.commands, vec![record_step(2, "s2", json!("r2"))]);
+    let prefix_counts: Vec<usize> = prefix_runs.iter().map(|r| r.load(Ordering::SeqCst)).collect();
+    assert_eq!(prefix_counts, vec![0, 1, 0]);
+}
+
+#[tokio::test]
+async fn steps_issued_together_run_together() {
+    let factory = workflow_factory("sample", |ctx: WorkflowContext, _input: Value| async move {
+        let a = ctx.step("a", || async { Ok::<_, anyhow::Error>("ra".to_string()) });
+        let b = ctx.step("b", || async { Ok::<_, anyhow::Error>("rb".to_string()) });
+        let (a, b) = futures::future::join(a, b).await;
+        Ok(json!([a?, b?]))
+    });
+    let history = History::start(json!(null));
+    let activation = machine(&factory, history.events.clone()).advance().await.expect("task 1");
+    assert!(activation.finished);
+    assert_eq!(
+        activation.commands,
+        vec![record_step(1, "a", json!("ra")), record_step(2, "b", json!("rb")), complete(&json!(["ra", "rb"]))]
+    );
 }

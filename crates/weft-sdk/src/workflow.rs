@@ -163,28 +163,44 @@ impl WorkflowContext {
         Fut: Future<Output = anyhow::Result<T>> + Send + 'static,
     {
         let begun = self.begin(OpKind::Step, name, |_| None);
+        // Decided when the step is issued, not when it is first polled, so a replay makes the
+        // same decision whatever the timing of step bodies was live.
+        let earlier_unfed: Vec<u32> = self.state.lock().unfed_steps.iter().copied().collect();
         let ctx = self.clone();
         let name = name.to_string();
         async move {
             let (seq, is_new) = begun?;
-            if is_new {
+            ctx.earlier_steps_durable(earlier_unfed).await;
+            let outcome = if is_new {
                 let running = StepRunning::enter(&ctx.state);
                 let budget = ctx.state.lock().workflow_task_timeout / 2;
                 let (outcome, attempts) = run_step_body(&name, &policy, budget, &mut body).await;
-                let (result, failure) = match outcome {
-                    Ok(result) => (result, None),
-                    Err(failure) => (Vec::new(), Some(pb::Failure::from(failure))),
+                let (result, failure, outcome) = match outcome {
+                    Ok(result) => (result.clone(), None, Outcome::StepCompleted(result)),
+                    Err(failure) => {
+                        (Vec::new(), Some(pb::Failure::from(failure.clone())), Outcome::StepFailed(failure))
+                    }
                 };
-                ctx.push_command(Command::RecordStep(pb::RecordStep {
-                    seq,
-                    name: name.clone(),
-                    result,
-                    failure,
-                    attempts,
-                }));
+                let mut state = ctx.state.lock();
+                state.commands.push(pb::WorkflowCommand {
+                    command: Some(Command::RecordStep(pb::RecordStep {
+                        seq,
+                        name: name.clone(),
+                        result,
+                        failure,
+                        attempts,
+                    })),
+                });
+                // The record leaves with this activation's commands; no later step body runs
+                // before it is durable (see `earlier_steps_durable`).
+                state.unfed_steps.insert(seq);
+                drop(state);
                 drop(running);
-            }
-            match ctx.resolution(seq).await.outcome {
+                outcome
+            } else {
+                ctx.recorded_step(seq).await.outcome
+            };
+            match outcome {
                 Outcome::StepCompleted(result) => decode(&result, || format!("result of step {name:?}")),
                 Outcome::StepFailed(failure) => Err(WorkflowError::Step { name, failure }),
                 other => Err(ctx.unexpected(seq, &other)),
@@ -340,8 +356,36 @@ impl WorkflowContext {
         Ok((seq, is_new))
     }
 
-    fn push_command(&self, command: Command) {
-        self.state.lock().commands.push(pb::WorkflowCommand { command: Some(command) });
+    /// Waits until the events of the steps `seqs` are fed: their results are durable. A step
+    /// issued while earlier step results are still on their way to the server waits here before
+    /// its body runs, so a body never runs before the results it may depend on are recorded.
+    fn earlier_steps_durable(&self, seqs: Vec<u32>) -> impl Future<Output = ()> + Send + 'static {
+        let state = self.state.clone();
+        futures::future::poll_fn(move |cx| {
+            let mut state = state.lock();
+            if seqs.iter().all(|seq| !state.unfed_steps.contains(seq)) {
+                return std::task::Poll::Ready(());
+            }
+            state.durable_waiters.push(cx.waker().clone());
+            std::task::Poll::Pending
+        })
+    }
+
+    /// The recorded result of step `seq`, which the history holds: at once when its event is
+    /// known but not fed yet (as the live step had it once its body finished), else when fed.
+    async fn recorded_step(&self, seq: u32) -> Resolution {
+        let recorded = {
+            let mut state = self.state.lock();
+            let recorded = state.recorded_steps.remove(&seq);
+            if recorded.is_some() {
+                state.unfed_steps.insert(seq);
+            }
+            recorded
+        };
+        match recorded {
+            Some(resolution) => resolution,
+            None => self.resolution(seq).await,
+        }
     }
 
     /// Waits until an event resolves operation `seq`, and marks it observed.

@@ -18,6 +18,12 @@ use crate::cli::{Cli, ClientCommand, Command, GlobalArgs};
 use crate::client::CliError;
 use crate::commands::Context;
 
+/// mimalloc instead of the system allocator: the request path allocates many small buffers
+/// (protobuf messages, write batches, log entries), and glibc malloc showed up at ~8% of CPU
+/// under load.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
