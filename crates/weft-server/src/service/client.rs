@@ -151,9 +151,14 @@ impl ClientService {
         let wait = Duration::from_millis(request.wait_ms).min(LONG_POLL_MAX);
         let deadline = tokio::time::Instant::now() + wait;
         let mut run_id = request.run_id;
+        // Woken by this node's apply of the run's close: the local state already holds it, and a
+        // closed run never changes, so the read needs no new read-index round.
+        let mut woken_by_close = false;
         loop {
             let closed = self.node.watch_close(&key);
-            self.node.linearizable(shard).await?;
+            if !std::mem::take(&mut woken_by_close) {
+                self.node.linearizable(shard).await?;
+            }
             let execution = shard_store::read_execution(&self.node.db, shard, &key)
                 .map_err(storage_status)?
                 .ok_or_else(|| Status::not_found(format!("workflow {key} not found")))?;
@@ -171,7 +176,7 @@ impl ClientService {
                 if remaining.is_zero() {
                     return Ok(pb::GetWorkflowResultResponse { closed: false, run_id: this_run, ..Default::default() });
                 }
-                let _ = tokio::time::timeout(remaining, closed).await;
+                woken_by_close = matches!(tokio::time::timeout(remaining, closed).await, Ok(Ok(())));
                 run_id = this_run;
                 continue;
             }
