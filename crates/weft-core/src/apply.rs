@@ -100,8 +100,9 @@ pub fn apply(state: &mut ShardState, command: &Command) -> Outcome {
             },
             &mut out,
         ),
-        CommandKind::CompleteWorkflowTask { token, commands, new_run_id, inline_next_task } => {
-            complete_workflow_task(state, now, token, commands, new_run_id, *inline_next_task, &mut out)
+        CommandKind::CompleteWorkflowTask { token, commands, new_run_id, inline_next_task, steps_observed } => {
+            let task = CompletedTask { inline_next_task: *inline_next_task, steps_observed: *steps_observed };
+            complete_workflow_task(state, now, token, commands, new_run_id, task, &mut out)
         }
         CommandKind::FailWorkflowTask { token, failure } => fail_workflow_task(state, now, token, failure, &mut out),
         CommandKind::WorkflowTaskTimedOut { token } => workflow_task_timed_out(state, now, token, &mut out),
@@ -556,15 +557,23 @@ fn command_events_estimate(commands: &[WorkflowCommand]) -> (u64, u64) {
     (events, bytes)
 }
 
+/// How the worker completed its workflow task (see `CommandKind::CompleteWorkflowTask`).
+#[derive(Clone, Copy)]
+struct CompletedTask {
+    inline_next_task: bool,
+    steps_observed: bool,
+}
+
 fn complete_workflow_task(
     state: &mut ShardState,
     now: u64,
     token: &TaskToken,
     commands: &[WorkflowCommand],
     new_run_id: &str,
-    inline_next_task: bool,
+    task: CompletedTask,
     out: &mut Outcome,
 ) -> Handled {
+    let CompletedTask { inline_next_task, steps_observed } = task;
     let key = &token.key;
     let (run, seen_event_id) = workflow_token_run(state, token)?;
     check_workflow_commands(run, commands)?;
@@ -604,7 +613,8 @@ fn complete_workflow_task(
                     },
                 };
                 record(key, run, now, kind, out);
-                resolved_now = true;
+                // The code needs a task to learn the result unless it already ran past the step.
+                resolved_now |= !steps_observed;
             }
             WorkflowCommand::ScheduleActivity { seq, activity_type, task_queue, input, retry_policy, options } => {
                 let task_queue = if task_queue.is_empty() { run.task_queue.clone() } else { task_queue.clone() };

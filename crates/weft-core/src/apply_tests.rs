@@ -102,7 +102,14 @@ impl Harness {
         let token = self.workflow_token(id);
         self.next_run += 1;
         let new_run_id = format!("run-{}", self.next_run);
-        self.run(CommandKind::CompleteWorkflowTask { token, commands, new_run_id, inline_next_task: true }).reply
+        self.run(CommandKind::CompleteWorkflowTask {
+            token,
+            commands,
+            new_run_id,
+            inline_next_task: true,
+            steps_observed: false,
+        })
+        .reply
     }
 
     fn history(&self, id: &str) -> Vec<&'static str> {
@@ -194,6 +201,36 @@ fn steps_complete_one_task_and_schedule_the_next() {
 }
 
 #[test]
+fn observed_step_records_schedule_no_task_but_what_follows_still_does() {
+    let mut h = Harness::default();
+    h.start("w", "");
+    let token = h.workflow_token("w");
+    let outcome = h.run(CommandKind::CompleteWorkflowTask {
+        token,
+        commands: vec![step(1, "reserve", r#""ok""#), activity(2, RetryPolicy::default())],
+        new_run_id: "x".into(),
+        inline_next_task: true,
+        steps_observed: true,
+    });
+    // The code ran past the step and waits for the activity: no task until the activity ends.
+    assert!(matches!(outcome.reply, Reply::WorkflowTaskCompleted { next_task: None }), "{:?}", outcome.reply);
+    assert_eq!(
+        h.history("w"),
+        [
+            "WorkflowStarted",
+            "WorkflowTaskScheduled",
+            "WorkflowTaskStarted",
+            "WorkflowTaskCompleted",
+            "StepCompleted",
+            "ActivityScheduled"
+        ]
+    );
+    let activity_token = h.activity_token("w", 2);
+    h.run(CommandKind::CompleteActivity { token: activity_token, result: json(r#""ch""#) });
+    assert_eq!(h.history("w").last(), Some(&"WorkflowTaskScheduled"));
+}
+
+#[test]
 fn stale_and_repeated_tokens_are_rejected() {
     let mut h = Harness::default();
     h.start("w", "");
@@ -204,10 +241,16 @@ fn stale_and_repeated_tokens_are_rejected() {
         commands: commands.clone(),
         new_run_id: "x".into(),
         inline_next_task: false,
+        steps_observed: false,
     });
     assert!(matches!(first.reply, Reply::WorkflowTaskCompleted { .. }));
-    let again =
-        h.run(CommandKind::CompleteWorkflowTask { token, commands, new_run_id: "x".into(), inline_next_task: false });
+    let again = h.run(CommandKind::CompleteWorkflowTask {
+        token,
+        commands,
+        new_run_id: "x".into(),
+        inline_next_task: false,
+        steps_observed: false,
+    });
     assert_eq!(rejected(&again.reply), ErrorCode::FailedPrecondition);
     assert!(again.writes.is_empty(), "a rejected command writes nothing");
     assert_eq!(h.history("w").iter().filter(|t| **t == "StepCompleted").count(), 1, "recorded exactly once");
@@ -392,7 +435,8 @@ fn workflow_task_timeout_reschedules() {
                 token,
                 commands: vec![],
                 new_run_id: "x".into(),
-                inline_next_task: false
+                inline_next_task: false,
+                steps_observed: false,
             })
             .reply
         ),
@@ -636,6 +680,8 @@ fn command_for(h: &Harness, action: &Action) -> Option<CommandKind> {
                 commands,
                 new_run_id: format!("run-{}", h.next_run),
                 inline_next_task: false,
+                // Both ways: a worker that ran past its steps and one that waits for them.
+                steps_observed: h.next_run.is_multiple_of(2),
             }
         }
         Action::FailTask { wf } => {
@@ -735,7 +781,7 @@ proptest! {
         h.start("w", "");
         let task = if workflow { TokenTask::Workflow { scheduled_event_id: scheduled, seen_event_id: seen } } else { TokenTask::Activity { seq } };
         let token = TaskToken { shard: 0, key: WorkflowKey::new("default", id.clone()), run_id: run, task, attempt, started_ms: 0 };
-        h.run(CommandKind::CompleteWorkflowTask { token: token.clone(), commands: vec![step(seq, &id, "1")], new_run_id: "n".into(), inline_next_task: false });
+        h.run(CommandKind::CompleteWorkflowTask { token: token.clone(), commands: vec![step(seq, &id, "1")], new_run_id: "n".into(), inline_next_task: false, steps_observed: false });
         h.run(CommandKind::CompleteActivity { token: token.clone(), result: json("1") });
         h.run(CommandKind::FailActivity { token: token.clone(), failure: Failure::new("E", id.clone()) });
         h.run(CommandKind::RecordHeartbeat { token, details: json("1") });

@@ -42,6 +42,9 @@ pub enum CommandKind {
         /// The completing worker takes the next workflow task inline, so apply
         /// emits no `TaskReady` effect for it (it is still indexed durably).
         inline_next_task: bool,
+        /// The code already has the results of the steps recorded here and waits on nothing a
+        /// task for them would bring: step records alone schedule no new workflow task.
+        steps_observed: bool,
     },
     FailWorkflowTask {
         token: TaskToken,

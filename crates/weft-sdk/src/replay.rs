@@ -194,6 +194,9 @@ pub(crate) struct Activation {
     pub(crate) commands: Vec<pb::WorkflowCommand>,
     /// The workflow future returned: the last command closes the run.
     pub(crate) finished: bool,
+    /// No step waits for the records among the commands to become durable: the code already
+    /// ran past every recorded step, so the server need not schedule a task just to deliver them.
+    pub(crate) steps_observed: bool,
 }
 
 /// One run's workflow future and the history it has seen.
@@ -344,8 +347,9 @@ impl RunMachine {
             }
             self.check_history_issued()?;
         }
-        let commands = std::mem::take(&mut self.state.lock().commands);
-        Ok(Activation { commands, finished: self.finished })
+        let mut state = self.state.lock();
+        let commands = std::mem::take(&mut state.commands);
+        Ok(Activation { commands, finished: self.finished, steps_observed: state.durable_waiters.is_empty() })
     }
 
     /// Applies the events of one activation: resolutions become visible to the code.

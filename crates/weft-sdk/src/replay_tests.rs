@@ -165,41 +165,37 @@ async fn run_sample_live() -> (History, Value) {
     assert_eq!((schedule.seq, schedule.activity_type.as_str()), (2, "charge"));
     assert_eq!(schedule.input, json_bytes(&json!({"order_id": "o-1"})));
     assert!(!activation.finished);
+    assert!(activation.steps_observed, "the code ran past the step: no task needed for its record");
     assert_eq!(step_runs.load(Ordering::SeqCst), 1);
 
-    // Task 2 (returned inline, because the step record resolved an operation): nothing new.
+    // Task 2: the activity completed; the code waits for the signal. (The step record alone
+    // scheduled no task; its event arrives with this one.)
     let from = history.last_id() + 1;
     history.completed().event(T::StepCompleted, 1, "reserve", json_bytes(&json!("r1")), None);
-    history.event(T::ActivityScheduled, 2, "charge", Vec::new(), None).scheduled();
-    run.add_events(history.since(from)).expect("no gap");
-    let activation = run.advance().await.expect("task 2");
-    assert_eq!(activation.commands, Vec::new());
-
-    // Task 3: the activity completed; the code waits for the signal.
-    let from = history.last_id() + 1;
-    history.completed().event(T::ActivityStarted, 2, "", Vec::new(), None);
+    history.event(T::ActivityScheduled, 2, "charge", Vec::new(), None);
+    history.event(T::ActivityStarted, 2, "", Vec::new(), None);
     history.event(T::ActivityCompleted, 2, "", json_bytes(&json!("ch_1")), None).scheduled();
     run.add_events(history.since(from)).expect("no gap");
-    let activation = run.advance().await.expect("task 3");
+    let activation = run.advance().await.expect("task 2");
     assert_eq!(
         activation.commands,
         vec![cmd(Command::WaitSignal(pb::WaitSignal { seq: 3, signal_name: "approve".into(), timeout_ms: 3_600_000 }))]
     );
 
-    // Task 4: the signal was buffered and consumed at once; the code sleeps.
+    // Task 3: the signal was buffered and consumed at once; the code sleeps.
     let from = history.last_id() + 1;
     history.completed().event(T::SignalWaitStarted, 3, "approve", Vec::new(), None);
     history.event(T::SignalConsumed, 3, "approve", json_bytes(&json!(true)), None).scheduled();
     run.add_events(history.since(from)).expect("no gap");
-    let activation = run.advance().await.expect("task 4");
+    let activation = run.advance().await.expect("task 3");
     assert_eq!(activation.commands, vec![cmd(Command::StartTimer(pb::StartTimer { seq: 4, duration_ms: 2_000 }))]);
 
-    // Task 5: the timer fired; the workflow returns.
+    // Task 4: the timer fired; the workflow returns.
     let from = history.last_id() + 1;
     history.completed().event(T::TimerStarted, 4, "", Vec::new(), None);
     history.event(T::TimerFired, 4, "", Vec::new(), None).scheduled();
     run.add_events(history.since(from)).expect("no gap");
-    let activation = run.advance().await.expect("task 5");
+    let activation = run.advance().await.expect("task 4");
     assert!(activation.finished);
     assert_eq!(activation.commands.len(), 1);
     let result = completed_result(&activation);
@@ -547,6 +543,7 @@ async fn a_step_body_waits_for_earlier_records_and_the_last_record_goes_with_the
     // Task 1: s1 runs; s2 is issued but its body waits until s1's record is durable.
     let activation = run.advance().await.expect("task 1");
     assert_eq!(activation.commands, vec![record_step(1, "s1", json!("r1"))]);
+    assert!(!activation.steps_observed, "s2 waits for s1's record: the server must send a task");
     assert_eq!((count(0), count(1), count(2)), (1, 0, 0));
 
     // Task 2: s1 is recorded; s2 runs.

@@ -424,6 +424,7 @@ async fn process_workflow_task(shared: Arc<WorkerShared>, mut task: pb::Workflow
             commands: activation.commands,
             return_next_task: !activation.finished,
             identity: shared.identity.clone(),
+            steps_observed: activation.steps_observed,
         };
         match worker.complete_workflow_task(request).await {
             Ok(response) => {

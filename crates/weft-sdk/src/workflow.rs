@@ -89,7 +89,9 @@ impl WorkflowContext {
     }
 
     /// The time of the last event the code observed (the event that resolved
-    /// its latest operation, or `WorkflowStarted`). Replays identically.
+    /// its latest operation, or `WorkflowStarted`). A step's event counts once it
+    /// came back from the server, so right after a step `now()` has not moved
+    /// yet. Replays identically.
     pub fn now(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(self.state.lock().now_ms)
     }
@@ -129,9 +131,12 @@ impl WorkflowContext {
         }
     }
 
-    /// Runs `body` once and makes its result durable: the code continues only
-    /// after the result is recorded in the history, and a replay returns the
-    /// recorded result without running `body` again. A failed attempt is
+    /// Runs `body` once and makes its result durable; a replay returns the
+    /// recorded result without running `body` again. The code goes on as soon as
+    /// the body finished: the record leaves with the commands the code issues
+    /// next (an activity, a timer, its return), in one commit. No later step body
+    /// runs before this result is durable: a step issued while an earlier result
+    /// is still on its way waits for it (see `docs/protocol.md`, "Steps"). A failed attempt is
     /// retried in the worker per [`RetryPolicy::step_default`] (3 attempts);
     /// the final failure is recorded and returned as [`WorkflowError::Step`].
     /// Return an [`ActivityError::non_retryable`] (through anyhow) to stop retrying.

@@ -70,6 +70,7 @@ impl WorkerApi {
             commands,
             new_run_id: uuid::Uuid::now_v7().to_string(),
             inline_next_task: inline,
+            steps_observed: request.steps_observed,
         };
         let reply = self.complete(&token, command).await?;
         let Reply::WorkflowTaskCompleted { next_task } = reply else {

@@ -91,6 +91,7 @@ async fn limits_and_malformed_requests_get_the_right_status() {
         }],
         return_next_task: false,
         identity: "t".into(),
+        steps_observed: false,
     };
     worker.complete_workflow_task(complete.clone()).await.expect("first completion");
     let status = worker.complete_workflow_task(complete).await.unwrap_err();
@@ -119,6 +120,7 @@ async fn limits_and_malformed_requests_get_the_right_status() {
         }],
         return_next_task: false,
         identity: "t".into(),
+        steps_observed: false,
     };
     let status = worker.complete_workflow_task(reused_seq).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
