@@ -126,9 +126,70 @@ async fn an_order_runs_steps_an_activity_with_retry_a_signal_and_a_timer() {
     assert_eq!(count(&types, pb::EventType::SignalConsumed), 1);
     assert_eq!(count(&types, pb::EventType::TimerFired), 1);
     assert_eq!(types.last(), Some(&(pb::EventType::WorkflowCompleted as i32)));
+    // Every workflow task produced commands: no task was scheduled only to deliver a step
+    // record the code had already run past.
+    use pb::EventType as E;
+    let from_commands = [
+        E::StepCompleted,
+        E::StepFailed,
+        E::ActivityScheduled,
+        E::TimerStarted,
+        E::TimerCanceled,
+        E::SignalWaitStarted,
+        E::WorkflowCompleted,
+        E::WorkflowFailed,
+    ]
+    .map(|e| e as i32);
+    let empty_tasks =
+        types.windows(2).filter(|w| w[0] == E::WorkflowTaskCompleted as i32 && !from_commands.contains(&w[1]));
+    assert_eq!(empty_tasks.count(), 0, "{types:?}");
 
     let description = client.describe_workflow("order-1").await.expect("describe");
     assert_eq!(description.info.expect("info").status, pb::WorkflowStatus::Completed as i32);
+    worker.stop().await;
+    node.stop().await;
+}
+
+/// Three sequential steps take three workflow tasks: each record leaves with the next
+/// step's task request, and the last one with the close. No task is completed empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_steps_take_one_task_each_and_the_last_record_closes_the_run() {
+    async fn three(ctx: WorkflowContext, _: ()) -> Result<String, WorkflowError> {
+        let mut last = String::new();
+        for name in ["s1", "s2", "s3"] {
+            last = ctx.step(name, move || async move { Ok::<_, anyhow::Error>(format!("{name}-done")) }).await?;
+        }
+        Ok(last)
+    }
+    let node = TestNode::start().await;
+    let client = Client::connect(&endpoint(node.addr)).await.expect("connect");
+    let worker =
+        RunningWorker::start(Worker::builder(client.clone(), "steps").register_workflow("three", three).build());
+    client.start_workflow("three", "three-1", "steps", &()).await.expect("start");
+    let result: String = client.workflow_result("three-1").await.expect("result");
+    assert_eq!(result, "s3-done");
+
+    use pb::EventType as E;
+    let expected: Vec<i32> = [
+        E::WorkflowStarted,
+        E::WorkflowTaskScheduled,
+        E::WorkflowTaskStarted,
+        E::WorkflowTaskCompleted,
+        E::StepCompleted,
+        E::WorkflowTaskScheduled,
+        E::WorkflowTaskStarted,
+        E::WorkflowTaskCompleted,
+        E::StepCompleted,
+        E::WorkflowTaskScheduled,
+        E::WorkflowTaskStarted,
+        E::WorkflowTaskCompleted,
+        E::StepCompleted,
+        E::WorkflowCompleted,
+    ]
+    .iter()
+    .map(|e| *e as i32)
+    .collect();
+    assert_eq!(history_types(&client, "three-1").await, expected);
     worker.stop().await;
     node.stop().await;
 }
