@@ -587,7 +587,13 @@ fn complete_workflow_task(
     let task = run.workflow_task.take().expect("workflow_token_run checked the task is pending");
     out.writes.push(Write::DeleteReady(workflow_ready_task(key, run, &task)));
     let scheduled_event_id = task.scheduled_event_id;
-    record(key, run, now, EventKind::WorkflowTaskStarted { scheduled_event_id, attempt: task.attempt }, out);
+    record(
+        key,
+        run,
+        now,
+        EventKind::WorkflowTaskStarted { scheduled_event_id, attempt: task.attempt, seen_event_id },
+        out,
+    );
     record(key, run, now, EventKind::WorkflowTaskCompleted { scheduled_event_id }, out);
 
     let mut resolved_now = false;
@@ -800,7 +806,7 @@ fn fail_workflow_task(
 ) -> Handled {
     let key = &token.key;
     let failure = sanitize_failure(failure)?;
-    let (run, _) = workflow_token_run(state, token)?;
+    let (run, seen_event_id) = workflow_token_run(state, token)?;
     if !history_has_room(run, 3, failure.message.len() as u64) {
         fail_for_history_limit(key, run, now, out);
         out.writes.push(Write::PutExecution { key: key.clone() });
@@ -809,7 +815,13 @@ fn fail_workflow_task(
     let task = run.workflow_task.take().expect("workflow_token_run checked the task is pending");
     out.writes.push(Write::DeleteReady(workflow_ready_task(key, run, &task)));
     let scheduled_event_id = task.scheduled_event_id;
-    record(key, run, now, EventKind::WorkflowTaskStarted { scheduled_event_id, attempt: task.attempt }, out);
+    record(
+        key,
+        run,
+        now,
+        EventKind::WorkflowTaskStarted { scheduled_event_id, attempt: task.attempt, seen_event_id },
+        out,
+    );
     record(
         key,
         run,

@@ -34,6 +34,10 @@ pub enum EventKind {
     WorkflowTaskStarted {
         scheduled_event_id: u64,
         attempt: u32,
+        /// The last event the worker was handed with the task: what the code saw. Events after
+        /// it and before this one arrived while the task ran; a replay feeds them with the next
+        /// task, as the live worker got them.
+        seen_event_id: u64,
     },
     WorkflowTaskCompleted {
         scheduled_event_id: u64,

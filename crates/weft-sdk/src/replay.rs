@@ -11,9 +11,9 @@
 //!   waits until a later event resolves it.
 //!
 //! Events are fed in *activations*: the slices of history each original
-//! workflow task saw, cut before every `WorkflowTaskStarted` that a
-//! `WorkflowTaskCompleted` follows (the server records both when the task
-//! completes). After each slice the future is polled until every operation
+//! workflow task saw. The server records `WorkflowTaskStarted` (carrying the
+//! last event the task was handed) and `WorkflowTaskCompleted` when the task
+//! completes; a slice ends at that seen event. After each slice the future is polled until every operation
 //! it waits on is waiting on the server. Feeding slice by slice, instead of
 //! all resolutions at once, keeps code that races operations (`select` of a
 //! timer and a signal) taking the same branch on replay as it did live.
@@ -461,17 +461,29 @@ impl Drop for RunMachine {
     }
 }
 
-/// Cuts events into the slices successive workflow tasks saw: a new slice
-/// starts at each `WorkflowTaskStarted` recorded with its completion.
+/// Cuts events into the slices successive workflow tasks saw. A task's completion records
+/// `WorkflowTaskStarted` (with the last event the task was handed, `seen_event_id` in its
+/// details) then `WorkflowTaskCompleted`; the task saw the events up to `seen_event_id`, so the
+/// next slice starts right after it: events that arrived while the task ran belong to the next
+/// task, as they did live. Without a seen event id (older histories), the slice is cut at the
+/// `WorkflowTaskStarted`.
 fn split_activations(events: Vec<pb::HistoryEvent>) -> Vec<Vec<pb::HistoryEvent>> {
     let mut activations = Vec::new();
-    let mut current = Vec::new();
+    let mut current: Vec<pb::HistoryEvent> = Vec::new();
     let mut events = events.into_iter().peekable();
     while let Some(event) = events.next() {
         let starts_activation = event.event_type() == EventType::WorkflowTaskStarted
             && events.peek().is_none_or(|next| next.event_type() == EventType::WorkflowTaskCompleted);
-        if starts_activation && !current.is_empty() {
-            activations.push(std::mem::take(&mut current));
+        if starts_activation {
+            // Events after what the task saw move to the next slice with the completion.
+            let seen = seen_event_id(&event).unwrap_or(u64::MAX);
+            let cut = current.iter().position(|e| e.event_id > seen).unwrap_or(current.len());
+            let next = current.split_off(cut);
+            if !current.is_empty() {
+                activations.push(std::mem::replace(&mut current, next));
+            } else {
+                current = next;
+            }
         }
         current.push(event);
     }
@@ -479,6 +491,11 @@ fn split_activations(events: Vec<pb::HistoryEvent>) -> Vec<Vec<pb::HistoryEvent>
         activations.push(current);
     }
     activations
+}
+
+/// The last event a completed workflow task was handed, from its `WorkflowTaskStarted` details.
+fn seen_event_id(started: &pb::HistoryEvent) -> Option<u64> {
+    serde_json::from_str::<serde_json::Value>(&started.details_json).ok()?.get("seen_event_id")?.as_u64()
 }
 
 /// The operation an event schedules (its first event), with the name it carries.

@@ -507,6 +507,25 @@ fn activations_are_cut_before_each_completed_task() {
     assert_eq!(cuts, vec![1, 3, 11]);
 }
 
+#[test]
+fn events_that_arrived_while_a_task_ran_belong_to_the_next_slice() {
+    let mut history = History::start(json!(null));
+    // Arrived after task 1 was handed out (it saw events 1 and 2), before it completed.
+    history.event(T::SignalReceived, 0, "go", json_bytes(&json!(1)), None);
+    history.event(T::WorkflowTaskStarted, 0, "", Vec::new(), None);
+    history.events.last_mut().expect("just added").details_json =
+        json!({"scheduled_event_id": 2, "attempt": 1, "seen_event_id": 2}).to_string();
+    history.event(T::WorkflowTaskCompleted, 0, "", Vec::new(), None);
+    history.event(T::SignalWaitStarted, 1, "go", Vec::new(), None);
+    history.event(T::SignalConsumed, 1, "go", json_bytes(&json!(1)), None).scheduled();
+    let slices: Vec<Vec<u64>> =
+        split_activations(history.events.clone()).iter().map(|a| a.iter().map(|e| e.event_id).collect()).collect();
+    assert_eq!(slices, vec![vec![1, 2], vec![3, 4, 5, 6, 7, 8]]);
+    // Fed incrementally, as a cached run gets them with the next task: one slice.
+    let slices = split_activations(history.since(3));
+    assert_eq!(slices.len(), 1);
+}
+
 /// Three sequential steps, then `now()`; counts body runs per step.
 fn three_steps(runs: Arc<[AtomicUsize; 3]>) -> WorkflowFactory {
     workflow_factory("sample", move |ctx: WorkflowContext, _input: Value| {
