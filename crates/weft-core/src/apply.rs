@@ -248,6 +248,7 @@ fn new_run(key: &WorkflowKey, now: u64, spec: NewRun<'_>, out: &mut Outcome) -> 
         continued_as_run_id: String::new(),
         close_event_id: 0,
         last_event_ms: now,
+        last_wake_event_id: 0,
     };
     record(
         key,
@@ -275,6 +276,9 @@ fn record(key: &WorkflowKey, run: &mut RunState, now: u64, kind: EventKind, out:
     run.history_bytes += kind.size_bytes();
     let time_ms = now.max(run.last_event_ms);
     run.last_event_ms = time_ms;
+    if kind.wakes_workflow() {
+        run.last_wake_event_id = event_id;
+    }
     let event = HistoryEvent { event_id, time_ms, kind };
     match out.writes.last_mut() {
         Some(Write::AppendEvents { key: k, run_id, events }) if k == key && *run_id == run.run_id => events.push(event),
@@ -583,7 +587,9 @@ fn complete_workflow_task(
         out.writes.push(Write::PutExecution { key: key.clone() });
         return Ok(Reply::WorkflowTaskCompleted { next_task: None });
     }
-    let had_unseen_events = run.history_length() > seen_event_id;
+    // Events the code must see arrived while the task ran: it needs the next task at once.
+    // (Informational ones, like a retried activity attempt, wait for the next real task.)
+    let had_unseen_events = run.last_wake_event_id > seen_event_id;
     let task = run.workflow_task.take().expect("workflow_token_run checked the task is pending");
     out.writes.push(Write::DeleteReady(workflow_ready_task(key, run, &task)));
     let scheduled_event_id = task.scheduled_event_id;

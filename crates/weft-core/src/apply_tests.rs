@@ -231,6 +231,37 @@ fn observed_step_records_schedule_no_task_but_what_follows_still_does() {
 }
 
 #[test]
+fn only_events_the_code_must_see_bring_the_next_task_at_once() {
+    let mut h = Harness::default();
+    h.start("w", "");
+    let policy = RetryPolicy { initial_interval_ms: 1, ..RetryPolicy::default() };
+    let timer = |seq| WorkflowCommand::StartTimer { seq, duration_ms: 10 };
+    h.complete_task("w", vec![activity(1, policy), timer(2)]);
+    h.fire_due_timers(h.now_ms + 10);
+    // While the task the timer brought runs, the activity's first attempt fails (it will be
+    // retried) and a signal nobody waits for is buffered: the code needs neither yet.
+    let token = h.workflow_token("w");
+    h.run(CommandKind::FailActivity { token: h.activity_token("w", 1), failure: Failure::new("E", "try again") });
+    h.run(CommandKind::Signal { key: key("w"), run_id: String::new(), name: "late".into(), input: json("2") });
+    let complete = |token, commands| CommandKind::CompleteWorkflowTask {
+        token,
+        commands,
+        new_run_id: "x".into(),
+        inline_next_task: true,
+        steps_observed: true,
+    };
+    let reply = h.run(complete(token, vec![timer(3)])).reply;
+    assert!(matches!(reply, Reply::WorkflowTaskCompleted { next_task: None }), "{reply:?}");
+    // A result is something the code waits for: arriving while a task runs, it brings the
+    // next task at once.
+    h.fire_due_timers(h.now_ms + 10);
+    let token = h.workflow_token("w");
+    h.run(CommandKind::CompleteActivity { token: h.activity_token("w", 1), result: json(r#""ok""#) });
+    let reply = h.run(complete(token, vec![])).reply;
+    assert!(matches!(reply, Reply::WorkflowTaskCompleted { next_task: Some(_) }), "{reply:?}");
+}
+
+#[test]
 fn stale_and_repeated_tokens_are_rejected() {
     let mut h = Harness::default();
     h.start("w", "");

@@ -154,6 +154,26 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Whether the workflow code must be run to see this event: it resolves an operation the
+    /// code waits on, or asks the code to cancel. Informational events (an activity attempt
+    /// started or failed and will be retried, a signal buffered until a wait consumes it) and
+    /// the records of the code's own commands do not.
+    pub fn wakes_workflow(&self) -> bool {
+        matches!(
+            self,
+            EventKind::ActivityCompleted { .. }
+                | EventKind::ActivityFailed { .. }
+                | EventKind::ActivityTimedOut { .. }
+                | EventKind::ActivityCanceled { .. }
+                | EventKind::TimerFired { .. }
+                | EventKind::TimerCanceled { .. }
+                | EventKind::SignalConsumed { .. }
+                | EventKind::SignalWaitTimedOut { .. }
+                | EventKind::SignalWaitCanceled { .. }
+                | EventKind::CancelRequested { .. }
+        )
+    }
+
     /// The event's type name, as shown to people (`StepCompleted`).
     pub fn type_name(&self) -> &'static str {
         match self {

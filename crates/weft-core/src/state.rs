@@ -67,6 +67,9 @@ pub struct RunState {
     /// Time of the latest event: event times never go backwards even when two
     /// commands stamped by racing proposers commit out of stamp order.
     pub last_event_ms: u64,
+    /// Id of the latest event the code must see ([`crate::event::EventKind::wakes_workflow`]),
+    /// 0 if none: a completing task whose worker saw less gets a next task at once.
+    pub last_wake_event_id: u64,
 }
 
 impl RunState {

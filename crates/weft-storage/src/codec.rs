@@ -8,21 +8,29 @@
 //! - [`decode`] accepts exactly the bytes [`encode`] produces: an unknown version, a value that
 //!   does not decode, or trailing bytes after the value are each a distinct [`CodecError`].
 //! - Decoding never panics on any input (disk bytes may be corrupt).
-//! - Changing a record's Rust shape incompatibly requires a new format version and a decoder for
-//!   the old one; bincode is not self-describing, so adding a field is incompatible.
+//! - Changing a record's Rust shape incompatibly requires a new format version; bincode is not
+//!   self-describing, so adding a field is incompatible. Until the first release a data
+//!   directory of an older version is refused with a clear error (start a fresh one); from the
+//!   first release on, a decoder for the old version is required too.
+//!
+//! Versions: 1, the first; 2 (2026-11-26), `WorkflowTaskStarted.seen_event_id`,
+//! `CompleteWorkflowTask.steps_observed` and `RunState.last_wake_event_id`.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Version byte written in front of every record.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 
 /// Why a record could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
     #[error("record is empty: missing the format version byte")]
     Empty,
-    #[error("record has format version {found}, this build reads only version {FORMAT_VERSION}")]
+    #[error(
+        "record has format version {found}, this build reads only version {FORMAT_VERSION} \
+         (the data directory was written by another Weft version)"
+    )]
     UnknownVersion { found: u8 },
     #[error("record body does not decode as {type_name}: {source}")]
     Malformed { type_name: &'static str, source: bincode::error::DecodeError },
@@ -137,8 +145,10 @@ mod tests {
     fn rejects_unknown_version_empty_and_trailing_bytes() {
         assert!(matches!(decode::<u64>(&[]), Err(CodecError::Empty)));
         let mut record = encode(&7u64);
-        record[0] = 2;
-        assert!(matches!(decode::<u64>(&record), Err(CodecError::UnknownVersion { found: 2 })));
+        record[0] = FORMAT_VERSION + 1;
+        assert!(
+            matches!(decode::<u64>(&record), Err(CodecError::UnknownVersion { found }) if found == FORMAT_VERSION + 1)
+        );
         let mut record = encode(&7u64);
         record.push(0);
         assert!(matches!(decode::<u64>(&record), Err(CodecError::TrailingBytes { trailing_bytes: 1, .. })));
