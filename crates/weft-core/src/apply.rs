@@ -561,6 +561,27 @@ fn command_events_estimate(commands: &[WorkflowCommand]) -> (u64, u64) {
     (events, bytes)
 }
 
+/// Takes the run's pending workflow task as a worker answers it (completion or failure): drops
+/// it from the ready index and records `WorkflowTaskStarted` with what the worker saw (dispatch
+/// does not commit; see ARCHITECTURE). The caller records how the task ended.
+fn end_workflow_task(
+    key: &WorkflowKey,
+    run: &mut RunState,
+    now: u64,
+    seen_event_id: u64,
+    out: &mut Outcome,
+) -> WorkflowTaskState {
+    let task = run.workflow_task.take().expect("workflow_token_run checked the task is pending");
+    out.writes.push(Write::DeleteReady(workflow_ready_task(key, run, &task)));
+    let kind = EventKind::WorkflowTaskStarted {
+        scheduled_event_id: task.scheduled_event_id,
+        attempt: task.attempt,
+        seen_event_id,
+    };
+    record(key, run, now, kind, out);
+    task
+}
+
 /// How the worker completed its workflow task (see `CommandKind::CompleteWorkflowTask`).
 #[derive(Clone, Copy)]
 struct CompletedTask {
@@ -590,16 +611,8 @@ fn complete_workflow_task(
     // Events the code must see arrived while the task ran: it needs the next task at once.
     // (Informational ones, like a retried activity attempt, wait for the next real task.)
     let had_unseen_events = run.last_wake_event_id > seen_event_id;
-    let task = run.workflow_task.take().expect("workflow_token_run checked the task is pending");
-    out.writes.push(Write::DeleteReady(workflow_ready_task(key, run, &task)));
+    let task = end_workflow_task(key, run, now, seen_event_id, out);
     let scheduled_event_id = task.scheduled_event_id;
-    record(
-        key,
-        run,
-        now,
-        EventKind::WorkflowTaskStarted { scheduled_event_id, attempt: task.attempt, seen_event_id },
-        out,
-    );
     record(key, run, now, EventKind::WorkflowTaskCompleted { scheduled_event_id }, out);
 
     let mut resolved_now = false;
@@ -818,16 +831,8 @@ fn fail_workflow_task(
         out.writes.push(Write::PutExecution { key: key.clone() });
         return Ok(Reply::Done);
     }
-    let task = run.workflow_task.take().expect("workflow_token_run checked the task is pending");
-    out.writes.push(Write::DeleteReady(workflow_ready_task(key, run, &task)));
+    let task = end_workflow_task(key, run, now, seen_event_id, out);
     let scheduled_event_id = task.scheduled_event_id;
-    record(
-        key,
-        run,
-        now,
-        EventKind::WorkflowTaskStarted { scheduled_event_id, attempt: task.attempt, seen_event_id },
-        out,
-    );
     record(
         key,
         run,
