@@ -176,36 +176,35 @@ impl WorkflowContext {
         async move {
             let (seq, is_new) = begun?;
             ctx.earlier_steps_durable(earlier_unfed).await;
-            let outcome = if is_new {
+            if is_new {
                 let running = StepRunning::enter(&ctx.state);
                 let budget = ctx.state.lock().workflow_task_timeout / 2;
                 let (outcome, attempts) = run_step_body(&name, &policy, budget, &mut body).await;
-                let (result, failure, outcome) = match outcome {
-                    Ok(result) => (result.clone(), None, Outcome::StepCompleted(result)),
-                    Err(failure) => {
-                        (Vec::new(), Some(pb::Failure::from(failure.clone())), Outcome::StepFailed(failure))
+                // The code gets the value decoded from the very bytes that are recorded, as a
+                // replay will; decoding first lets the bytes move into the command uncopied.
+                let (result, failure, output) = match outcome {
+                    Ok(result) => {
+                        let output = decode(&result, || format!("result of step {name:?}"));
+                        (result, None, output)
                     }
+                    Err(failure) => (
+                        Vec::new(),
+                        Some(pb::Failure::from(failure.clone())),
+                        Err(WorkflowError::Step { name: name.clone(), failure }),
+                    ),
                 };
                 let mut state = ctx.state.lock();
                 state.commands.push(pb::WorkflowCommand {
-                    command: Some(Command::RecordStep(pb::RecordStep {
-                        seq,
-                        name: name.clone(),
-                        result,
-                        failure,
-                        attempts,
-                    })),
+                    command: Some(Command::RecordStep(pb::RecordStep { seq, name, result, failure, attempts })),
                 });
                 // The record leaves with this activation's commands; no later step body runs
                 // before it is durable (see `earlier_steps_durable`).
                 state.unfed_steps.insert(seq);
                 drop(state);
                 drop(running);
-                outcome
-            } else {
-                ctx.recorded_step(seq).await.outcome
-            };
-            match outcome {
+                return output;
+            }
+            match ctx.recorded_step(seq).await.outcome {
                 Outcome::StepCompleted(result) => decode(&result, || format!("result of step {name:?}")),
                 Outcome::StepFailed(failure) => Err(WorkflowError::Step { name, failure }),
                 other => Err(ctx.unexpected(seq, &other)),
@@ -371,7 +370,10 @@ impl WorkflowContext {
             if seqs.iter().all(|seq| !state.unfed_steps.contains(seq)) {
                 return std::task::Poll::Ready(());
             }
-            state.durable_waiters.push(cx.waker().clone());
+            // Polled again (the code woke for something else): keep one waker, not one per poll.
+            if !state.durable_waiters.iter().any(|waiter| waiter.will_wake(cx.waker())) {
+                state.durable_waiters.push(cx.waker().clone());
+            }
             std::task::Poll::Pending
         })
     }
