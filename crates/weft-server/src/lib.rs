@@ -36,6 +36,11 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7470";
 /// Where they serve Prometheus metrics (`/metrics`) unless told otherwise.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:7471";
 pub const DEFAULT_SHARDS: u32 = 16;
+/// MiB of WAL a new data directory writes ahead (`--wal-prewrite-mib`): about one memtable's
+/// worth, so the WAL rolls (and later files are recycled) before the pre-written file runs out.
+pub const DEFAULT_WAL_PREWRITE_MIB: u64 = 64;
+/// Largest `--wal-prewrite-mib`.
+pub const WAL_PREWRITE_MIB_MAX: u64 = 4096;
 /// Largest gRPC message the node accepts or sends: a full history page of
 /// payload-heavy events fits.
 pub const GRPC_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -50,6 +55,9 @@ pub struct NodeConfig {
     pub shards: u32,
     pub node_id: u64,
     pub metrics_listen: Option<SocketAddr>,
+    /// WAL bytes written ahead when the data directory is created, so the first WAL file's
+    /// fsyncs overwrite allocated blocks ([`Db::prewrite_wal`]); 0 skips it.
+    pub wal_prewrite_bytes: u64,
 }
 
 /// A running node.
@@ -131,6 +139,8 @@ fn open_cluster(db: &Db, config: &NodeConfig) -> anyhow::Result<ClusterMeta> {
                 "--shards must be between 1 and {SHARDS_MAX}, got {}",
                 config.shards
             );
+            // Before the cluster record: a crash in between just repeats the creation.
+            db.prewrite_wal(config.wal_prewrite_bytes).context("pre-write the WAL")?;
             let meta = ClusterMeta {
                 cluster_id: uuid::Uuid::new_v4().to_string(),
                 node_id: config.node_id,

@@ -60,6 +60,12 @@ const RAFT_META_WRITE_BUFFER_BYTES: usize = 4 << 20;
 const WRITE_BUFFERS_PER_CF_MAX: i32 = 4;
 /// Bound on the WAL: beyond it RocksDB flushes the column families pinning the oldest WAL file.
 const WAL_TOTAL_BYTES_MAX: u64 = 512 << 20;
+/// Obsolete WAL files kept for reuse instead of deleted. Writing over an existing file spares
+/// each fsync the file-size and block-allocation journal update an append needs: on ext4 here
+/// an fdatasync after overwriting costs about 200 µs, after appending about 290 µs.
+const WAL_RECYCLE_FILES: usize = 4;
+/// Size of the WAL blobs [`Db::prewrite_wal`] writes at a time.
+const WAL_PREWRITE_CHUNK_BYTES: usize = 1 << 20;
 /// Background flush and compaction threads (sized for small nodes; RocksDB splits them).
 const BACKGROUND_JOBS_MAX: i32 = 2;
 /// Bloom filter bits per key for the point-lookup column families.
@@ -73,6 +79,9 @@ pub const STATE_DUMP_BYTES_MAX: usize = 1 << 30;
 const META_TAG_NODE: u8 = 0x00;
 /// `raft_meta` key tag of per-shard records.
 const META_TAG_SHARD: u8 = 0x01;
+/// `raft_meta` name of the node-level key a WAL roll deletes to make a memtable non-empty
+/// (nothing else uses it).
+const META_NAME_WAL_ROLL_MARKER: &[u8] = b"wal_roll_marker";
 /// `raft_meta` name of the cluster metadata record.
 const META_NAME_CLUSTER: &[u8] = b"cluster_meta";
 
@@ -91,6 +100,8 @@ pub enum StorageError {
     Corrupt { op: &'static str, detail: String },
     #[error("dump shard {shard} state: larger than {limit_bytes} bytes")]
     DumpTooLarge { shard: u32, limit_bytes: usize },
+    #[error("{op}: {source}")]
+    Io { op: &'static str, source: std::io::Error },
     #[error("{op}: background thread failed: {detail}")]
     Thread { op: &'static str, detail: String },
 }
@@ -203,6 +214,11 @@ impl Db {
         // Point-in-time recovery: after a crash the database is a prefix of the write order,
         // which is what the durability reasoning in this module's doc relies on.
         options.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
+        // Reuse obsolete WAL files (see `WAL_RECYCLE_FILES`). Recycled files use RocksDB's
+        // recyclable record format (each record names its log number), so stale bytes past the
+        // new end are recognised as the end of the log, never replayed. RocksDB allows this with
+        // point-in-time recovery and never with `disable_wal`, which Weft does not use.
+        options.set_recycle_log_file_num(WAL_RECYCLE_FILES);
 
         let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let families = vec![
@@ -296,6 +312,62 @@ impl Db {
     /// applied batches, which Raft re-applies).
     pub fn write_state(&self, batch: StateBatch) -> Result<()> {
         self.inner.rocks.write_opt(batch.batch, &WriteOptions::default()).map_err(rocks("write state batch"))
+    }
+
+    /// Makes the live WAL a file already written to at least `bytes` long, so the fsyncs of the
+    /// next `bytes` of writes overwrite allocated blocks instead of growing the file (see
+    /// `WAL_RECYCLE_FILES`). A new database starts with an empty WAL; a reopened one reuses
+    /// the WALs it recovered, so this is for a data directory's first start.
+    ///
+    /// How: write `bytes` of WAL-only blobs (`put_log_data`: no memtable, no SST, nothing a
+    /// reader sees), then roll the WAL twice by flushing the memtables. The first roll makes
+    /// the filled file obsolete and RocksDB keeps it for reuse; the second makes it live again.
+    /// Costs one sequential write of `bytes` and two small flushes.
+    pub fn prewrite_wal(&self, bytes: u64) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let db = &self.inner.rocks;
+        let blob = vec![0u8; WAL_PREWRITE_CHUNK_BYTES];
+        let mut written = 0u64;
+        while written < bytes {
+            let mut batch = WriteBatch::default();
+            batch.put_log_data(&blob);
+            db.write_opt(batch, &WriteOptions::default()).map_err(rocks("prewrite wal"))?;
+            written += WAL_PREWRITE_CHUNK_BYTES as u64;
+        }
+        db.flush_wal(true).map_err(rocks("prewrite wal: sync"))?;
+        for _ in 0..2 {
+            self.roll_wal()?;
+        }
+        Ok(())
+    }
+
+    /// Starts a new WAL file: flushes every column family after a marker write (a flush of
+    /// empty memtables does not roll the WAL). The marker is a delete of a key no shard uses.
+    fn roll_wal(&self) -> Result<()> {
+        let db = &self.inner.rocks;
+        let mut marker = WriteBatch::default();
+        marker.delete_cf(self.cf(CF_RAFT_META), node_meta_key(META_NAME_WAL_ROLL_MARKER));
+        db.write_opt(marker, &WriteOptions::default()).map_err(rocks("roll wal: marker"))?;
+        let families = [self.cf(CF_RAFT_LOG), self.cf(CF_RAFT_META), self.cf(CF_STATE)];
+        db.flush_cfs_opt(&families, &rocksdb::FlushOptions::default()).map_err(rocks("roll wal: flush"))
+    }
+
+    /// The path of every WAL file of the database, with its size in bytes.
+    pub fn wal_files(&self) -> Result<Vec<(PathBuf, u64)>> {
+        let mut files = Vec::new();
+        let entries =
+            std::fs::read_dir(self.path()).map_err(|source| StorageError::Io { op: "list wal files", source })?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|ext| ext == "log") {
+                let bytes = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                files.push((path, bytes));
+            }
+        }
+        files.sort();
+        Ok(files)
     }
 
     /// fsyncs the WAL: every write issued before this call is durable when it returns.
@@ -621,6 +693,32 @@ mod tests {
             db.scan_state_range(Bound::Unbounded, Bound::Unbounded, ScanDirection::Forward, 10).expect("scan").len(),
             0
         );
+    }
+
+    #[test]
+    fn prewrite_makes_the_live_wal_a_written_file_and_loses_nothing() {
+        const PREWRITE_BYTES: u64 = 4 << 20;
+        let dir = tempfile::tempdir().expect("create temp dir");
+        {
+            let db = Db::open(dir.path()).expect("open");
+            let mut batch = db.raft_batch();
+            batch.put_log_entry(1, 1, b"before");
+            db.write_raft(batch, Durability::Synced).expect("write before");
+            db.prewrite_wal(PREWRITE_BYTES).expect("prewrite");
+            // The live WAL (the newest file) is the recycled, pre-written one.
+            let files = db.wal_files().expect("list wal files");
+            let (live, bytes) = files.last().expect("a live wal");
+            assert!(*bytes >= PREWRITE_BYTES, "live wal {} is {bytes} bytes", live.display());
+            let mut batch = db.raft_batch();
+            batch.put_log_entry(1, 2, b"after");
+            db.write_raft(batch, Durability::Synced).expect("write after");
+        }
+        let db = Db::open(dir.path()).expect("reopen");
+        let entries: Vec<(u64, Box<[u8]>)> = db.scan_log(1, 0, 10).collect::<Result<_>>().expect("scan");
+        let expected: Vec<(u64, Box<[u8]>)> = vec![(1, b"before".as_slice().into()), (2, b"after".as_slice().into())];
+        assert_eq!(entries, expected);
+        // The prewritten blobs are WAL-only: nothing of them is readable.
+        assert_eq!(db.scan_log(u32::MAX, 0, 10).count(), 0);
     }
 
     #[test]

@@ -90,6 +90,15 @@ pub struct NodeArgs {
     /// Address of the Prometheus metrics endpoint, or `off` to disable it.
     #[arg(long, default_value = weft_server::DEFAULT_METRICS_LISTEN, value_parser = parse_metrics_listen)]
     pub metrics_listen: MetricsListen,
+
+    /// MiB of WAL written ahead when the data directory is created, so that fsyncs overwrite
+    /// allocated blocks instead of growing the file, which makes each one cheaper. 0 skips it.
+    #[arg(
+        long,
+        default_value_t = weft_server::DEFAULT_WAL_PREWRITE_MIB,
+        value_parser = clap::value_parser!(u64).range(0..=weft_server::WAL_PREWRITE_MIB_MAX)
+    )]
+    pub wal_prewrite_mib: u64,
 }
 
 #[derive(Debug, Args)]

@@ -23,6 +23,7 @@ pub async fn run(args: NodeArgs, node_id: u64) -> anyhow::Result<()> {
         shards: args.shards,
         node_id,
         metrics_listen: args.metrics_listen.0,
+        wal_prewrite_bytes: args.wal_prewrite_mib << 20,
     };
     tracing::info!(
         data_dir = %config.data_dir.display(),

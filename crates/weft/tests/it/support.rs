@@ -58,7 +58,14 @@ impl TestNode {
 }
 
 async fn start_in(dir: &Path, listen: SocketAddr) -> NodeHandle {
-    let config = NodeConfig { data_dir: dir.to_path_buf(), listen, shards: 4, node_id: 1, metrics_listen: None };
+    let config = NodeConfig {
+        data_dir: dir.to_path_buf(),
+        listen,
+        shards: 4,
+        node_id: 1,
+        metrics_listen: None,
+        wal_prewrite_bytes: 1 << 20,
+    };
     start_node(config).await.expect("start an in-process node")
 }
 
@@ -120,6 +127,8 @@ impl WeftProcess {
             .args(["dev", "--data-dir"])
             .arg(data_dir)
             .args(["--listen", &addr.to_string(), "--shards", "4", "--metrics-listen", "127.0.0.1:0"])
+            // Small, but the crash tests then run on a recycled WAL as production does.
+            .args(["--wal-prewrite-mib", "4"])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
