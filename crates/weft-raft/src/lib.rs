@@ -2,7 +2,8 @@
 //! node's one [`weft_storage::Db`].
 //!
 //! Owns: the openraft type config ([`TypeConfig`]), the per-shard log storage
-//! ([`log_store`]) with the node-wide group-commit fsync thread ([`log_sync`]), the per-shard
+//! ([`log_store`], with an in-memory cache of the just-appended entries in `recent_entries`) with
+//! the node-wide group-commit fsync thread ([`log_sync`]), the per-shard
 //! state machine adapter and snapshots ([`state_machine`]), the Raft network seam ([`network`]),
 //! and the [`RaftHost`] that opens, initialises, drives and shuts down every shard's group.
 //!
@@ -32,6 +33,7 @@ pub mod host;
 pub mod log_store;
 pub mod log_sync;
 pub mod network;
+mod recent_entries;
 pub mod state_machine;
 
 #[cfg(test)]

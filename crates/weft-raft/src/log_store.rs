@@ -16,6 +16,9 @@
 //!   in the same batch).
 //! - `last_entry_id` caches the id of the last entry present (or `None`); only this store writes
 //!   the shard's log, so the cache cannot go stale.
+//! - Reads are served from [`RecentEntries`] (the just-appended suffix of the log) when they start
+//!   inside it: `append` adds entries after writing them, `truncate` and `purge` drop them before
+//!   deleting them.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -24,9 +27,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, Entry, RaftLogReader, StorageIOError, Vote};
+use parking_lot::Mutex;
 use weft_storage::{Db, Durability, RaftMetaField, codec};
 
 use crate::log_sync::LogSyncHandle;
+use crate::recent_entries::RecentEntries;
 use crate::{LogId, RaftStorageError, TypeConfig};
 
 /// Bytes of log entries one `limited_get_log_entries` call returns at most (at least one entry is
@@ -53,6 +58,7 @@ fn sync_err(detail: String) -> RaftStorageError {
 pub struct ShardLogReader {
     shard: u32,
     db: Db,
+    recent: Arc<Mutex<RecentEntries>>,
 }
 
 impl ShardLogReader {
@@ -71,10 +77,13 @@ impl ShardLogReader {
             Bound::Excluded(&i) => i,
             Bound::Unbounded => u64::MAX,
         };
-        let mut entries = Vec::new();
         if start >= end {
+            return Ok(Vec::new());
+        }
+        if let Some(entries) = self.recent.lock().read(start, end, bytes_max) {
             return Ok(entries);
         }
+        let mut entries = Vec::new();
         let mut read_bytes = 0usize;
         for item in self.db.scan_log(self.shard, start, end) {
             let (index, raw) = item.map_err(read_err)?;
@@ -137,7 +146,7 @@ impl ShardLogStore {
         committed_index: Arc<AtomicU64>,
         lease: Arc<()>,
     ) -> Result<ShardLogStore, RaftStorageError> {
-        let reader = ShardLogReader { shard, db };
+        let reader = ShardLogReader { shard, db, recent: Arc::default() };
         let last_purged = read_meta::<LogId>(&reader.db, shard, RaftMetaField::LastPurged)?;
         let last_entry_id = last_entry_id(&reader.db, shard)?;
         let committed = read_meta::<Option<LogId>>(&reader.db, shard, RaftMetaField::Committed)?.flatten();
@@ -242,12 +251,14 @@ impl RaftLogStorage<TypeConfig> for ShardLogStore {
         let shard = self.shard();
         let mut batch = self.db().raft_batch();
         let mut last = None;
-        let mut count = 0u64;
+        let mut appended = Vec::new();
         for entry in entries {
-            batch.put_log_entry(shard, entry.log_id.index, &codec::encode(&entry));
+            let raw = codec::encode(&entry);
+            batch.put_log_entry(shard, entry.log_id.index, &raw);
             last = Some(entry.log_id);
-            count += 1;
+            appended.push((entry, raw.len()));
         }
+        let count = appended.len() as u64;
         if last.is_none() {
             callback.log_io_completed(Ok(()));
             return Ok(());
@@ -257,6 +268,15 @@ impl RaftLogStorage<TypeConfig> for ShardLogStore {
         }
         // Written now (readable at once), durable after the group fsync that fires `callback`.
         self.db().write_raft(batch, Durability::Buffered).map_err(write_err)?;
+        {
+            let mut recent = self.reader.recent.lock();
+            let mut stored_last = self.last_entry_id.map(|id| id.index);
+            for (entry, bytes) in appended {
+                let index = entry.log_id.index;
+                recent.push(entry, bytes, stored_last);
+                stored_last = Some(stored_last.map_or(index, |last| last.max(index)));
+            }
+        }
         // openraft appends right after the last entry (it truncates first on conflict), so the
         // appended ids are the new tail; `max` keeps the cache right even for out-of-order
         // appends that openraft's test suite makes to set up its cases.
@@ -268,6 +288,7 @@ impl RaftLogStorage<TypeConfig> for ShardLogStore {
     #[tracing::instrument(level = "debug", skip_all, fields(shard = self.shard(), since = log_id.index))]
     async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
         let shard = self.shard();
+        self.reader.recent.lock().truncate(log_id.index);
         let mut batch = self.db().raft_batch();
         batch.delete_log_entries(shard, log_id.index, u64::MAX);
         self.db().write_raft(batch, Durability::Buffered).map_err(write_err)?;
@@ -289,6 +310,7 @@ impl RaftLogStorage<TypeConfig> for ShardLogStore {
         // could never be re-applied. Syncing first makes everything applied so far durable before
         // any entry it was derived from is deleted.
         self.db().sync_wal().map_err(write_err)?;
+        self.reader.recent.lock().purge(log_id.index);
         let mut batch = self.db().raft_batch();
         batch.delete_log_entries(shard, 0, log_id.index + 1);
         batch.put_meta(shard, RaftMetaField::LastPurged, &codec::encode(&log_id));
