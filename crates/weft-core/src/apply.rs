@@ -606,7 +606,7 @@ fn complete_workflow_task(
     if !history_has_room(run, events, bytes) {
         fail_for_history_limit(key, run, now, out);
         out.writes.push(Write::PutExecution { key: key.clone() });
-        return Ok(Reply::WorkflowTaskCompleted { next_task: None });
+        return Ok(Reply::WorkflowTaskCompleted { next_task: None, appended: Vec::new() });
     }
     // Events the code must see arrived while the task ran: it needs the next task at once.
     // (Informational ones, like a retried activity attempt, wait for the next real task.)
@@ -805,15 +805,24 @@ fn complete_workflow_task(
     }
     let next_task =
         if resolved_now || had_unseen_events { schedule_workflow_task(key, run, now, 1, out) } else { None };
+    let mut appended = Vec::new();
     if inline_next_task && next_task.is_some() {
         // The completing worker gets it in the reply; no poller must get it too.
         out.effects.retain(|effect| !matches!(effect, Effect::TaskReady(t) if Some(t) == next_task.as_ref()));
+        for write in &out.writes {
+            if let Write::AppendEvents { key: written_key, run_id, events } = write
+                && written_key == key
+                && *run_id == token.run_id
+            {
+                appended.extend(events.iter().cloned());
+            }
+        }
     }
     if let Some(next) = continued {
         state.executions.insert(key.clone(), Execution { run: next });
     }
     out.writes.push(Write::PutExecution { key: key.clone() });
-    Ok(Reply::WorkflowTaskCompleted { next_task })
+    Ok(Reply::WorkflowTaskCompleted { next_task, appended })
 }
 
 fn fail_workflow_task(

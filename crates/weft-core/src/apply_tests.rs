@@ -180,8 +180,17 @@ fn steps_complete_one_task_and_schedule_the_next() {
     let mut h = Harness::default();
     h.start("w", "");
     let reply = h.complete_task("w", vec![step(1, "reserve", r#""ok""#)]);
-    let Reply::WorkflowTaskCompleted { next_task: Some(next) } = reply else { panic!("next task expected: {reply:?}") };
+    let Reply::WorkflowTaskCompleted { next_task: Some(next), appended } = reply else {
+        panic!("next task expected: {reply:?}")
+    };
     assert_eq!(next.kind, TaskKind::Workflow);
+    // The inline task's history comes with the reply: exactly what this completion appended.
+    let run_id = h.state.run(&key("w")).expect("run").run_id.clone();
+    assert_eq!(appended, h.histories[&run_id][2..].to_vec());
+    assert_eq!(
+        appended.iter().map(|e| e.kind.type_name()).collect::<Vec<_>>(),
+        ["WorkflowTaskStarted", "WorkflowTaskCompleted", "StepCompleted", "WorkflowTaskScheduled"]
+    );
     h.complete_task("w", vec![step(2, "ship", "1"), WorkflowCommand::CompleteWorkflow { result: json("2") }]);
     assert_eq!(
         h.history("w"),
@@ -213,7 +222,7 @@ fn observed_step_records_schedule_no_task_but_what_follows_still_does() {
         steps_observed: true,
     });
     // The code ran past the step and waits for the activity: no task until the activity ends.
-    assert!(matches!(outcome.reply, Reply::WorkflowTaskCompleted { next_task: None }), "{:?}", outcome.reply);
+    assert!(matches!(outcome.reply, Reply::WorkflowTaskCompleted { next_task: None, .. }), "{:?}", outcome.reply);
     assert_eq!(
         h.history("w"),
         [
@@ -251,14 +260,14 @@ fn only_events_the_code_must_see_bring_the_next_task_at_once() {
         steps_observed: true,
     };
     let reply = h.run(complete(token, vec![timer(3)])).reply;
-    assert!(matches!(reply, Reply::WorkflowTaskCompleted { next_task: None }), "{reply:?}");
+    assert!(matches!(reply, Reply::WorkflowTaskCompleted { next_task: None, .. }), "{reply:?}");
     // A result is something the code waits for: arriving while a task runs, it brings the
     // next task at once.
     h.fire_due_timers(h.now_ms + 10);
     let token = h.workflow_token("w");
     h.run(CommandKind::CompleteActivity { token: h.activity_token("w", 1), result: json(r#""ok""#) });
     let reply = h.run(complete(token, vec![])).reply;
-    assert!(matches!(reply, Reply::WorkflowTaskCompleted { next_task: Some(_) }), "{reply:?}");
+    assert!(matches!(reply, Reply::WorkflowTaskCompleted { next_task: Some(_), .. }), "{reply:?}");
 }
 
 #[test]
@@ -379,7 +388,7 @@ fn signals_are_buffered_until_consumed() {
     assert_eq!(h.state.run(&key("w")).expect("exists").buffered_signals.len(), 1);
     let reply =
         h.complete_task("w", vec![WorkflowCommand::WaitSignal { seq: 1, name: "approve".into(), timeout_ms: 0 }]);
-    assert!(matches!(reply, Reply::WorkflowTaskCompleted { next_task: Some(_) }), "consumed at once: {reply:?}");
+    assert!(matches!(reply, Reply::WorkflowTaskCompleted { next_task: Some(_), .. }), "consumed at once: {reply:?}");
     assert!(h.history("w").contains(&"SignalConsumed"));
 }
 
@@ -506,7 +515,7 @@ fn history_limit_fails_the_run() {
         if h.state.run(&key("w")).map(|r| r.status) != Some(RunStatus::Running) {
             break;
         }
-        assert!(matches!(reply, Reply::WorkflowTaskCompleted { next_task: Some(_) }));
+        assert!(matches!(reply, Reply::WorkflowTaskCompleted { next_task: Some(_), .. }));
     }
     let history = &h.histories[&h.state.run(&key("w")).expect("exists").run_id];
     assert!(history.len() as u64 <= crate::limits::HISTORY_EVENTS_MAX);

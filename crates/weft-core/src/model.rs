@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::event::HistoryEvent;
 use crate::ids::{RunId, WorkflowKey};
 use crate::payload::Payload;
 use crate::retry::RetryPolicy;
@@ -194,6 +195,10 @@ pub enum Reply {
     /// became ready at once, which the server may hand back inline.
     WorkflowTaskCompleted {
         next_task: Option<ReadyTask>,
+        /// When `next_task` goes back inline: the events this completion appended to the run,
+        /// in order, so the server hands them out without reading them back from storage.
+        /// Empty otherwise.
+        appended: Vec<HistoryEvent>,
     },
     Heartbeat {
         cancel_requested: bool,

@@ -19,8 +19,8 @@ use tonic::Status;
 use tracing::Instrument;
 use weft_core::ids::TokenTask;
 use weft_core::{
-    Command, CommandKind, ErrorCode, ReadyTask, Rejection, Reply, TaskKind, TaskToken, TimeoutKind, TimerKind,
-    WorkflowKey, shard_for,
+    Command, CommandKind, ErrorCode, HistoryEvent, ReadyTask, Rejection, Reply, TaskKind, TaskToken, TimeoutKind,
+    TimerKind, WorkflowKey, shard_for,
 };
 use weft_proto::v1 as pb;
 use weft_raft::{ProposeError, RaftHost};
@@ -190,7 +190,7 @@ impl Node {
                 return Ok(None);
             }
             let Some((shard, ready)) = self.dispatch.poll(&queue, remaining).await else { return Ok(None) };
-            if let Some(task) = self.hand_out_workflow_task(shard, &ready, 1)? {
+            if let Some(task) = self.hand_out_workflow_task(shard, &ready, 1, Vec::new())? {
                 return Ok(Some(task));
             }
         }
@@ -198,11 +198,17 @@ impl Node {
 
     /// Hands out a ready workflow task if it is still current: history from
     /// `from_event_id`, a fresh token, and a timeout alarm.
+    ///
+    /// `appended` may hold events the caller already has (a completion's own events): if they
+    /// start at `from_event_id` they are the task's history and storage is not read. Events
+    /// appended after them are then left for the next task, exactly as if they had arrived
+    /// just after this hand-out; the task's `seen_event_id` says where it stopped.
     pub fn hand_out_workflow_task(
         &self,
         shard: u32,
         ready: &ReadyTask,
         from_event_id: u64,
+        appended: Vec<HistoryEvent>,
     ) -> Result<Option<pb::WorkflowTask>, Status> {
         if !self.raft.is_leader(shard) {
             return Ok(None);
@@ -222,18 +228,22 @@ impl Node {
         if !self.dispatch.start(attempt.clone()) {
             return Ok(None);
         }
-        let history = match shard_store::read_history(
-            &self.db,
-            shard,
-            &ready.key,
-            &ready.run_id,
-            from_event_id,
-            weft_core::limits::HISTORY_EVENTS_MAX as usize,
-        ) {
-            Ok(history) => history,
-            Err(error) => {
-                self.dispatch.finish(&attempt);
-                return Err(storage_status(error));
+        let history = if appended.first().is_some_and(|event| event.event_id == from_event_id) {
+            appended
+        } else {
+            match shard_store::read_history(
+                &self.db,
+                shard,
+                &ready.key,
+                &ready.run_id,
+                from_event_id,
+                weft_core::limits::HISTORY_EVENTS_MAX as usize,
+            ) {
+                Ok(history) => history,
+                Err(error) => {
+                    self.dispatch.finish(&attempt);
+                    return Err(storage_status(error));
+                }
             }
         };
         let seen_event_id = history.last().map_or(from_event_id.saturating_sub(1), |e| e.event_id);

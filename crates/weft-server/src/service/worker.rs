@@ -73,13 +73,16 @@ impl WorkerApi {
             steps_observed: request.steps_observed,
         };
         let reply = self.complete(&token, command).await?;
-        let Reply::WorkflowTaskCompleted { next_task } = reply else {
+        let Reply::WorkflowTaskCompleted { next_task, appended } = reply else {
             return Err(Status::internal(format!("unexpected reply to a workflow task completion: {reply:?}")));
         };
         let Some(ready) = next_task.filter(|_| inline) else {
             return Ok(pb::CompleteWorkflowTaskResponse { next_task: None });
         };
-        match self.node.hand_out_workflow_task(token.shard, &ready, seen_event_id + 1) {
+        // The completion's events are for the completed run; the next task may be of another
+        // (continue-as-new), which then reads its own history.
+        let appended = if ready.run_id == token.run_id { appended } else { Vec::new() };
+        match self.node.hand_out_workflow_task(token.shard, &ready, seen_event_id + 1, appended) {
             Ok(Some(task)) => Ok(pb::CompleteWorkflowTaskResponse { next_task: Some(task) }),
             other => {
                 // Apply emitted no TaskReady for an inline task: queue it for any poller.
