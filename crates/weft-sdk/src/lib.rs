@@ -39,6 +39,7 @@ mod error;
 mod replay;
 mod retry;
 mod rng;
+mod session;
 mod worker;
 mod workflow;
 

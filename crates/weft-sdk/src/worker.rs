@@ -4,7 +4,8 @@
 //! machine is kept in an LRU cache between tasks, so a task that only brings
 //! new events costs no replay. Concurrency is bounded by one semaphore per
 //! task kind; a poller takes a slot before it polls, so the worker never holds
-//! a task it has no room to run.
+//! a task it has no room to run. Workflow-task completions go over one
+//! long-lived session stream ([`crate::session`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -22,6 +23,7 @@ use crate::activity::{ActivityContext, ActivityFactory, activity_factory, run_ac
 use crate::client::Client;
 use crate::error::{ActivityError, Failure, WorkflowError};
 use crate::replay::{RunMachine, WorkflowFactory};
+use crate::session::WorkerSession;
 use crate::workflow::{RunInfo, WorkflowContext, workflow_factory};
 
 /// How long a poll waits on the server for a task.
@@ -119,6 +121,7 @@ impl WorkerBuilder {
                 workflow_slots: Arc::new(Semaphore::new(self.max_concurrent_workflow_tasks)),
                 activity_slots: Arc::new(Semaphore::new(self.max_concurrent_activities)),
                 cache: Mutex::new(RunCache::new(self.cached_runs_max)),
+                session: WorkerSession::new(self.client.raw().worker),
                 client: self.client,
                 task_queue: self.task_queue,
                 workflows: self.workflows,
@@ -154,6 +157,8 @@ struct WorkerShared {
     shutdown_grace: Duration,
     identity: String,
     cache: Mutex<RunCache>,
+    /// Workflow-task completions and failures go over this stream.
+    session: WorkerSession,
 }
 
 impl Worker {
@@ -387,7 +392,6 @@ async fn poll_activity_tasks(shared: Arc<WorkerShared>, stop: watch::Receiver<bo
 async fn process_workflow_task(shared: Arc<WorkerShared>, mut task: pb::WorkflowTask, _slot: OwnedSemaphorePermit) {
     let key = RunKey::of(&task);
     let mut cached = shared.cache.lock().take(&key);
-    let mut worker = shared.client.raw().worker;
     loop {
         let task_token = task.task_token.clone();
         let mut machine = match prepare_machine(&shared, cached.take(), &mut task).await {
@@ -426,12 +430,12 @@ async fn process_workflow_task(shared: Arc<WorkerShared>, mut task: pb::Workflow
             identity: shared.identity.clone(),
             steps_observed: activation.steps_observed,
         };
-        match worker.complete_workflow_task(request).await {
+        match shared.session.complete_workflow_task(request).await {
             Ok(response) => {
                 if activation.finished {
                     return;
                 }
-                match response.into_inner().next_task {
+                match response.next_task {
                     Some(next) if !next.task_token.is_empty() => {
                         task = next;
                         cached = Some(machine);
@@ -516,7 +520,7 @@ async fn prepare_machine(
 async fn fail_workflow_task(shared: &WorkerShared, task_token: Vec<u8>, failure: Failure) {
     let request =
         pb::FailWorkflowTaskRequest { task_token, failure: Some(failure.into()), identity: shared.identity.clone() };
-    if let Err(status) = shared.client.raw().worker.fail_workflow_task(request).await {
+    if let Err(status) = shared.session.fail_workflow_task(request).await {
         tracing::warn!("reporting the failed workflow task failed: {status}");
     }
 }

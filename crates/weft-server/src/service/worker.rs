@@ -2,11 +2,21 @@
 //! their completions. Every completion carries a task token; apply accepts it
 //! only while it names the current attempt, so repeats are refused
 //! (`FAILED_PRECONDITION`) and change nothing.
+//!
+//! `WorkerSession` carries the same completion calls over one long-lived
+//! stream: each call runs as its own task through the same code as the unary
+//! RPC, and its response (matched by the worker's id) goes back as soon as it
+//! is ready. A session runs at most [`SESSION_CALLS_MAX`] calls at once; the
+//! stream of responses ends after the worker closes its side and every pending
+//! call has answered.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::{Request, Response, Status};
+use futures::Stream;
+use tokio::sync::{Semaphore, mpsc};
+use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 use weft_core::ids::TokenTask;
 use weft_core::{CommandKind, Payload, Reply, TaskToken, limits};
@@ -17,6 +27,10 @@ use super::{namespace_or_default, observe};
 use crate::convert::{commands_from_proto, failure_from_proto};
 use crate::node::{LONG_POLL_MAX, Node, rejection_status};
 
+/// Calls of one worker session that may run at once.
+pub const SESSION_CALLS_MAX: usize = 1024;
+
+#[derive(Clone)]
 pub struct WorkerApi {
     node: Arc<Node>,
 }
@@ -33,6 +47,38 @@ fn ends_attempt(status: &Status) -> bool {
 impl WorkerApi {
     pub fn new(node: Arc<Node>) -> Self {
         WorkerApi { node }
+    }
+
+    /// Runs one call of a worker session, exactly as its unary RPC would.
+    async fn session_call(&self, request: pb::WorkerSessionRequest) -> pb::WorkerSessionResponse {
+        use pb::worker_session_request::Call;
+        use pb::worker_session_response::Result as CallResult;
+        let result = match request.call {
+            Some(Call::CompleteWorkflowTask(call)) => {
+                observe("CompleteWorkflowTask", self.complete_workflow_task(call))
+                    .await
+                    .map(|response| CallResult::CompleteWorkflowTask(response.into_inner()))
+            }
+            Some(Call::FailWorkflowTask(call)) => observe("FailWorkflowTask", self.fail_workflow_task(call))
+                .await
+                .map(|response| CallResult::FailWorkflowTask(response.into_inner())),
+            None => Err(Status::invalid_argument("worker session request has no call (unknown to this server?)")),
+        };
+        let result = result.unwrap_or_else(|status| {
+            CallResult::Error(pb::CallError { code: status.code() as i32, message: status.message().to_string() })
+        });
+        pb::WorkerSessionResponse { id: request.id, result: Some(result) }
+    }
+
+    async fn fail_workflow_task(
+        &self,
+        request: pb::FailWorkflowTaskRequest,
+    ) -> Result<pb::FailWorkflowTaskResponse, Status> {
+        let token = self.node.decode_token(&request.task_token)?;
+        let failure = failure_from_proto(request.failure);
+        tracing::warn!(workflow_id = %token.key.workflow_id, error_type = %failure.error_type, message = %failure.message, "workflow task failed");
+        self.complete(&token, CommandKind::FailWorkflowTask { token: token.clone(), failure }).await?;
+        Ok(pb::FailWorkflowTaskResponse {})
     }
 
     fn queue(&self, namespace: String, task_queue: &str) -> Result<String, Status> {
@@ -120,15 +166,45 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<pb::FailWorkflowTaskRequest>,
     ) -> Result<Response<pb::FailWorkflowTaskResponse>, Status> {
-        observe("FailWorkflowTask", async {
-            let request = request.into_inner();
-            let token = self.node.decode_token(&request.task_token)?;
-            let failure = failure_from_proto(request.failure);
-            tracing::warn!(workflow_id = %token.key.workflow_id, error_type = %failure.error_type, message = %failure.message, "workflow task failed");
-            self.complete(&token, CommandKind::FailWorkflowTask { token: token.clone(), failure }).await?;
-            Ok(pb::FailWorkflowTaskResponse {})
-        })
-        .await
+        observe("FailWorkflowTask", self.fail_workflow_task(request.into_inner())).await
+    }
+
+    type WorkerSessionStream = Pin<Box<dyn Stream<Item = Result<pb::WorkerSessionResponse, Status>> + Send>>;
+
+    async fn worker_session(
+        &self,
+        request: Request<Streaming<pb::WorkerSessionRequest>>,
+    ) -> Result<Response<Self::WorkerSessionStream>, Status> {
+        let mut calls = request.into_inner();
+        let (responses_tx, responses_rx) = mpsc::channel(SESSION_CALLS_MAX);
+        let api = self.clone();
+        tokio::spawn(async move {
+            let running = Arc::new(Semaphore::new(SESSION_CALLS_MAX));
+            loop {
+                // Waiting for a free slot before reading stops reading: HTTP/2 flow control
+                // then holds the worker back.
+                let Ok(slot) = running.clone().acquire_owned().await else { return };
+                let call = match calls.message().await {
+                    Ok(Some(call)) => call,
+                    Ok(None) => return,
+                    Err(status) => {
+                        tracing::debug!(%status, "worker session request stream failed");
+                        return;
+                    }
+                };
+                let api = api.clone();
+                let responses = responses_tx.clone();
+                tokio::spawn(async move {
+                    let response = api.session_call(call).await;
+                    // The worker may be gone; its calls' effects stand, as with a unary call
+                    // whose reply is lost.
+                    let _ = responses.send(Ok(response)).await;
+                    drop(slot);
+                });
+            }
+        });
+        let responses = tokio_stream::wrappers::ReceiverStream::new(responses_rx);
+        Ok(Response::new(Box::pin(responses)))
     }
 
     async fn poll_activity_task(

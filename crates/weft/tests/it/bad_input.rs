@@ -140,6 +140,97 @@ async fn limits_and_malformed_requests_get_the_right_status() {
     node.stop().await;
 }
 
+/// Waits (bounded) for the session's next response.
+async fn next_answer(responses: &mut tonic::Streaming<pb::WorkerSessionResponse>) -> pb::WorkerSessionResponse {
+    tokio::time::timeout(Duration::from_secs(30), responses.message())
+        .await
+        .expect("a session answer within 30 s")
+        .expect("the session stream is healthy")
+        .expect("the session is still open")
+}
+
+fn call_error(response: &pb::WorkerSessionResponse) -> (Code, String) {
+    match &response.result {
+        Some(pb::worker_session_response::Result::Error(error)) => (Code::from_i32(error.code), error.message.clone()),
+        other => panic!("call {} should have failed: {other:?}", response.id),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_session_answers_each_call_by_id_with_the_unary_status() {
+    use pb::worker_session_request::Call;
+    let node = TestNode::start().await;
+    let (mut client, mut worker, _admin) = node.clients().await;
+    client.start_workflow(start_request("session", "session-q", Vec::new())).await.expect("start");
+    let poll = pb::PollWorkflowTaskRequest {
+        namespace: String::new(),
+        task_queue: "session-q".into(),
+        identity: "t".into(),
+        wait_ms: 5_000,
+    };
+    let task = worker.poll_workflow_task(poll).await.expect("poll").into_inner().task.expect("a task is ready");
+
+    let (calls, calls_rx) = tokio::sync::mpsc::channel(8);
+    let mut answers =
+        worker.worker_session(tokio_stream::wrappers::ReceiverStream::new(calls_rx)).await.expect("open").into_inner();
+    let complete = pb::CompleteWorkflowTaskRequest {
+        task_token: task.task_token.clone(),
+        commands: vec![pb::WorkflowCommand {
+            command: Some(pb::workflow_command::Command::RecordStep(pb::RecordStep {
+                seq: 1,
+                name: "a".into(),
+                result: json(serde_json::json!(1)),
+                failure: None,
+                attempts: 1,
+            })),
+        }],
+        return_next_task: true,
+        identity: "t".into(),
+        steps_observed: false,
+    };
+    let send = |id, call| {
+        let calls = calls.clone();
+        async move { calls.send(pb::WorkerSessionRequest { id, call }).await.expect("send a call") }
+    };
+    send(7, Some(Call::CompleteWorkflowTask(complete.clone()))).await;
+    let answer = next_answer(&mut answers).await;
+    assert_eq!(answer.id, 7);
+    let Some(pb::worker_session_response::Result::CompleteWorkflowTask(completed)) = answer.result else {
+        panic!("completion expected: {answer:?}")
+    };
+    let next = completed.next_task.expect("the recorded step brings the next task inline");
+    assert_eq!(next.first_event_id, task.history.len() as u64 + 1, "only the events the worker has not seen");
+
+    // The same completion again is stale; a call-less request and a garbage token are refused.
+    send(8, Some(Call::CompleteWorkflowTask(complete))).await;
+    send(9, None).await;
+    let garbage = pb::FailWorkflowTaskRequest { task_token: b"garbage".to_vec(), ..Default::default() };
+    send(10, Some(Call::FailWorkflowTask(garbage))).await;
+    let mut errors = std::collections::BTreeMap::new();
+    for _ in 0..3 {
+        let answer = next_answer(&mut answers).await;
+        errors.insert(answer.id, call_error(&answer));
+    }
+    assert_eq!(errors[&8].0, Code::FailedPrecondition, "{:?}", errors[&8]);
+    assert!(errors[&8].1.contains("stale task token"), "{}", errors[&8].1);
+    assert_eq!(errors[&9].0, Code::InvalidArgument, "{:?}", errors[&9]);
+    assert_eq!(errors[&10].0, Code::InvalidArgument, "{:?}", errors[&10]);
+    assert!(errors[&10].1.contains("task token"), "{}", errors[&10].1);
+
+    // Closing our side ends the session once everything is answered.
+    drop(calls);
+    let end = tokio::time::timeout(Duration::from_secs(30), answers.message()).await.expect("the session ends");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+    let history = client
+        .get_workflow_history(pb::GetWorkflowHistoryRequest { workflow_id: "session".into(), ..Default::default() })
+        .await
+        .expect("history")
+        .into_inner();
+    let steps = history.events.iter().filter(|e| e.event_type == pb::EventType::StepCompleted as i32).count();
+    assert_eq!(steps, 1, "the repeated completion recorded nothing");
+    node.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_the_grpc_port_does_not_stop_the_node() {
     let node = TestNode::start().await;
