@@ -1,6 +1,7 @@
-//! [`WorkerSession`]: a worker's workflow-task completions over one long-lived
-//! `WorkerSession` stream instead of a unary RPC each (see `worker.proto`). A
-//! completion round trip costs about half: no HTTP/2 stream is opened per call.
+//! [`WorkerSession`]: a worker's workflow-task polls and completions over one
+//! long-lived `WorkerSession` stream instead of a unary RPC each (see
+//! `worker.proto`). A round trip costs about half: no HTTP/2 stream is opened
+//! per call.
 //!
 //! Invariants:
 //! - Every call gets exactly one answer: the server's response with its id, or an
@@ -9,6 +10,8 @@
 //! - A broken session is replaced by a new one on the next call; calls already
 //!   sent on the old one are failed, never resent.
 //! - A server without `WorkerSession` (`UNIMPLEMENTED`) gets unary calls from then on.
+//! - A poll whose caller stops waiting (its future is dropped) is cancelled on the server
+//!   (`cancel_poll`), so an abandoned poll does not take a task nobody will run.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -78,6 +81,23 @@ impl WorkerSession {
         }
     }
 
+    pub(crate) async fn poll_workflow_task(
+        &self,
+        request: pb::PollWorkflowTaskRequest,
+    ) -> Result<pb::PollWorkflowTaskResponse, Status> {
+        if self.unary_only.load(Ordering::Relaxed) {
+            return self.worker.clone().poll_workflow_task(request).await.map(|r| r.into_inner());
+        }
+        match self.call(Call::PollWorkflowTask(request.clone())).await {
+            Ok(CallResult::PollWorkflowTask(response)) => Ok(response),
+            Ok(other) => Err(unexpected(other)),
+            Err(_) if self.unary_only.load(Ordering::Relaxed) => {
+                self.worker.clone().poll_workflow_task(request).await.map(|r| r.into_inner())
+            }
+            Err(status) => Err(status),
+        }
+    }
+
     pub(crate) async fn fail_workflow_task(
         &self,
         request: pb::FailWorkflowTaskRequest,
@@ -111,13 +131,19 @@ impl WorkerSession {
             self.forget(&open).await;
             return Err(Status::unavailable("the worker session closed before the call was sent"));
         }
+        let cancel_on_drop = matches!(call, Call::PollWorkflowTask(_));
         let request = pb::WorkerSessionRequest { id, call: Some(call) };
+        // Armed until the answer arrives: if this future is dropped first, the server is told.
+        let mut abandon = AbandonGuard { open: &open, id, cancel_poll: cancel_on_drop, armed: true };
         if open.requests.send(request).await.is_err() {
+            abandon.armed = false;
             open.pending.lock().waiters.remove(&id);
             self.forget(&open).await;
             return Err(Status::unavailable("the worker session closed before the call was sent"));
         }
-        match answer_rx.await {
+        let answer = answer_rx.await;
+        abandon.armed = false;
+        match answer {
             Ok(Ok(CallResult::Error(error))) => Err(Status::new(Code::from_i32(error.code), error.message)),
             Ok(answer) => answer,
             Err(_) => Err(Status::unavailable("the worker session closed before the call was answered")),
@@ -155,6 +181,34 @@ impl WorkerSession {
         let mut slot = self.open.lock().await;
         if slot.as_ref().is_some_and(|current| Arc::ptr_eq(current, open)) {
             *slot = None;
+        }
+    }
+}
+
+/// Cleans up after a call whose caller stopped waiting: forgets its waiter and, for a poll,
+/// asks the server to abandon it.
+struct AbandonGuard<'a> {
+    open: &'a Open,
+    id: u64,
+    cancel_poll: bool,
+    armed: bool,
+}
+
+impl Drop for AbandonGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.open.pending.lock().waiters.remove(&self.id);
+        if self.cancel_poll {
+            let cancel = pb::WorkerSessionRequest { id: self.id, call: Some(Call::CancelPoll(self.id)) };
+            // Without room in the queue, send it from a task: dropping must not block.
+            if let Err(mpsc::error::TrySendError::Full(cancel)) = self.open.requests.try_send(cancel) {
+                let requests = self.open.requests.clone();
+                tokio::spawn(async move {
+                    let _ = requests.send(cancel).await;
+                });
+            }
         }
     }
 }

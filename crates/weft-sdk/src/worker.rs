@@ -321,9 +321,8 @@ async fn poll_loop<T, Poll, PollFut, Dispatch>(
 }
 
 async fn poll_workflow_tasks(shared: Arc<WorkerShared>, stop: watch::Receiver<bool>) {
-    let worker = shared.client.raw().worker;
     let poll = || {
-        let mut worker = worker.clone();
+        let shared = shared.clone();
         let request = pb::PollWorkflowTaskRequest {
             namespace: shared.client.namespace().to_string(),
             task_queue: shared.task_queue.clone(),
@@ -331,7 +330,7 @@ async fn poll_workflow_tasks(shared: Arc<WorkerShared>, stop: watch::Receiver<bo
             wait_ms: POLL_WAIT_MS,
         };
         async move {
-            let task = worker.poll_workflow_task(request).await?.into_inner().task;
+            let task = shared.session.poll_workflow_task(request).await?.task;
             Ok(task.filter(|task| !task.task_token.is_empty()))
         }
     };

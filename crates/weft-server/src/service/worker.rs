@@ -3,19 +3,22 @@
 //! only while it names the current attempt, so repeats are refused
 //! (`FAILED_PRECONDITION`) and change nothing.
 //!
-//! `WorkerSession` carries the same completion calls over one long-lived
-//! stream: each call runs as its own task through the same code as the unary
-//! RPC, and its response (matched by the worker's id) goes back as soon as it
-//! is ready. A session runs at most [`SESSION_CALLS_MAX`] calls at once; the
-//! stream of responses ends after the worker closes its side and every pending
-//! call has answered.
+//! `WorkerSession` carries workflow-task polls and completions over one
+//! long-lived stream: each call runs as its own task through the same code as
+//! the unary RPC, and its response (matched by the worker's id) goes back as
+//! soon as it is ready. A session runs at most [`SESSION_CALLS_MAX`] calls at
+//! once. A poll can be abandoned (`cancel_poll`, or the worker closing its
+//! side); polls are cancel-safe, so an abandoned poll has taken no task. The
+//! stream of responses ends after the worker closes its side and every call
+//! has answered.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 use weft_core::ids::TokenTask;
@@ -37,6 +40,12 @@ pub struct WorkerApi {
 
 fn poll_wait(wait_ms: u64) -> Duration {
     if wait_ms == 0 { LONG_POLL_MAX } else { Duration::from_millis(wait_ms).min(LONG_POLL_MAX) }
+}
+
+/// The answer of a session call that failed with `status`.
+fn session_error(id: u64, status: Status) -> pb::WorkerSessionResponse {
+    let error = pb::CallError { code: status.code() as i32, message: status.message().to_string() };
+    pb::WorkerSessionResponse { id, result: Some(pb::worker_session_response::Result::Error(error)) }
 }
 
 /// Whether a failed completion means the token's attempt is over for good.
@@ -62,12 +71,27 @@ impl WorkerApi {
             Some(Call::FailWorkflowTask(call)) => observe("FailWorkflowTask", self.fail_workflow_task(call))
                 .await
                 .map(|response| CallResult::FailWorkflowTask(response.into_inner())),
+            Some(Call::PollWorkflowTask(call)) => observe("PollWorkflowTask", self.poll_workflow_task(call))
+                .await
+                .map(|response| CallResult::PollWorkflowTask(response.into_inner())),
+            Some(Call::CancelPoll(_)) => Err(Status::internal("a cancel request reached the call handler")),
             None => Err(Status::invalid_argument("worker session request has no call (unknown to this server?)")),
         };
-        let result = result.unwrap_or_else(|status| {
-            CallResult::Error(pb::CallError { code: status.code() as i32, message: status.message().to_string() })
-        });
-        pb::WorkerSessionResponse { id: request.id, result: Some(result) }
+        match result {
+            Ok(result) => pb::WorkerSessionResponse { id: request.id, result: Some(result) },
+            Err(status) => session_error(request.id, status),
+        }
+    }
+
+    /// Long-polls for a workflow task. Cancel-safe: dropped at an await, it has taken no task
+    /// (taking one and building its reply happen without an await in between).
+    async fn poll_workflow_task(
+        &self,
+        request: pb::PollWorkflowTaskRequest,
+    ) -> Result<pb::PollWorkflowTaskResponse, Status> {
+        let namespace = self.queue(request.namespace, &request.task_queue)?;
+        let task = self.node.poll_workflow_task(&namespace, &request.task_queue, poll_wait(request.wait_ms)).await?;
+        Ok(pb::PollWorkflowTaskResponse { task })
     }
 
     async fn fail_workflow_task(
@@ -145,14 +169,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<pb::PollWorkflowTaskRequest>,
     ) -> Result<Response<pb::PollWorkflowTaskResponse>, Status> {
-        observe("PollWorkflowTask", async {
-            let request = request.into_inner();
-            let namespace = self.queue(request.namespace, &request.task_queue)?;
-            let task =
-                self.node.poll_workflow_task(&namespace, &request.task_queue, poll_wait(request.wait_ms)).await?;
-            Ok(pb::PollWorkflowTaskResponse { task })
-        })
-        .await
+        observe("PollWorkflowTask", self.poll_workflow_task(request.into_inner())).await
     }
 
     async fn complete_workflow_task(
@@ -180,28 +197,61 @@ impl WorkerService for WorkerApi {
         let api = self.clone();
         tokio::spawn(async move {
             let running = Arc::new(Semaphore::new(SESSION_CALLS_MAX));
+            // Pending polls, by call id: sending (or dropping) the sender abandons the poll.
+            let polls: Arc<parking_lot::Mutex<HashMap<u64, oneshot::Sender<()>>>> = Arc::default();
             loop {
                 // Waiting for a free slot before reading stops reading: HTTP/2 flow control
                 // then holds the worker back.
                 let Ok(slot) = running.clone().acquire_owned().await else { return };
                 let call = match calls.message().await {
                     Ok(Some(call)) => call,
-                    Ok(None) => return,
+                    Ok(None) => break,
                     Err(status) => {
                         tracing::debug!(%status, "worker session request stream failed");
-                        return;
+                        break;
                     }
+                };
+                let id = call.id;
+                let cancelled = match call.call {
+                    Some(pb::worker_session_request::Call::CancelPoll(poll_id)) => {
+                        if let Some(cancel) = polls.lock().remove(&poll_id) {
+                            let _ = cancel.send(());
+                        }
+                        continue;
+                    }
+                    Some(pb::worker_session_request::Call::PollWorkflowTask(_)) => {
+                        let (cancel, cancelled) = oneshot::channel();
+                        // A reused id abandons the poll that had it.
+                        polls.lock().insert(id, cancel);
+                        Some(cancelled)
+                    }
+                    _ => None,
                 };
                 let api = api.clone();
                 let responses = responses_tx.clone();
+                let polls = polls.clone();
                 tokio::spawn(async move {
-                    let response = api.session_call(call).await;
+                    let response = match cancelled {
+                        None => api.session_call(call).await,
+                        Some(cancelled) => {
+                            // The poll is cancel-safe: dropped here, it has taken no task.
+                            let response = tokio::select! {
+                                biased;
+                                _ = cancelled => session_error(id, Status::cancelled("poll abandoned by the worker")),
+                                response = api.session_call(call) => response,
+                            };
+                            polls.lock().remove(&id);
+                            response
+                        }
+                    };
                     // The worker may be gone; its calls' effects stand, as with a unary call
                     // whose reply is lost.
                     let _ = responses.send(Ok(response)).await;
                     drop(slot);
                 });
             }
+            // The worker closed its side or went away: its pending polls end now.
+            polls.lock().clear();
         });
         let responses = tokio_stream::wrappers::ReceiverStream::new(responses_rx);
         Ok(Response::new(Box::pin(responses)))

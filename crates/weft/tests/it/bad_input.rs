@@ -232,6 +232,49 @@ async fn a_worker_session_answers_each_call_by_id_with_the_unary_status() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_session_poll_takes_no_task() {
+    use pb::worker_session_request::Call;
+    let node = TestNode::start().await;
+    let (mut client, mut worker, _admin) = node.clients().await;
+    let (calls, calls_rx) = tokio::sync::mpsc::channel(8);
+    let mut answers =
+        worker.worker_session(tokio_stream::wrappers::ReceiverStream::new(calls_rx)).await.expect("open").into_inner();
+    let poll = |queue: &str| pb::PollWorkflowTaskRequest {
+        namespace: String::new(),
+        task_queue: queue.into(),
+        identity: "t".into(),
+        wait_ms: 60_000,
+    };
+    let send = |id, call| {
+        let calls = calls.clone();
+        async move { calls.send(pb::WorkerSessionRequest { id, call: Some(call) }).await.expect("send a call") }
+    };
+    // A poll on an idle queue, then abandoned: answered CANCELLED at once.
+    send(1, Call::PollWorkflowTask(poll("cancel-q"))).await;
+    send(2, Call::CancelPoll(1)).await;
+    let answer = next_answer(&mut answers).await;
+    assert_eq!(answer.id, 1);
+    assert_eq!(call_error(&answer).0, Code::Cancelled);
+    // It took nothing: a task started now goes to the next poll.
+    client.start_workflow(start_request("after-cancel", "cancel-q", Vec::new())).await.expect("start");
+    send(3, Call::PollWorkflowTask(poll("cancel-q"))).await;
+    let answer = next_answer(&mut answers).await;
+    assert_eq!(answer.id, 3);
+    let Some(pb::worker_session_response::Result::PollWorkflowTask(polled)) = answer.result else {
+        panic!("a polled task expected: {answer:?}")
+    };
+    assert_eq!(polled.task.expect("the task").workflow_id, "after-cancel");
+    // Closing our side abandons the polls still waiting, then ends the session.
+    send(4, Call::PollWorkflowTask(poll("idle-q"))).await;
+    drop(calls);
+    let answer = next_answer(&mut answers).await;
+    assert_eq!((answer.id, call_error(&answer).0), (4, Code::Cancelled));
+    let end = tokio::time::timeout(Duration::from_secs(30), answers.message()).await.expect("the session ends");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_the_grpc_port_does_not_stop_the_node() {
     let node = TestNode::start().await;
     for garbage in [
