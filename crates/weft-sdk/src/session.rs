@@ -39,6 +39,9 @@ struct PendingCalls {
 
 type Pending = Arc<Mutex<PendingCalls>>;
 
+/// The worker service's unary client, for servers without sessions.
+type Worker = WorkerServiceClient<Channel>;
+
 /// An open session: where requests go and who waits for which answer.
 struct Open {
     requests: mpsc::Sender<pb::WorkerSessionRequest>,
@@ -47,14 +50,14 @@ struct Open {
 
 /// See the module doc. Cheap to share behind an `Arc`.
 pub(crate) struct WorkerSession {
-    worker: WorkerServiceClient<Channel>,
+    worker: Worker,
     open: tokio::sync::Mutex<Option<Arc<Open>>>,
     next_id: AtomicU64,
     unary_only: AtomicBool,
 }
 
 impl WorkerSession {
-    pub(crate) fn new(worker: WorkerServiceClient<Channel>) -> WorkerSession {
+    pub(crate) fn new(worker: Worker) -> WorkerSession {
         WorkerSession {
             worker,
             open: tokio::sync::Mutex::new(None),
@@ -67,57 +70,56 @@ impl WorkerSession {
         &self,
         request: pb::CompleteWorkflowTaskRequest,
     ) -> Result<pb::CompleteWorkflowTaskResponse, Status> {
-        if self.unary_only.load(Ordering::Relaxed) {
-            return self.worker.clone().complete_workflow_task(request).await.map(|r| r.into_inner());
-        }
-        match self.call(Call::CompleteWorkflowTask(request.clone())).await {
-            Ok(CallResult::CompleteWorkflowTask(response)) => Ok(response),
-            Ok(other) => Err(unexpected(other)),
-            Err(status) if self.unary_only.load(Ordering::Relaxed) => {
-                tracing::debug!(%status, "no worker session; completing with a unary call");
-                self.worker.clone().complete_workflow_task(request).await.map(|r| r.into_inner())
-            }
-            Err(status) => Err(status),
-        }
+        let pick = |result| if let CallResult::CompleteWorkflowTask(r) = result { Some(r) } else { None };
+        let unary = async |mut worker: Worker, request| worker.complete_workflow_task(request).await;
+        self.run(request, Call::CompleteWorkflowTask, pick, unary).await
     }
 
     pub(crate) async fn poll_workflow_task(
         &self,
         request: pb::PollWorkflowTaskRequest,
     ) -> Result<pb::PollWorkflowTaskResponse, Status> {
-        if self.unary_only.load(Ordering::Relaxed) {
-            return self.worker.clone().poll_workflow_task(request).await.map(|r| r.into_inner());
-        }
-        match self.call(Call::PollWorkflowTask(request.clone())).await {
-            Ok(CallResult::PollWorkflowTask(response)) => Ok(response),
-            Ok(other) => Err(unexpected(other)),
-            Err(_) if self.unary_only.load(Ordering::Relaxed) => {
-                self.worker.clone().poll_workflow_task(request).await.map(|r| r.into_inner())
-            }
-            Err(status) => Err(status),
-        }
+        let pick = |result| if let CallResult::PollWorkflowTask(r) = result { Some(r) } else { None };
+        let unary = async |mut worker: Worker, request| worker.poll_workflow_task(request).await;
+        self.run(request, Call::PollWorkflowTask, pick, unary).await
     }
 
     pub(crate) async fn fail_workflow_task(
         &self,
         request: pb::FailWorkflowTaskRequest,
     ) -> Result<pb::FailWorkflowTaskResponse, Status> {
-        if self.unary_only.load(Ordering::Relaxed) {
-            return self.worker.clone().fail_workflow_task(request).await.map(|r| r.into_inner());
-        }
-        match self.call(Call::FailWorkflowTask(request.clone())).await {
-            Ok(CallResult::FailWorkflowTask(response)) => Ok(response),
-            Ok(other) => Err(unexpected(other)),
-            Err(_) if self.unary_only.load(Ordering::Relaxed) => {
-                self.worker.clone().fail_workflow_task(request).await.map(|r| r.into_inner())
-            }
-            Err(status) => Err(status),
-        }
+        let pick = |result| if let CallResult::FailWorkflowTask(r) = result { Some(r) } else { None };
+        let unary = async |mut worker: Worker, request| worker.fail_workflow_task(request).await;
+        self.run(request, Call::FailWorkflowTask, pick, unary).await
     }
 
-    /// Sends one call and waits for its answer.
-    async fn call(&self, call: Call) -> Result<CallResult, Status> {
-        let open = self.session().await?;
+    /// Makes one call: over the session, or as the unary RPC `unary` when the server has no
+    /// sessions. `pick` takes the expected result out of an answer.
+    async fn run<Request, Response>(
+        &self,
+        request: Request,
+        call: fn(Request) -> Call,
+        pick: fn(CallResult) -> Option<Response>,
+        unary: impl AsyncFnOnce(Worker, Request) -> Result<tonic::Response<Response>, Status>,
+    ) -> Result<Response, Status> {
+        let open = if self.unary_only.load(Ordering::Relaxed) {
+            None
+        } else {
+            match self.session().await {
+                Ok(open) => Some(open),
+                Err(_) if self.unary_only.load(Ordering::Relaxed) => None,
+                Err(status) => return Err(status),
+            }
+        };
+        let Some(open) = open else {
+            return unary(self.worker.clone(), request).await.map(tonic::Response::into_inner);
+        };
+        pick(self.call(&open, call(request)).await?)
+            .ok_or_else(|| Status::internal("the worker session answered with the wrong kind of result"))
+    }
+
+    /// Sends one call on `open` and waits for its answer.
+    async fn call(&self, open: &Arc<Open>, call: Call) -> Result<CallResult, Status> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (answer_tx, answer_rx) = oneshot::channel();
         let registered = {
@@ -128,17 +130,17 @@ impl WorkerSession {
             !pending.closed
         };
         if !registered {
-            self.forget(&open).await;
+            self.forget(open).await;
             return Err(Status::unavailable("the worker session closed before the call was sent"));
         }
         let cancel_on_drop = matches!(call, Call::PollWorkflowTask(_));
         let request = pb::WorkerSessionRequest { id, call: Some(call) };
         // Armed until the answer arrives: if this future is dropped first, the server is told.
-        let mut abandon = AbandonGuard { open: &open, id, cancel_poll: cancel_on_drop, armed: true };
+        let mut abandon = AbandonGuard { open, id, cancel_poll: cancel_on_drop, armed: true };
         if open.requests.send(request).await.is_err() {
             abandon.armed = false;
             open.pending.lock().waiters.remove(&id);
-            self.forget(&open).await;
+            self.forget(open).await;
             return Err(Status::unavailable("the worker session closed before the call was sent"));
         }
         let answer = answer_rx.await;
@@ -237,8 +239,4 @@ async fn read_answers(mut responses: tonic::Streaming<pb::WorkerSessionResponse>
     for (_, waiter) in waiters {
         let _ = waiter.send(Err(Status::unavailable(reason.clone())));
     }
-}
-
-fn unexpected(result: CallResult) -> Status {
-    Status::internal(format!("worker session answered with the wrong kind of result: {result:?}"))
 }
