@@ -130,6 +130,9 @@ impl Dispatcher {
     }
 
     /// Waits up to `wait` for a ready task of the queue.
+    ///
+    /// Cancel-safe: a poll dropped while it waits removes itself, and a task already sent to
+    /// it (an `offer` between its last wake-up and the drop) is offered again, never lost.
     pub async fn poll(&self, key: &QueueKey, wait: Duration) -> Option<(u32, ReadyTask)> {
         let (id, receiver) = {
             let mut inner = self.inner.lock();
@@ -145,19 +148,15 @@ impl Dispatcher {
             Self::report(key, queue);
             (id, receiver)
         };
-        let mut receiver = receiver;
-        match tokio::time::timeout(wait, &mut receiver).await {
-            Ok(Ok(item)) => Some(item),
-            _ => {
-                let mut inner = self.inner.lock();
-                if let Some(queue) = inner.queues.get_mut(key) {
-                    queue.pollers.retain(|(poller, _)| *poller != id);
-                    Self::report(key, queue);
-                }
-                drop(inner);
-                // A task sent between the timeout and the removal is not lost.
-                receiver.try_recv().ok()
+        let mut waiting = WaitingPoller { dispatcher: self, key, id, receiver: Some(receiver) };
+        let received = tokio::time::timeout(wait, waiting.receiver.as_mut().expect("set above")).await;
+        match received {
+            Ok(Ok(item)) => {
+                waiting.receiver = None;
+                Some(item)
             }
+            // Timed out: a task sent between the timeout and the removal is not lost.
+            _ => waiting.give_up(),
         }
     }
 
@@ -197,6 +196,39 @@ impl Dispatcher {
         ];
         metrics::gauge!("weft_task_queue_ready_tasks", &labels).set(queue.ready.len() as f64);
         metrics::gauge!("weft_task_queue_pollers", &labels).set(queue.pollers.len() as f64);
+    }
+}
+
+/// A poll parked in a queue, until it gets a task or gives up (also when dropped).
+struct WaitingPoller<'a> {
+    dispatcher: &'a Dispatcher,
+    key: &'a QueueKey,
+    id: u64,
+    /// `None` once the poll is over.
+    receiver: Option<oneshot::Receiver<(u32, ReadyTask)>>,
+}
+
+impl WaitingPoller<'_> {
+    /// Leaves the queue; returns a task that was sent to this poller meanwhile.
+    fn give_up(&mut self) -> Option<(u32, ReadyTask)> {
+        let mut receiver = self.receiver.take()?;
+        {
+            let mut inner = self.dispatcher.inner.lock();
+            if let Some(queue) = inner.queues.get_mut(self.key) {
+                queue.pollers.retain(|(poller, _)| *poller != self.id);
+                Dispatcher::report(self.key, queue);
+            }
+        }
+        // After the removal no offer can reach this receiver: what it holds now is final.
+        receiver.try_recv().ok()
+    }
+}
+
+impl Drop for WaitingPoller<'_> {
+    fn drop(&mut self) {
+        if let Some((shard, task)) = self.give_up() {
+            self.dispatcher.offer(shard, task);
+        }
     }
 }
 
@@ -250,6 +282,19 @@ mod tests {
         // The timed-out poller is gone: the next task is queued, not lost.
         dispatcher.offer(0, task("c"));
         assert_eq!(dispatcher.poll(&queue(), Duration::from_millis(1)).await, Some((0, task("c"))));
+    }
+
+    #[tokio::test]
+    async fn a_poll_dropped_after_a_task_was_sent_to_it_gives_the_task_back() {
+        let dispatcher = Dispatcher::default();
+        let key = queue();
+        let mut abandoned = Box::pin(dispatcher.poll(&key, Duration::from_secs(60)));
+        assert!(futures::poll!(abandoned.as_mut()).is_pending(), "the poller is parked");
+        // Sent straight to the parked poller, which is dropped before it looks.
+        dispatcher.offer(2, task("a"));
+        drop(abandoned);
+        assert_eq!(dispatcher.poll(&queue(), Duration::from_millis(1)).await, Some((2, task("a"))));
+        assert_eq!(dispatcher.inner.lock().queues[&queue()].pollers.len(), 0, "the dropped poller is gone");
     }
 
     #[test]
