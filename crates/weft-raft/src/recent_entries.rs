@@ -94,7 +94,7 @@ impl RecentEntries {
         }
         let mut entries = Vec::new();
         let mut read_bytes = 0usize;
-        for (entry, bytes) in self.entries.iter().skip((start - first) as usize) {
+        for (entry, bytes) in self.entries.range((start - first) as usize..) {
             if entry.log_id.index >= end {
                 break;
             }

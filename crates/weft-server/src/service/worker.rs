@@ -83,8 +83,9 @@ impl WorkerApi {
         }
     }
 
-    /// Long-polls for a workflow task. Cancel-safe: dropped at an await, it has taken no task
-    /// (taking one and building its reply happen without an await in between).
+    /// Long-polls for a workflow task. Cancel-safe: dropped while it waits, it leaves the queue
+    /// and gives back any task already sent to it; taking a task and building its reply happen
+    /// without an await in between.
     async fn poll_workflow_task(
         &self,
         request: pb::PollWorkflowTaskRequest,
@@ -149,9 +150,6 @@ impl WorkerApi {
         let Some(ready) = next_task.filter(|_| inline) else {
             return Ok(pb::CompleteWorkflowTaskResponse { next_task: None });
         };
-        // The completion's events are for the completed run; the next task may be of another
-        // (continue-as-new), which then reads its own history.
-        let appended = if ready.run_id == token.run_id { appended } else { Vec::new() };
         match self.node.hand_out_workflow_task(token.shard, &ready, seen_event_id + 1, appended) {
             Ok(Some(task)) => Ok(pb::CompleteWorkflowTaskResponse { next_task: Some(task) }),
             other => {
@@ -197,8 +195,10 @@ impl WorkerService for WorkerApi {
         let api = self.clone();
         tokio::spawn(async move {
             let running = Arc::new(Semaphore::new(SESSION_CALLS_MAX));
-            // Pending polls, by call id: sending (or dropping) the sender abandons the poll.
-            let polls: Arc<parking_lot::Mutex<HashMap<u64, oneshot::Sender<()>>>> = Arc::default();
+            // Pending polls, by call id, each with its own serial: sending (or dropping) the sender
+            // abandons the poll; a finishing poll removes only its own entry.
+            let polls: Arc<parking_lot::Mutex<HashMap<u64, (u64, oneshot::Sender<()>)>>> = Arc::default();
+            let mut poll_serial = 0u64;
             loop {
                 // Waiting for a free slot before reading stops reading: HTTP/2 flow control
                 // then holds the worker back.
@@ -214,16 +214,17 @@ impl WorkerService for WorkerApi {
                 let id = call.id;
                 let cancelled = match call.call {
                     Some(pb::worker_session_request::Call::CancelPoll(poll_id)) => {
-                        if let Some(cancel) = polls.lock().remove(&poll_id) {
+                        if let Some((_, cancel)) = polls.lock().remove(&poll_id) {
                             let _ = cancel.send(());
                         }
                         continue;
                     }
                     Some(pb::worker_session_request::Call::PollWorkflowTask(_)) => {
                         let (cancel, cancelled) = oneshot::channel();
+                        poll_serial += 1;
                         // A reused id abandons the poll that had it.
-                        polls.lock().insert(id, cancel);
-                        Some(cancelled)
+                        polls.lock().insert(id, (poll_serial, cancel));
+                        Some((poll_serial, cancelled))
                     }
                     _ => None,
                 };
@@ -233,14 +234,19 @@ impl WorkerService for WorkerApi {
                 tokio::spawn(async move {
                     let response = match cancelled {
                         None => api.session_call(call).await,
-                        Some(cancelled) => {
-                            // The poll is cancel-safe: dropped here, it has taken no task.
+                        Some((serial, cancelled)) => {
+                            // Polls are cancel-safe: dropped here, a poll leaves its queue and
+                            // gives back any task already sent to it.
                             let response = tokio::select! {
                                 biased;
                                 _ = cancelled => session_error(id, Status::cancelled("poll abandoned by the worker")),
                                 response = api.session_call(call) => response,
                             };
-                            polls.lock().remove(&id);
+                            let mut polls = polls.lock();
+                            if polls.get(&id).is_some_and(|(current, _)| *current == serial) {
+                                polls.remove(&id);
+                            }
+                            drop(polls);
                             response
                         }
                     };

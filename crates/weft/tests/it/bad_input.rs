@@ -264,6 +264,17 @@ async fn a_cancelled_session_poll_takes_no_task() {
         panic!("a polled task expected: {answer:?}")
     };
     assert_eq!(polled.task.expect("the task").workflow_id, "after-cancel");
+    // A reused id abandons the earlier poll; the new one keeps waiting and gets the next task.
+    send(5, Call::PollWorkflowTask(poll("reuse-q"))).await;
+    send(5, Call::PollWorkflowTask(poll("reuse-q"))).await;
+    let answer = next_answer(&mut answers).await;
+    assert_eq!((answer.id, call_error(&answer).0), (5, Code::Cancelled));
+    client.start_workflow(start_request("after-reuse", "reuse-q", Vec::new())).await.expect("start");
+    let answer = next_answer(&mut answers).await;
+    let Some(pb::worker_session_response::Result::PollWorkflowTask(polled)) = answer.result else {
+        panic!("the second poll with id 5 gets the task: {answer:?}")
+    };
+    assert_eq!(polled.task.expect("the task").workflow_id, "after-reuse");
     // Closing our side abandons the polls still waiting, then ends the session.
     send(4, Call::PollWorkflowTask(poll("idle-q"))).await;
     drop(calls);
