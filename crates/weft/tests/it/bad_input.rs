@@ -20,6 +20,34 @@ fn start_request(workflow_id: &str, task_queue: &str, input: Vec<u8>) -> pb::Sta
     }
 }
 
+fn poll_request(task_queue: &str, wait_ms: u64) -> pb::PollWorkflowTaskRequest {
+    pb::PollWorkflowTaskRequest {
+        namespace: String::new(),
+        task_queue: task_queue.into(),
+        identity: "t".into(),
+        wait_ms,
+    }
+}
+
+/// Completes a workflow task by recording step 1 (`"a"`, result `1`).
+fn step_completion(task_token: Vec<u8>, return_next_task: bool) -> pb::CompleteWorkflowTaskRequest {
+    pb::CompleteWorkflowTaskRequest {
+        task_token,
+        commands: vec![pb::WorkflowCommand {
+            command: Some(pb::workflow_command::Command::RecordStep(pb::RecordStep {
+                seq: 1,
+                name: "a".into(),
+                result: json(serde_json::json!(1)),
+                failure: None,
+                attempts: 1,
+            })),
+        }],
+        return_next_task,
+        identity: "t".into(),
+        steps_observed: false,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_and_malformed_requests_get_the_right_status() {
     let node = TestNode::start().await;
@@ -71,28 +99,9 @@ async fn limits_and_malformed_requests_get_the_right_status() {
     assert_eq!(worker.complete_workflow_task(empty).await.unwrap_err().code(), Code::InvalidArgument);
 
     client.start_workflow(start_request("tokens", "tokens-q", Vec::new())).await.expect("start");
-    let poll = pb::PollWorkflowTaskRequest {
-        namespace: String::new(),
-        task_queue: "tokens-q".into(),
-        identity: "t".into(),
-        wait_ms: 5_000,
-    };
+    let poll = poll_request("tokens-q", 5_000);
     let task = worker.poll_workflow_task(poll).await.expect("poll").into_inner().task.expect("a task is ready");
-    let complete = pb::CompleteWorkflowTaskRequest {
-        task_token: task.task_token.clone(),
-        commands: vec![pb::WorkflowCommand {
-            command: Some(pb::workflow_command::Command::RecordStep(pb::RecordStep {
-                seq: 1,
-                name: "a".into(),
-                result: json(serde_json::json!(1)),
-                failure: None,
-                attempts: 1,
-            })),
-        }],
-        return_next_task: false,
-        identity: "t".into(),
-        steps_observed: false,
-    };
+    let complete = step_completion(task.task_token.clone(), false);
     worker.complete_workflow_task(complete.clone()).await.expect("first completion");
     let status = worker.complete_workflow_task(complete).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
@@ -106,12 +115,7 @@ async fn limits_and_malformed_requests_get_the_right_status() {
     assert_eq!(steps, 1, "the repeated completion recorded nothing");
 
     // A command with a bad seq is refused with the reason.
-    let poll = pb::PollWorkflowTaskRequest {
-        namespace: String::new(),
-        task_queue: "tokens-q".into(),
-        identity: "t".into(),
-        wait_ms: 5_000,
-    };
+    let poll = poll_request("tokens-q", 5_000);
     let task = worker.poll_workflow_task(poll).await.expect("poll").into_inner().task.expect("the next task is ready");
     let reused_seq = pb::CompleteWorkflowTaskRequest {
         task_token: task.task_token,
@@ -127,12 +131,7 @@ async fn limits_and_malformed_requests_get_the_right_status() {
     assert!(status.message().contains("seq"), "{}", status.message());
 
     // A long-poll with nothing to do returns empty at its deadline.
-    let poll = pb::PollWorkflowTaskRequest {
-        namespace: String::new(),
-        task_queue: "idle".into(),
-        identity: "t".into(),
-        wait_ms: 200,
-    };
+    let poll = poll_request("idle", 200);
     let started = std::time::Instant::now();
     let response = worker.poll_workflow_task(poll).await.expect("poll").into_inner();
     assert!(response.task.is_none());
@@ -162,32 +161,13 @@ async fn a_worker_session_answers_each_call_by_id_with_the_unary_status() {
     let node = TestNode::start().await;
     let (mut client, mut worker, _admin) = node.clients().await;
     client.start_workflow(start_request("session", "session-q", Vec::new())).await.expect("start");
-    let poll = pb::PollWorkflowTaskRequest {
-        namespace: String::new(),
-        task_queue: "session-q".into(),
-        identity: "t".into(),
-        wait_ms: 5_000,
-    };
+    let poll = poll_request("session-q", 5_000);
     let task = worker.poll_workflow_task(poll).await.expect("poll").into_inner().task.expect("a task is ready");
 
     let (calls, calls_rx) = tokio::sync::mpsc::channel(8);
     let mut answers =
         worker.worker_session(tokio_stream::wrappers::ReceiverStream::new(calls_rx)).await.expect("open").into_inner();
-    let complete = pb::CompleteWorkflowTaskRequest {
-        task_token: task.task_token.clone(),
-        commands: vec![pb::WorkflowCommand {
-            command: Some(pb::workflow_command::Command::RecordStep(pb::RecordStep {
-                seq: 1,
-                name: "a".into(),
-                result: json(serde_json::json!(1)),
-                failure: None,
-                attempts: 1,
-            })),
-        }],
-        return_next_task: true,
-        identity: "t".into(),
-        steps_observed: false,
-    };
+    let complete = step_completion(task.task_token.clone(), true);
     let send = |id, call| {
         let calls = calls.clone();
         async move { calls.send(pb::WorkerSessionRequest { id, call }).await.expect("send a call") }
@@ -239,12 +219,7 @@ async fn a_cancelled_session_poll_takes_no_task() {
     let (calls, calls_rx) = tokio::sync::mpsc::channel(8);
     let mut answers =
         worker.worker_session(tokio_stream::wrappers::ReceiverStream::new(calls_rx)).await.expect("open").into_inner();
-    let poll = |queue: &str| pb::PollWorkflowTaskRequest {
-        namespace: String::new(),
-        task_queue: queue.into(),
-        identity: "t".into(),
-        wait_ms: 60_000,
-    };
+    let poll = |queue: &str| poll_request(queue, 60_000);
     let send = |id, call| {
         let calls = calls.clone();
         async move { calls.send(pb::WorkerSessionRequest { id, call: Some(call) }).await.expect("send a call") }
