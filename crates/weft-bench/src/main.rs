@@ -2,7 +2,8 @@
 //!
 //! Workload W3: workflow `w3` runs three sequential no-op steps, each returning a 16-byte
 //! JSON string, and returns the last. Each measured operation is one workflow, from the
-//! `StartWorkflow` call to the moment `GetWorkflowResult` returns its result.
+//! moment the client sends its start to the moment it has the result: one `ExecuteWorkflow`
+//! call by default, or `StartWorkflow` then `GetWorkflowResult` (`--calls start-result`).
 //!
 //! Modes: `--latency` (one client, workflows one after another) and `--throughput`
 //! (`--clients` clients, each running workflows one after another). The node is either
@@ -23,7 +24,7 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use weft_sdk::{Client, Worker, WorkflowContext, WorkflowError};
+use weft_sdk::{Client, StartWorkflowOptions, Worker, WorkflowContext, WorkflowError};
 
 /// mimalloc instead of the system allocator: the request path allocates many small buffers
 /// (protobuf messages, write batches, log entries), and glibc malloc showed up at ~8% of CPU
@@ -95,9 +96,30 @@ struct Args {
     #[arg(long, default_value_t = 4)]
     workflow_pollers: usize,
 
+    /// How a client runs a workflow: one `ExecuteWorkflow` call (start, then wait for the
+    /// result, on the server), or `StartWorkflow` then `GetWorkflowResult`. Both go over the
+    /// client's session stream.
+    #[arg(long, value_enum, default_value_t = Calls::Execute)]
+    calls: Calls,
+
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Calls {
+    Execute,
+    StartResult,
+}
+
+impl Calls {
+    fn name(self) -> &'static str {
+        match self {
+            Calls::Execute => "execute",
+            Calls::StartResult => "start-result",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +150,7 @@ struct Plan {
     shards: u32,
     max_concurrent_workflow_tasks: usize,
     workflow_pollers: usize,
+    calls: Calls,
 }
 
 impl Plan {
@@ -147,6 +170,7 @@ impl Plan {
             shards: args.shards,
             max_concurrent_workflow_tasks: args.max_concurrent_workflow_tasks,
             workflow_pollers: args.workflow_pollers,
+            calls: args.calls,
         }
     }
 }
@@ -239,7 +263,7 @@ async fn run(plan: Plan, json_report: bool) -> anyhow::Result<PhaseOutcome> {
 
     let deadline = Instant::now() + Duration::from_secs(plan.max_seconds);
     let id_prefix = format!("bench-{}", run_nonce());
-    let warmup = run_phase(&clients, &format!("{id_prefix}-warmup"), plan.warmup, deadline).await;
+    let warmup = run_phase(&clients, plan.calls, &format!("{id_prefix}-warmup"), plan.warmup, deadline).await;
     if warmup.errors > 0 {
         eprintln!(
             "warning: {} of {} warm-up workflows failed: {}",
@@ -248,7 +272,7 @@ async fn run(plan: Plan, json_report: bool) -> anyhow::Result<PhaseOutcome> {
             warmup.error_samples.join("; ")
         );
     }
-    let measured = run_phase(&clients, &id_prefix, plan.count, deadline).await;
+    let measured = run_phase(&clients, plan.calls, &id_prefix, plan.count, deadline).await;
 
     report(&plan, &measured, json_report);
 
@@ -275,7 +299,7 @@ async fn run(plan: Plan, json_report: bool) -> anyhow::Result<PhaseOutcome> {
 
 /// Runs `count` workflows spread over `clients`, each client one workflow at a time, until
 /// done or `deadline`. Workflow ids are `{id_prefix}-{index}`.
-async fn run_phase(clients: &[Client], id_prefix: &str, count: u64, deadline: Instant) -> PhaseOutcome {
+async fn run_phase(clients: &[Client], calls: Calls, id_prefix: &str, count: u64, deadline: Instant) -> PhaseOutcome {
     let next_index = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(clients.len());
@@ -292,7 +316,7 @@ async fn run_phase(clients: &[Client], id_prefix: &str, count: u64, deadline: In
                 }
                 let workflow_id = format!("{id_prefix}-{index}");
                 let began = Instant::now();
-                match tokio::time::timeout_at(deadline, run_workflow(&client, &workflow_id)).await {
+                match tokio::time::timeout_at(deadline, run_workflow(&client, calls, &workflow_id)).await {
                     // The deadline cut this workflow short: it neither completed nor failed.
                     Err(_) => {
                         outcome.stopped_early = true;
@@ -342,13 +366,28 @@ async fn run_phase(clients: &[Client], id_prefix: &str, count: u64, deadline: In
 }
 
 /// One W3 workflow: start it, wait for its result and check it.
-async fn run_workflow(client: &Client, workflow_id: &str) -> anyhow::Result<()> {
-    client
-        .start_workflow(WORKFLOW_TYPE, workflow_id, TASK_QUEUE, &serde_json::Value::Null)
-        .await
-        .map_err(|error| anyhow::anyhow!("start: {error}"))?;
-    let result: String =
-        client.workflow_result::<String>(workflow_id).await.map_err(|error| anyhow::anyhow!("result: {error}"))?;
+async fn run_workflow(client: &Client, calls: Calls, workflow_id: &str) -> anyhow::Result<()> {
+    let result: String = match calls {
+        Calls::Execute => {
+            let options = StartWorkflowOptions {
+                workflow_type: WORKFLOW_TYPE.to_string(),
+                workflow_id: workflow_id.to_string(),
+                task_queue: TASK_QUEUE.to_string(),
+                ..StartWorkflowOptions::default()
+            };
+            client
+                .execute_workflow(options, &serde_json::Value::Null)
+                .await
+                .map_err(|error| anyhow::anyhow!("execute: {error}"))?
+        }
+        Calls::StartResult => {
+            client
+                .start_workflow(WORKFLOW_TYPE, workflow_id, TASK_QUEUE, &serde_json::Value::Null)
+                .await
+                .map_err(|error| anyhow::anyhow!("start: {error}"))?;
+            client.workflow_result(workflow_id).await.map_err(|error| anyhow::anyhow!("result: {error}"))?
+        }
+    };
     if result != STEP_RESULTS[2] {
         bail!("unexpected result {result:?}, expected {:?}", STEP_RESULTS[2]);
     }
@@ -400,6 +439,7 @@ fn report(plan: &Plan, outcome: &PhaseOutcome, json_report: bool) {
             "max_seconds": plan.max_seconds,
             "max_concurrent_workflow_tasks": plan.max_concurrent_workflow_tasks,
             "workflow_pollers": plan.workflow_pollers,
+            "calls": plan.calls.name(),
             "completed": outcome.completed,
             "errors": outcome.errors,
             "stopped_early": outcome.stopped_early,
@@ -425,6 +465,7 @@ fn report(plan: &Plan, outcome: &PhaseOutcome, json_report: bool) {
     println!("weft-bench W3: 3 sequential no-op steps, 16-byte results");
     println!("  mode        {}", plan.mode.name());
     println!("  node        {node}");
+    println!("  calls       {}", plan.calls.name());
     println!(
         "  clients     {} (worker: {} concurrent workflow tasks, {} pollers)",
         plan.clients, plan.max_concurrent_workflow_tasks, plan.workflow_pollers

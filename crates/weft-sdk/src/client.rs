@@ -1,6 +1,7 @@
 //! [`Client`]: starts, signals, cancels and inspects workflows; the worker
 //! uses it too. One HTTP/2 channel, shared by clones.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -13,6 +14,7 @@ use weft_proto::v1::workflow_service_client::WorkflowServiceClient;
 
 use crate::error::{Failure, WorkflowResultError};
 use crate::retry::duration_ms;
+use crate::session::{ClientCalls, Session};
 
 /// Namespace used unless [`Client::with_namespace`] says otherwise.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -35,6 +37,8 @@ const HISTORY_PAGE_EVENTS: u32 = 1_000;
 pub struct Client {
     namespace: String,
     clients: RawClients,
+    /// Starts and result waits go over one `ClientSession` stream, shared by clones.
+    session: Arc<Session<ClientCalls>>,
 }
 
 /// The generated gRPC clients, for tools that need calls the SDK does not wrap.
@@ -103,7 +107,8 @@ impl Client {
                 .max_encoding_message_size(MESSAGE_BYTES_MAX),
             admin: AdminServiceClient::new(channel),
         };
-        Client { namespace: DEFAULT_NAMESPACE.to_string(), clients }
+        let session = Arc::new(Session::new(clients.workflow.clone()));
+        Client { namespace: DEFAULT_NAMESPACE.to_string(), clients, session }
     }
 
     /// The same connection, bound to another namespace.
@@ -143,7 +148,37 @@ impl Client {
         options: StartWorkflowOptions,
         input: &I,
     ) -> Result<WorkflowRun, tonic::Status> {
-        let request = pb::StartWorkflowRequest {
+        let workflow_id = options.workflow_id.clone();
+        let response = self.session.start_workflow(self.start_request(options, input)?).await?;
+        Ok(WorkflowRun { workflow_id, run_id: response.run_id, started: response.started })
+    }
+
+    /// Starts a run and waits for its result, in one call while the run takes less than a
+    /// minute (then it goes on waiting as [`Client::workflow_result`] does).
+    pub async fn execute_workflow<I: Serialize, T: DeserializeOwned>(
+        &self,
+        options: StartWorkflowOptions,
+        input: &I,
+    ) -> Result<T, WorkflowResultError> {
+        let workflow_id = options.workflow_id.clone();
+        let start = self.start_request(options, input).map_err(WorkflowResultError::Rpc)?;
+        let request = pb::ExecuteWorkflowRequest { start: Some(start), wait_ms: RESULT_WAIT_MS };
+        let response = self.session.execute_workflow(request).await.map_err(WorkflowResultError::Rpc)?;
+        let result = response.result.unwrap_or_default();
+        match outcome(result) {
+            Outcome::Closed(result) => result,
+            Outcome::Open(run_id) => {
+                self.run_result(&workflow_id, if run_id.is_empty() { response.run_id } else { run_id }).await
+            }
+        }
+    }
+
+    fn start_request<I: Serialize>(
+        &self,
+        options: StartWorkflowOptions,
+        input: &I,
+    ) -> Result<pb::StartWorkflowRequest, tonic::Status> {
+        Ok(pb::StartWorkflowRequest {
             namespace: self.namespace.clone(),
             workflow_id: options.workflow_id.clone(),
             workflow_type: options.workflow_type,
@@ -151,9 +186,7 @@ impl Client {
             input: encode(input, "workflow input")?,
             request_id: options.request_id.unwrap_or_default(),
             workflow_task_timeout_ms: options.workflow_task_timeout.map(duration_ms).unwrap_or(0),
-        };
-        let response = self.clients.workflow.clone().start_workflow(request).await?.into_inner();
-        Ok(WorkflowRun { workflow_id: options.workflow_id, run_id: response.run_id, started: response.started })
+        })
     }
 
     /// Sends signal `signal_name` to the current run of `workflow_id`.
@@ -251,7 +284,15 @@ impl Client {
 
     /// Waits until the workflow's run (following continue-as-new) closes and returns its result.
     pub async fn workflow_result<T: DeserializeOwned>(&self, workflow_id: &str) -> Result<T, WorkflowResultError> {
-        let mut run_id = String::new();
+        self.run_result(workflow_id, String::new()).await
+    }
+
+    /// Waits until run `run_id` (empty: the current run), or the run it continued as, closes.
+    async fn run_result<T: DeserializeOwned>(
+        &self,
+        workflow_id: &str,
+        mut run_id: String,
+    ) -> Result<T, WorkflowResultError> {
         let mut transient_errors = 0;
         loop {
             let request = pb::GetWorkflowResultRequest {
@@ -261,8 +302,8 @@ impl Client {
                 wait_ms: RESULT_WAIT_MS,
                 follow_runs: true,
             };
-            let response = match self.clients.workflow.clone().get_workflow_result(request).await {
-                Ok(response) => response.into_inner(),
+            let response = match self.session.get_workflow_result(request).await {
+                Ok(response) => response,
                 Err(status)
                     if transient_errors < RESULT_RETRIES_MAX
                         && matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) =>
@@ -274,27 +315,11 @@ impl Client {
                 Err(status) => return Err(WorkflowResultError::Rpc(status)),
             };
             transient_errors = 0;
-            if !response.closed {
-                continue;
+            match outcome(response) {
+                Outcome::Closed(result) => return result,
+                Outcome::Open(next) if !next.is_empty() && !run_id.is_empty() => run_id = next,
+                Outcome::Open(_) => {}
             }
-            let failure = || response.failure.clone().map(Failure::from).unwrap_or_default();
-            return match response.status() {
-                pb::WorkflowStatus::Completed => {
-                    let bytes = if response.result.is_empty() { b"null".as_slice() } else { &response.result };
-                    serde_json::from_slice(bytes).map_err(|error| WorkflowResultError::Decode(error.to_string()))
-                }
-                pb::WorkflowStatus::Failed => Err(WorkflowResultError::Failed(failure())),
-                pb::WorkflowStatus::Canceled => Err(WorkflowResultError::Canceled),
-                pb::WorkflowStatus::Terminated => Err(WorkflowResultError::Terminated(failure().message)),
-                pb::WorkflowStatus::TimedOut => Err(WorkflowResultError::TimedOut),
-                pb::WorkflowStatus::ContinuedAsNew if !response.continued_as_run_id.is_empty() => {
-                    run_id = response.continued_as_run_id;
-                    continue;
-                }
-                status => Err(WorkflowResultError::Rpc(tonic::Status::internal(format!(
-                    "the server reported the run closed with status {status:?}"
-                )))),
-            };
         }
     }
 
@@ -312,6 +337,37 @@ impl Client {
         };
         Ok(self.clients.workflow.clone().list_workflows(request).await?.into_inner())
     }
+}
+
+/// What a result response says.
+enum Outcome<T> {
+    /// The run closed with this result.
+    Closed(Result<T, WorkflowResultError>),
+    /// Still open, or continued as new: wait for this run (empty: the current one).
+    Open(String),
+}
+
+fn outcome<T: DeserializeOwned>(response: pb::GetWorkflowResultResponse) -> Outcome<T> {
+    if !response.closed {
+        return Outcome::Open(response.run_id);
+    }
+    let failure = || response.failure.clone().map(Failure::from).unwrap_or_default();
+    Outcome::Closed(match response.status() {
+        pb::WorkflowStatus::Completed => {
+            let bytes = if response.result.is_empty() { b"null".as_slice() } else { &response.result };
+            serde_json::from_slice(bytes).map_err(|error| WorkflowResultError::Decode(error.to_string()))
+        }
+        pb::WorkflowStatus::Failed => Err(WorkflowResultError::Failed(failure())),
+        pb::WorkflowStatus::Canceled => Err(WorkflowResultError::Canceled),
+        pb::WorkflowStatus::Terminated => Err(WorkflowResultError::Terminated(failure().message)),
+        pb::WorkflowStatus::TimedOut => Err(WorkflowResultError::TimedOut),
+        pb::WorkflowStatus::ContinuedAsNew if !response.continued_as_run_id.is_empty() => {
+            return Outcome::Open(response.continued_as_run_id);
+        }
+        status => Err(WorkflowResultError::Rpc(tonic::Status::internal(format!(
+            "the server reported the run closed with status {status:?}"
+        )))),
+    })
 }
 
 fn encode<T: Serialize>(value: &T, what: &str) -> Result<Vec<u8>, tonic::Status> {

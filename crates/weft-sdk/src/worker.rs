@@ -23,7 +23,7 @@ use crate::activity::{ActivityContext, ActivityFactory, activity_factory, run_ac
 use crate::client::Client;
 use crate::error::{ActivityError, Failure, WorkflowError};
 use crate::replay::{RunMachine, WorkflowFactory};
-use crate::session::WorkerSession;
+use crate::session::{Session, WorkerCalls};
 use crate::workflow::{RunInfo, WorkflowContext, workflow_factory};
 
 /// How long a poll waits on the server for a task.
@@ -121,7 +121,7 @@ impl WorkerBuilder {
                 workflow_slots: Arc::new(Semaphore::new(self.max_concurrent_workflow_tasks)),
                 activity_slots: Arc::new(Semaphore::new(self.max_concurrent_activities)),
                 cache: Mutex::new(RunCache::new(self.cached_runs_max)),
-                session: WorkerSession::new(self.client.raw().worker),
+                session: Session::new(self.client.raw().worker),
                 client: self.client,
                 task_queue: self.task_queue,
                 workflows: self.workflows,
@@ -158,7 +158,7 @@ struct WorkerShared {
     identity: String,
     cache: Mutex<RunCache>,
     /// Workflow-task completions and failures go over this stream.
-    session: WorkerSession,
+    session: Session<WorkerCalls>,
 }
 
 impl Worker {

@@ -74,6 +74,7 @@ pub struct NodeHandle {
 impl NodeHandle {
     /// Stops serving, then shuts the Raft groups down.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.node.begin_stopping();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -53,6 +53,9 @@ pub struct Node {
     pub alarms: Alarms,
     close_watchers: Mutex<HashMap<WorkflowKey, Vec<oneshot::Sender<()>>>>,
     stamps: Vec<AtomicU64>,
+    /// Set once when the node begins to shut down: long waits end and sessions stop reading,
+    /// so the gRPC server's graceful shutdown does not wait for them.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 pub fn rejection_status(rejection: Rejection) -> Status {
@@ -102,6 +105,29 @@ impl Node {
             alarms: Alarms::default(),
             close_watchers: Mutex::new(HashMap::new()),
             stamps,
+            stopping: tokio::sync::watch::Sender::new(false),
+        }
+    }
+
+    /// Starts the shutdown: every long wait ends with `UNAVAILABLE`, sessions stop reading.
+    pub fn begin_stopping(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Resolves once the node begins to shut down.
+    pub fn stopping(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut stopping = self.stopping.subscribe();
+        async move {
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+        }
+    }
+
+    /// Runs a long wait (a poll, a result wait) unless the node begins to shut down first;
+    /// then the wait is dropped, so it must be cancel-safe.
+    pub async fn unless_stopping<T>(&self, wait: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {
+        tokio::select! {
+            result = wait => result,
+            () = self.stopping() => Err(Status::unavailable("the node is shutting down; retry")),
         }
     }
 

@@ -1,16 +1,21 @@
 //! `weft.v1.WorkflowService`: start, signal, cancel, terminate, describe,
-//! history, result and list.
+//! history, result, list and execute (start, then result). `ClientSession`
+//! carries starts, result waits and executes over one long-lived stream
+//! ([`super::session`]); result waits can be abandoned.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::{Request, Response, Status};
+use futures::Stream;
+use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 use weft_core::{CommandKind, EventKind, Payload, Reply, RunStatus, WorkflowKey, limits};
 use weft_proto::v1 as pb;
 use weft_proto::v1::workflow_service_server::WorkflowService;
 use weft_storage::{codec, shard_store};
 
+use super::session::{self, CallKind, SessionApi, call_error};
 use super::{namespace_or_default, observe};
 use crate::convert::{event_to_proto, failure_to_proto, status_from_proto, status_to_proto, summary_to_proto};
 use crate::node::{LONG_POLL_MAX, Node, rejection_status, storage_status};
@@ -21,6 +26,7 @@ pub const HISTORY_PAGE_EVENTS_DEFAULT: u32 = 1_000;
 pub const LIST_PAGE_SIZE_MAX: u32 = 1_000;
 pub const LIST_PAGE_SIZE_DEFAULT: u32 = 100;
 
+#[derive(Clone)]
 pub struct ClientService {
     node: Arc<Node>,
 }
@@ -148,25 +154,50 @@ impl ClientService {
 
     async fn result(&self, request: pb::GetWorkflowResultRequest) -> Result<pb::GetWorkflowResultResponse, Status> {
         let (key, shard) = self.key(request.namespace, request.workflow_id)?;
-        let wait = Duration::from_millis(request.wait_ms).min(LONG_POLL_MAX);
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut run_id = request.run_id;
+        let wait = Duration::from_millis(request.wait_ms);
+        self.wait_result(&key, shard, request.run_id, wait, request.follow_runs, false).await
+    }
+
+    /// StartWorkflow, then GetWorkflowResult of its run.
+    async fn execute(&self, request: pb::ExecuteWorkflowRequest) -> Result<pb::ExecuteWorkflowResponse, Status> {
+        let start = request.start.ok_or_else(|| Status::invalid_argument("execute_workflow has no start request"))?;
+        let (key, shard) = self.key(start.namespace.clone(), start.workflow_id.clone())?;
+        let started = self.start(start).await?;
+        let wait = Duration::from_millis(request.wait_ms);
+        // The start was just applied on this node, the shard's leader: its state is current.
+        let result = self.wait_result(&key, shard, started.run_id.clone(), wait, false, true).await?;
+        Ok(pb::ExecuteWorkflowResponse { run_id: started.run_id, started: started.started, result: Some(result) })
+    }
+
+    /// Waits up to `wait` (capped at [`LONG_POLL_MAX`]) for run `run_id` of `key` (empty: the
+    /// current run) to close, and returns its result. `state_current`: this node's state of the
+    /// shard is known to be linearizable now, so the first read needs no read-index round.
+    async fn wait_result(
+        &self,
+        key: &WorkflowKey,
+        shard: u32,
+        mut run_id: String,
+        wait: Duration,
+        follow_runs: bool,
+        state_current: bool,
+    ) -> Result<pb::GetWorkflowResultResponse, Status> {
+        let deadline = tokio::time::Instant::now() + wait.min(LONG_POLL_MAX);
         // Woken by this node's apply of the run's close: the local state already holds it, and a
         // closed run never changes, so the read needs no new read-index round.
-        let mut woken_by_close = false;
+        let mut woken_by_close = state_current;
         loop {
-            let closed = self.node.watch_close(&key);
+            let closed = self.node.watch_close(key);
             if !std::mem::take(&mut woken_by_close) {
                 self.node.linearizable(shard).await?;
             }
-            let execution = shard_store::read_execution(&self.node.db, shard, &key)
+            let execution = shard_store::read_execution(&self.node.db, shard, key)
                 .map_err(storage_status)?
                 .ok_or_else(|| Status::not_found(format!("workflow {key} not found")))?;
             let (this_run, status, close_event_id) = if run_id.is_empty() || run_id == execution.run.run_id {
                 let run = &execution.run;
                 (run.run_id.clone(), run.status, run.close_event_id)
             } else {
-                let summary = shard_store::read_run_summary(&self.node.db, shard, &key, &run_id)
+                let summary = shard_store::read_run_summary(&self.node.db, shard, key, &run_id)
                     .map_err(storage_status)?
                     .ok_or_else(|| Status::not_found(format!("run {run_id} of workflow {key} not found")))?;
                 (summary.run_id, summary.status, summary.history_length)
@@ -176,11 +207,12 @@ impl ClientService {
                 if remaining.is_zero() {
                     return Ok(pb::GetWorkflowResultResponse { closed: false, run_id: this_run, ..Default::default() });
                 }
-                woken_by_close = matches!(tokio::time::timeout(remaining, closed).await, Ok(Ok(())));
+                let wait = async { Ok(tokio::time::timeout(remaining, closed).await) };
+                woken_by_close = matches!(self.node.unless_stopping(wait).await?, Ok(Ok(())));
                 run_id = this_run;
                 continue;
             }
-            let event = shard_store::read_event(&self.node.db, shard, &key, &this_run, close_event_id)
+            let event = shard_store::read_event(&self.node.db, shard, key, &this_run, close_event_id)
                 .map_err(storage_status)?
                 .ok_or_else(|| {
                     Status::internal(format!("closed run {this_run} has no closing event {close_event_id}"))
@@ -205,7 +237,7 @@ impl ClientService {
                     })
                 }
                 EventKind::WorkflowContinuedAsNew { new_run_id, .. } => {
-                    if request.follow_runs {
+                    if follow_runs {
                         run_id = new_run_id;
                         continue;
                     }
@@ -355,5 +387,66 @@ impl WorkflowService for ClientService {
         request: Request<pb::ListWorkflowsRequest>,
     ) -> Result<Response<pb::ListWorkflowsResponse>, Status> {
         observe("ListWorkflows", self.list(request.into_inner())).await
+    }
+
+    async fn execute_workflow(
+        &self,
+        request: Request<pb::ExecuteWorkflowRequest>,
+    ) -> Result<Response<pb::ExecuteWorkflowResponse>, Status> {
+        observe("ExecuteWorkflow", self.execute(request.into_inner())).await
+    }
+
+    type ClientSessionStream = Pin<Box<dyn Stream<Item = Result<pb::ClientSessionResponse, Status>> + Send>>;
+
+    async fn client_session(
+        &self,
+        request: Request<Streaming<pb::ClientSessionRequest>>,
+    ) -> Result<Response<Self::ClientSessionStream>, Status> {
+        let stopping = self.node.stopping();
+        Ok(Response::new(Box::pin(session::serve(self.clone(), request.into_inner(), stopping))))
+    }
+}
+
+impl SessionApi for ClientService {
+    type Request = pb::ClientSessionRequest;
+    type Response = pb::ClientSessionResponse;
+
+    fn classify(request: &pb::ClientSessionRequest) -> (u64, CallKind) {
+        use pb::client_session_request::Call;
+        let kind = match request.call {
+            Some(Call::Cancel(id)) => CallKind::Cancel(id),
+            // Dropped while it waits, a result wait leaves nothing behind; dropped while its
+            // start is proposed, an execute leaves the start to take effect or not, as a unary
+            // call would.
+            Some(Call::GetWorkflowResult(_) | Call::ExecuteWorkflow(_)) => CallKind::Cancelable,
+            _ => CallKind::Plain,
+        };
+        (request.id, kind)
+    }
+
+    async fn call(&self, request: pb::ClientSessionRequest) -> pb::ClientSessionResponse {
+        use pb::client_session_request::Call;
+        use pb::client_session_response::Result as CallResult;
+        let result = match request.call {
+            Some(Call::StartWorkflow(call)) => observe("StartWorkflow", self.start(call))
+                .await
+                .map(|response| CallResult::StartWorkflow(response.into_inner())),
+            Some(Call::GetWorkflowResult(call)) => observe("GetWorkflowResult", self.result(call))
+                .await
+                .map(|response| CallResult::GetWorkflowResult(response.into_inner())),
+            Some(Call::ExecuteWorkflow(call)) => observe("ExecuteWorkflow", self.execute(call))
+                .await
+                .map(|response| CallResult::ExecuteWorkflow(response.into_inner())),
+            Some(Call::Cancel(_)) => Err(Status::internal("a cancel request reached the call handler")),
+            None => Err(Status::invalid_argument("client session request has no call (unknown to this server?)")),
+        };
+        match result {
+            Ok(result) => pb::ClientSessionResponse { id: request.id, result: Some(result) },
+            Err(status) => Self::error(request.id, status),
+        }
+    }
+
+    fn error(id: u64, status: Status) -> pb::ClientSessionResponse {
+        pb::ClientSessionResponse { id, result: Some(pb::client_session_response::Result::Error(call_error(&status))) }
     }
 }

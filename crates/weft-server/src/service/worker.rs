@@ -4,21 +4,15 @@
 //! (`FAILED_PRECONDITION`) and change nothing.
 //!
 //! `WorkerSession` carries workflow-task polls and completions over one
-//! long-lived stream: each call runs as its own task through the same code as
-//! the unary RPC, and its response (matched by the worker's id) goes back as
-//! soon as it is ready. A session runs at most [`SESSION_CALLS_MAX`] calls at
-//! once. A poll can be abandoned (`cancel_poll`, or the worker closing its
-//! side); polls are cancel-safe, so an abandoned poll has taken no task. The
-//! stream of responses ends after the worker closes its side and every call
-//! has answered.
+//! long-lived stream ([`super::session`]). A poll can be abandoned
+//! (`cancel_poll`, or the worker closing its side); polls are cancel-safe, so
+//! an abandoned poll has taken no task.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 use weft_core::ids::TokenTask;
@@ -26,12 +20,10 @@ use weft_core::{CommandKind, Payload, Reply, TaskToken, limits};
 use weft_proto::v1 as pb;
 use weft_proto::v1::worker_service_server::WorkerService;
 
+use super::session::{self, CallKind, SessionApi, call_error};
 use super::{namespace_or_default, observe};
 use crate::convert::{commands_from_proto, failure_from_proto};
 use crate::node::{LONG_POLL_MAX, Node, rejection_status};
-
-/// Calls of one worker session that may run at once.
-pub const SESSION_CALLS_MAX: usize = 1024;
 
 #[derive(Clone)]
 pub struct WorkerApi {
@@ -40,12 +32,6 @@ pub struct WorkerApi {
 
 fn poll_wait(wait_ms: u64) -> Duration {
     if wait_ms == 0 { LONG_POLL_MAX } else { Duration::from_millis(wait_ms).min(LONG_POLL_MAX) }
-}
-
-/// The answer of a session call that failed with `status`.
-fn session_error(id: u64, status: Status) -> pb::WorkerSessionResponse {
-    let error = pb::CallError { code: status.code() as i32, message: status.message().to_string() };
-    pb::WorkerSessionResponse { id, result: Some(pb::worker_session_response::Result::Error(error)) }
 }
 
 /// Whether a failed completion means the token's attempt is over for good.
@@ -58,31 +44,6 @@ impl WorkerApi {
         WorkerApi { node }
     }
 
-    /// Runs one call of a worker session, exactly as its unary RPC would.
-    async fn session_call(&self, request: pb::WorkerSessionRequest) -> pb::WorkerSessionResponse {
-        use pb::worker_session_request::Call;
-        use pb::worker_session_response::Result as CallResult;
-        let result = match request.call {
-            Some(Call::CompleteWorkflowTask(call)) => {
-                observe("CompleteWorkflowTask", self.complete_workflow_task(call))
-                    .await
-                    .map(|response| CallResult::CompleteWorkflowTask(response.into_inner()))
-            }
-            Some(Call::FailWorkflowTask(call)) => observe("FailWorkflowTask", self.fail_workflow_task(call))
-                .await
-                .map(|response| CallResult::FailWorkflowTask(response.into_inner())),
-            Some(Call::PollWorkflowTask(call)) => observe("PollWorkflowTask", self.poll_workflow_task(call))
-                .await
-                .map(|response| CallResult::PollWorkflowTask(response.into_inner())),
-            Some(Call::CancelPoll(_)) => Err(Status::internal("a cancel request reached the call handler")),
-            None => Err(Status::invalid_argument("worker session request has no call (unknown to this server?)")),
-        };
-        match result {
-            Ok(result) => pb::WorkerSessionResponse { id: request.id, result: Some(result) },
-            Err(status) => session_error(request.id, status),
-        }
-    }
-
     /// Long-polls for a workflow task. Cancel-safe: dropped while it waits, it leaves the queue
     /// and gives back any task already sent to it; taking a task and building its reply happen
     /// without an await in between.
@@ -91,7 +52,8 @@ impl WorkerApi {
         request: pb::PollWorkflowTaskRequest,
     ) -> Result<pb::PollWorkflowTaskResponse, Status> {
         let namespace = self.queue(request.namespace, &request.task_queue)?;
-        let task = self.node.poll_workflow_task(&namespace, &request.task_queue, poll_wait(request.wait_ms)).await?;
+        let wait = self.node.poll_workflow_task(&namespace, &request.task_queue, poll_wait(request.wait_ms));
+        let task = self.node.unless_stopping(wait).await?;
         Ok(pb::PollWorkflowTaskResponse { task })
     }
 
@@ -161,6 +123,51 @@ impl WorkerApi {
     }
 }
 
+impl SessionApi for WorkerApi {
+    type Request = pb::WorkerSessionRequest;
+    type Response = pb::WorkerSessionResponse;
+
+    fn classify(request: &pb::WorkerSessionRequest) -> (u64, CallKind) {
+        use pb::worker_session_request::Call;
+        let kind = match request.call {
+            Some(Call::CancelPoll(id)) => CallKind::Cancel(id),
+            // Polls are cancel-safe: dropped, a poll leaves its queue and gives back any task
+            // already sent to it.
+            Some(Call::PollWorkflowTask(_)) => CallKind::Cancelable,
+            _ => CallKind::Plain,
+        };
+        (request.id, kind)
+    }
+
+    async fn call(&self, request: pb::WorkerSessionRequest) -> pb::WorkerSessionResponse {
+        use pb::worker_session_request::Call;
+        use pb::worker_session_response::Result as CallResult;
+        let result = match request.call {
+            Some(Call::CompleteWorkflowTask(call)) => {
+                observe("CompleteWorkflowTask", self.complete_workflow_task(call))
+                    .await
+                    .map(|response| CallResult::CompleteWorkflowTask(response.into_inner()))
+            }
+            Some(Call::FailWorkflowTask(call)) => observe("FailWorkflowTask", self.fail_workflow_task(call))
+                .await
+                .map(|response| CallResult::FailWorkflowTask(response.into_inner())),
+            Some(Call::PollWorkflowTask(call)) => observe("PollWorkflowTask", self.poll_workflow_task(call))
+                .await
+                .map(|response| CallResult::PollWorkflowTask(response.into_inner())),
+            Some(Call::CancelPoll(_)) => Err(Status::internal("a cancel request reached the call handler")),
+            None => Err(Status::invalid_argument("worker session request has no call (unknown to this server?)")),
+        };
+        match result {
+            Ok(result) => pb::WorkerSessionResponse { id: request.id, result: Some(result) },
+            Err(status) => Self::error(request.id, status),
+        }
+    }
+
+    fn error(id: u64, status: Status) -> pb::WorkerSessionResponse {
+        pb::WorkerSessionResponse { id, result: Some(pb::worker_session_response::Result::Error(call_error(&status))) }
+    }
+}
+
 #[tonic::async_trait]
 impl WorkerService for WorkerApi {
     async fn poll_workflow_task(
@@ -190,77 +197,8 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<Streaming<pb::WorkerSessionRequest>>,
     ) -> Result<Response<Self::WorkerSessionStream>, Status> {
-        let mut calls = request.into_inner();
-        let (responses_tx, responses_rx) = mpsc::channel(SESSION_CALLS_MAX);
-        let api = self.clone();
-        tokio::spawn(async move {
-            let running = Arc::new(Semaphore::new(SESSION_CALLS_MAX));
-            // Pending polls, by call id, each with its own serial: sending (or dropping) the sender
-            // abandons the poll; a finishing poll removes only its own entry.
-            let polls: Arc<parking_lot::Mutex<HashMap<u64, (u64, oneshot::Sender<()>)>>> = Arc::default();
-            let mut poll_serial = 0u64;
-            loop {
-                // Waiting for a free slot before reading stops reading: HTTP/2 flow control
-                // then holds the worker back.
-                let Ok(slot) = running.clone().acquire_owned().await else { return };
-                let call = match calls.message().await {
-                    Ok(Some(call)) => call,
-                    Ok(None) => break,
-                    Err(status) => {
-                        tracing::debug!(%status, "worker session request stream failed");
-                        break;
-                    }
-                };
-                let id = call.id;
-                let cancelled = match call.call {
-                    Some(pb::worker_session_request::Call::CancelPoll(poll_id)) => {
-                        if let Some((_, cancel)) = polls.lock().remove(&poll_id) {
-                            let _ = cancel.send(());
-                        }
-                        continue;
-                    }
-                    Some(pb::worker_session_request::Call::PollWorkflowTask(_)) => {
-                        let (cancel, cancelled) = oneshot::channel();
-                        poll_serial += 1;
-                        // A reused id abandons the poll that had it.
-                        polls.lock().insert(id, (poll_serial, cancel));
-                        Some((poll_serial, cancelled))
-                    }
-                    _ => None,
-                };
-                let api = api.clone();
-                let responses = responses_tx.clone();
-                let polls = polls.clone();
-                tokio::spawn(async move {
-                    let response = match cancelled {
-                        None => api.session_call(call).await,
-                        Some((serial, cancelled)) => {
-                            // Polls are cancel-safe: dropped here, a poll leaves its queue and
-                            // gives back any task already sent to it.
-                            let response = tokio::select! {
-                                biased;
-                                _ = cancelled => session_error(id, Status::cancelled("poll abandoned by the worker")),
-                                response = api.session_call(call) => response,
-                            };
-                            let mut polls = polls.lock();
-                            if polls.get(&id).is_some_and(|(current, _)| *current == serial) {
-                                polls.remove(&id);
-                            }
-                            drop(polls);
-                            response
-                        }
-                    };
-                    // The worker may be gone; its calls' effects stand, as with a unary call
-                    // whose reply is lost.
-                    let _ = responses.send(Ok(response)).await;
-                    drop(slot);
-                });
-            }
-            // The worker closed its side or went away: its pending polls end now.
-            polls.lock().clear();
-        });
-        let responses = tokio_stream::wrappers::ReceiverStream::new(responses_rx);
-        Ok(Response::new(Box::pin(responses)))
+        let stopping = self.node.stopping();
+        Ok(Response::new(Box::pin(session::serve(self.clone(), request.into_inner(), stopping))))
     }
 
     async fn poll_activity_task(
@@ -270,7 +208,8 @@ impl WorkerService for WorkerApi {
         observe("PollActivityTask", async {
             let request = request.into_inner();
             let namespace = self.queue(request.namespace, &request.task_queue)?;
-            let task = self.node.poll_activity_task(&namespace, &request.task_queue, poll_wait(request.wait_ms)).await;
+            let wait = self.node.poll_activity_task(&namespace, &request.task_queue, poll_wait(request.wait_ms));
+            let task = self.node.unless_stopping(async { Ok(wait.await) }).await?;
             Ok(pb::PollActivityTaskResponse { task })
         })
         .await

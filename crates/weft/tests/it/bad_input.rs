@@ -260,6 +260,119 @@ async fn a_cancelled_session_poll_takes_no_task() {
     node.stop().await;
 }
 
+/// Completes the workflow task `task_token` by closing the run with result `result`.
+fn close_completion(task_token: Vec<u8>, result: serde_json::Value) -> pb::CompleteWorkflowTaskRequest {
+    pb::CompleteWorkflowTaskRequest {
+        task_token,
+        commands: vec![pb::WorkflowCommand {
+            command: Some(pb::workflow_command::Command::CompleteWorkflow(pb::CompleteWorkflow {
+                result: json(result),
+            })),
+        }],
+        return_next_task: false,
+        identity: "t".into(),
+        steps_observed: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_session_answers_starts_and_result_waits_by_id() {
+    use pb::client_session_request::Call;
+    use pb::client_session_response::Result as Answer;
+    let node = TestNode::start().await;
+    let (mut client, mut worker, _admin) = node.clients().await;
+    let (calls, calls_rx) = tokio::sync::mpsc::channel(8);
+    let mut answers =
+        client.client_session(tokio_stream::wrappers::ReceiverStream::new(calls_rx)).await.expect("open").into_inner();
+    let send = |id, call| {
+        let calls = calls.clone();
+        async move { calls.send(pb::ClientSessionRequest { id, call: Some(call) }).await.expect("send a call") }
+    };
+    let next = async |answers: &mut tonic::Streaming<pb::ClientSessionResponse>| {
+        tokio::time::timeout(Duration::from_secs(30), answers.message())
+            .await
+            .expect("a session answer within 30 s")
+            .expect("the session stream is healthy")
+            .expect("the session is still open")
+    };
+    let error = |answer: &pb::ClientSessionResponse| match &answer.result {
+        Some(Answer::Error(error)) => (answer.id, Code::from_i32(error.code), error.message.clone()),
+        other => panic!("call {} should have failed: {other:?}", answer.id),
+    };
+
+    // An execute waits for its run; meanwhile a second start of the open id is refused, an
+    // unknown workflow has no result, and an abandoned wait is answered CANCELLED.
+    let execute =
+        pb::ExecuteWorkflowRequest { start: Some(start_request("exec", "exec-q", Vec::new())), wait_ms: 60_000 };
+    send(1, Call::ExecuteWorkflow(execute)).await;
+    let task = worker.poll_workflow_task(poll_request("exec-q", 30_000)).await.expect("poll").into_inner().task;
+    let task = task.expect("the execute started the run");
+    send(2, Call::StartWorkflow(start_request("exec", "exec-q", Vec::new()))).await;
+    let (id, code, message) = error(&next(&mut answers).await);
+    assert_eq!((id, code), (2, Code::AlreadyExists), "{message}");
+    let missing = pb::GetWorkflowResultRequest { workflow_id: "missing".into(), wait_ms: 1_000, ..Default::default() };
+    send(3, Call::GetWorkflowResult(missing)).await;
+    let (id, code, message) = error(&next(&mut answers).await);
+    assert_eq!((id, code), (3, Code::NotFound), "{message}");
+    let wait = pb::GetWorkflowResultRequest { workflow_id: "exec".into(), wait_ms: 60_000, ..Default::default() };
+    send(4, Call::GetWorkflowResult(wait)).await;
+    send(5, Call::Cancel(4)).await;
+    let (id, code, _) = error(&next(&mut answers).await);
+    assert_eq!((id, code), (4, Code::Cancelled));
+
+    // Closing the run answers the execute with its run and result.
+    worker.complete_workflow_task(close_completion(task.task_token, serde_json::json!(42))).await.expect("complete");
+    let answer = next(&mut answers).await;
+    assert_eq!(answer.id, 1);
+    let Some(Answer::ExecuteWorkflow(executed)) = answer.result else { panic!("an execute answer: {answer:?}") };
+    assert!(executed.started);
+    assert_eq!(executed.run_id, task.run_id);
+    let result = executed.result.expect("the result");
+    assert!(result.closed);
+    assert_eq!(result.status, pb::WorkflowStatus::Completed as i32);
+    assert_eq!(result.result, json(serde_json::json!(42)));
+
+    // A start over the session; its result over the session.
+    send(6, Call::StartWorkflow(start_request("exec", "exec-q", Vec::new()))).await;
+    let answer = next(&mut answers).await;
+    let Some(Answer::StartWorkflow(started)) = answer.result else { panic!("a start answer: {answer:?}") };
+    assert!(started.started, "the first run closed, so the id can be reused");
+    let poll = worker.poll_workflow_task(poll_request("exec-q", 30_000)).await.expect("poll").into_inner().task;
+    let token = poll.expect("the second run's task").task_token;
+    worker.complete_workflow_task(close_completion(token, serde_json::json!("two"))).await.expect("complete");
+    let wait = pb::GetWorkflowResultRequest {
+        workflow_id: "exec".into(),
+        run_id: started.run_id.clone(),
+        wait_ms: 60_000,
+        ..Default::default()
+    };
+    send(7, Call::GetWorkflowResult(wait)).await;
+    let answer = next(&mut answers).await;
+    let Some(Answer::GetWorkflowResult(result)) = answer.result else { panic!("a result answer: {answer:?}") };
+    assert_eq!((answer.id, result.closed, result.run_id), (7, true, started.run_id));
+    assert_eq!(result.result, json(serde_json::json!("two")));
+
+    // Closing our side abandons the waits still pending, then ends the session.
+    let never =
+        pb::ExecuteWorkflowRequest { start: Some(start_request("idle", "idle-q", Vec::new())), wait_ms: 60_000 };
+    send(8, Call::ExecuteWorkflow(never)).await;
+    drop(calls);
+    let (id, code, _) = error(&next(&mut answers).await);
+    assert_eq!((id, code), (8, Code::Cancelled));
+    let end = tokio::time::timeout(Duration::from_secs(30), answers.message()).await.expect("the session ends");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+
+    // The unary form: a missing start is refused; without a wait it answers at once, open.
+    let status = client.execute_workflow(pb::ExecuteWorkflowRequest::default()).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let execute = pb::ExecuteWorkflowRequest { start: Some(start_request("unary", "unary-q", Vec::new())), wait_ms: 0 };
+    let executed = client.execute_workflow(execute).await.expect("execute").into_inner();
+    let result = executed.result.expect("a result");
+    assert!(executed.started && !executed.run_id.is_empty());
+    assert_eq!((result.closed, result.run_id), (false, executed.run_id));
+    node.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_the_grpc_port_does_not_stop_the_node() {
     let node = TestNode::start().await;
@@ -277,4 +390,54 @@ async fn garbage_on_the_grpc_port_does_not_stop_the_node() {
     let status = admin.cluster_status(pb::ClusterStatusRequest {}).await.expect("the node still serves").into_inner();
     assert_eq!(status.shard_count, 4);
     node.stop().await;
+}
+
+/// The next message of a session (`None`: the session ended), within 30 s.
+async fn answered<T>(answers: &mut tonic::Streaming<T>) -> Option<T> {
+    tokio::time::timeout(Duration::from_secs(30), answers.message()).await.expect("an answer").expect("healthy")
+}
+
+/// A node shutting down ends the long waits in flight (`UNAVAILABLE`) and its sessions, so a
+/// clean shutdown does not wait for connected clients and workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_long_waits_and_sessions() {
+    let node = TestNode::start().await;
+    let (mut client, mut worker, _admin) = node.clients().await;
+    client.start_workflow(start_request("running", "other-q", Vec::new())).await.expect("start");
+
+    let (client_calls, client_rx) = tokio::sync::mpsc::channel(8);
+    let mut client_answers =
+        client.client_session(tokio_stream::wrappers::ReceiverStream::new(client_rx)).await.expect("open").into_inner();
+    let (worker_calls, worker_rx) = tokio::sync::mpsc::channel(8);
+    let mut worker_answers =
+        worker.worker_session(tokio_stream::wrappers::ReceiverStream::new(worker_rx)).await.expect("open").into_inner();
+    // A long wait on each session, then a call answered at once: requests are read in order,
+    // so once it is answered the wait is pending on the node.
+    let wait = pb::GetWorkflowResultRequest { workflow_id: "running".into(), wait_ms: 60_000, ..Default::default() };
+    let missing = pb::GetWorkflowResultRequest { workflow_id: "missing".into(), ..Default::default() };
+    for (id, call) in [
+        (1, pb::client_session_request::Call::GetWorkflowResult(wait)),
+        (2, pb::client_session_request::Call::GetWorkflowResult(missing)),
+    ] {
+        client_calls.send(pb::ClientSessionRequest { id, call: Some(call) }).await.expect("send");
+    }
+    let garbage = pb::FailWorkflowTaskRequest { task_token: b"garbage".to_vec(), ..Default::default() };
+    for (id, call) in [
+        (1, pb::worker_session_request::Call::PollWorkflowTask(poll_request("idle-q", 60_000))),
+        (2, pb::worker_session_request::Call::FailWorkflowTask(garbage)),
+    ] {
+        worker_calls.send(pb::WorkerSessionRequest { id, call: Some(call) }).await.expect("send");
+    }
+    let first: Option<pb::ClientSessionResponse> = answered(&mut client_answers).await;
+    assert_eq!(first.expect("an answer").id, 2);
+    let first: Option<pb::WorkerSessionResponse> = answered(&mut worker_answers).await;
+    assert_eq!(first.expect("an answer").id, 2);
+
+    tokio::time::timeout(Duration::from_secs(20), node.stop()).await.expect("shutdown does not wait for the sessions");
+    let answer: pb::ClientSessionResponse = answered(&mut client_answers).await.expect("the wait is answered");
+    let Some(pb::client_session_response::Result::Error(error)) = &answer.result else { panic!("{answer:?}") };
+    assert_eq!((answer.id, Code::from_i32(error.code)), (1, Code::Unavailable), "{}", error.message);
+    let answer: pb::WorkerSessionResponse = answered(&mut worker_answers).await.expect("the poll is answered");
+    assert_eq!((answer.id, call_error(&answer).0), (1, Code::Unavailable));
+    drop((client_calls, worker_calls));
 }

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use weft_proto::v1 as pb;
 use weft_sdk::{
-    ActivityContext, ActivityError, ActivityOptions, Client, RetryPolicy, Worker, WorkflowContext, WorkflowError,
-    WorkflowResultError,
+    ActivityContext, ActivityError, ActivityOptions, Client, RetryPolicy, StartWorkflowOptions, Worker,
+    WorkflowContext, WorkflowError, WorkflowResultError,
 };
 
 use crate::support::{TestNode, endpoint, wait_for};
@@ -276,6 +276,17 @@ async fn continue_as_new_chains_runs_and_result_follows_them() {
     assert_eq!(result, 3);
     let description = client.describe_workflow("n").await.expect("describe");
     assert_ne!(description.info.expect("info").run_id, first.run_id, "the current run is the last of the chain");
+    // Execute (start and wait in one call) follows the chain as well.
+    let options = StartWorkflowOptions {
+        workflow_type: "counter".into(),
+        workflow_id: "n-executed".into(),
+        task_queue: "q".into(),
+        ..StartWorkflowOptions::default()
+    };
+    let executed: u32 = client.execute_workflow(options, &1u32).await.expect("execute");
+    assert_eq!(executed, 3);
+    let history = client.workflow_history("n-executed", None).await.expect("history");
+    assert_eq!(history.last().expect("events").event_type, pb::EventType::WorkflowCompleted as i32, "the last run");
     worker.stop().await;
     node.stop().await;
 }
