@@ -211,6 +211,12 @@ impl Db {
         // Writers joining a write group block instead of spinning with sched_yield: on two cores
         // the spin steals the CPU the group leader needs.
         options.set_enable_write_thread_adaptive_yield(false);
+        // The write group's leader inserts every batch of the group into the memtables itself,
+        // instead of waking each writer to insert its own in parallel: on two cores the parallel
+        // insert buys nothing and costs a wake-up per writer. Measured with `weft-bench
+        // --throughput --count 10000`, 7 runs each: CPU per workflow median 1.04 vs 1.08 ms,
+        // throughput median 1,500 vs 1,460 workflows/s.
+        options.set_allow_concurrent_memtable_write(false);
         // Point-in-time recovery: after a crash the database is a prefix of the write order,
         // which is what the durability reasoning in this module's doc relies on.
         options.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
