@@ -45,8 +45,20 @@ impl ClientService {
         Ok((key, shard))
     }
 
-    async fn start(&self, request: pb::StartWorkflowRequest) -> Result<pb::StartWorkflowResponse, Status> {
-        let (key, shard) = self.key(request.namespace, request.workflow_id)?;
+    async fn start(&self, mut request: pb::StartWorkflowRequest) -> Result<pb::StartWorkflowResponse, Status> {
+        let (key, shard) =
+            self.key(std::mem::take(&mut request.namespace), std::mem::take(&mut request.workflow_id))?;
+        self.start_keyed(key, shard, request).await
+    }
+
+    /// Starts workflow `key` (on `shard`, checked by [`Self::key`]) as `request` asks; the
+    /// request's own namespace and workflow id are not read.
+    async fn start_keyed(
+        &self,
+        key: WorkflowKey,
+        shard: u32,
+        request: pb::StartWorkflowRequest,
+    ) -> Result<pb::StartWorkflowResponse, Status> {
         let request_id =
             if request.request_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { request.request_id };
         let span = tracing::debug_span!("start_workflow", shard, workflow_id = %key.workflow_id);
@@ -160,9 +172,10 @@ impl ClientService {
 
     /// StartWorkflow, then GetWorkflowResult of its run.
     async fn execute(&self, request: pb::ExecuteWorkflowRequest) -> Result<pb::ExecuteWorkflowResponse, Status> {
-        let start = request.start.ok_or_else(|| Status::invalid_argument("execute_workflow has no start request"))?;
-        let (key, shard) = self.key(start.namespace.clone(), start.workflow_id.clone())?;
-        let started = self.start(start).await?;
+        let mut start =
+            request.start.ok_or_else(|| Status::invalid_argument("execute_workflow has no start request"))?;
+        let (key, shard) = self.key(std::mem::take(&mut start.namespace), std::mem::take(&mut start.workflow_id))?;
+        let started = self.start_keyed(key.clone(), shard, start).await?;
         let wait = Duration::from_millis(request.wait_ms);
         // The start was just applied on this node, the shard's leader: its state is current.
         let result = self.wait_result(&key, shard, started.run_id.clone(), wait, false, true).await?;
@@ -410,6 +423,7 @@ impl WorkflowService for ClientService {
 impl SessionApi for ClientService {
     type Request = pb::ClientSessionRequest;
     type Response = pb::ClientSessionResponse;
+    type Result = pb::client_session_response::Result;
 
     fn classify(request: &pb::ClientSessionRequest) -> (u64, CallKind) {
         use pb::client_session_request::Call;
@@ -424,10 +438,10 @@ impl SessionApi for ClientService {
         (request.id, kind)
     }
 
-    async fn call(&self, request: pb::ClientSessionRequest) -> pb::ClientSessionResponse {
+    async fn call(&self, request: pb::ClientSessionRequest) -> Result<Self::Result, Status> {
         use pb::client_session_request::Call;
         use pb::client_session_response::Result as CallResult;
-        let result = match request.call {
+        match request.call {
             Some(Call::StartWorkflow(call)) => observe("StartWorkflow", self.start(call))
                 .await
                 .map(|response| CallResult::StartWorkflow(response.into_inner())),
@@ -439,14 +453,11 @@ impl SessionApi for ClientService {
                 .map(|response| CallResult::ExecuteWorkflow(response.into_inner())),
             Some(Call::Cancel(_)) => Err(Status::internal("a cancel request reached the call handler")),
             None => Err(Status::invalid_argument("client session request has no call (unknown to this server?)")),
-        };
-        match result {
-            Ok(result) => pb::ClientSessionResponse { id: request.id, result: Some(result) },
-            Err(status) => Self::error(request.id, status),
         }
     }
 
-    fn error(id: u64, status: Status) -> pb::ClientSessionResponse {
-        pb::ClientSessionResponse { id, result: Some(pb::client_session_response::Result::Error(call_error(&status))) }
+    fn respond(id: u64, result: Result<Self::Result, Status>) -> pb::ClientSessionResponse {
+        let result = result.unwrap_or_else(|status| pb::client_session_response::Result::Error(call_error(&status)));
+        pb::ClientSessionResponse { id, result: Some(result) }
     }
 }

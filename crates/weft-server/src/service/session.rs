@@ -45,15 +45,17 @@ pub enum CallKind {
 pub trait SessionApi: Clone + Send + Sync + 'static {
     type Request: Send + 'static;
     type Response: Send + 'static;
+    /// What a successful call answers, without its id.
+    type Result: Send + 'static;
 
     /// The request's id and what it asks for.
     fn classify(request: &Self::Request) -> (u64, CallKind);
 
-    /// Runs one call, exactly as its unary RPC would, and answers it.
-    fn call(&self, request: Self::Request) -> impl Future<Output = Self::Response> + Send;
+    /// Runs one call exactly as its unary RPC would.
+    fn call(&self, request: Self::Request) -> impl Future<Output = Result<Self::Result, Status>> + Send;
 
-    /// The answer of call `id` that failed with `status`.
-    fn error(id: u64, status: Status) -> Self::Response;
+    /// The answer of call `id`: its result, or (failed) a `CallError` with the status.
+    fn respond(id: u64, result: Result<Self::Result, Status>) -> Self::Response;
 }
 
 /// A session's failed call: the status its unary RPC would have returned.
@@ -118,22 +120,23 @@ pub fn serve<A: SessionApi>(
             let responses = responses_tx.clone();
             let cancels = cancels.clone();
             tokio::spawn(async move {
-                let response = match cancelled {
+                let result = match cancelled {
                     None => api.call(request).await,
                     Some((serial, cancelled)) => {
-                        let response = tokio::select! {
+                        let result = tokio::select! {
                             biased;
-                            _ = cancelled => A::error(id, Status::cancelled("call abandoned by the caller")),
-                            response = api.call(request) => response,
+                            _ = cancelled => Err(Status::cancelled("call abandoned by the caller")),
+                            result = api.call(request) => result,
                         };
                         let mut cancels = cancels.lock();
                         if cancels.get(&id).is_some_and(|(current, _)| *current == serial) {
                             cancels.remove(&id);
                         }
                         drop(cancels);
-                        response
+                        result
                     }
                 };
+                let response = A::respond(id, result);
                 // The caller may be gone; its calls' effects stand, as with a unary call whose
                 // reply is lost.
                 let _ = responses.send(Ok(response)).await;

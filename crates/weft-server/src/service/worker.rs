@@ -126,6 +126,7 @@ impl WorkerApi {
 impl SessionApi for WorkerApi {
     type Request = pb::WorkerSessionRequest;
     type Response = pb::WorkerSessionResponse;
+    type Result = pb::worker_session_response::Result;
 
     fn classify(request: &pb::WorkerSessionRequest) -> (u64, CallKind) {
         use pb::worker_session_request::Call;
@@ -139,10 +140,10 @@ impl SessionApi for WorkerApi {
         (request.id, kind)
     }
 
-    async fn call(&self, request: pb::WorkerSessionRequest) -> pb::WorkerSessionResponse {
+    async fn call(&self, request: pb::WorkerSessionRequest) -> Result<Self::Result, Status> {
         use pb::worker_session_request::Call;
         use pb::worker_session_response::Result as CallResult;
-        let result = match request.call {
+        match request.call {
             Some(Call::CompleteWorkflowTask(call)) => {
                 observe("CompleteWorkflowTask", self.complete_workflow_task(call))
                     .await
@@ -156,15 +157,12 @@ impl SessionApi for WorkerApi {
                 .map(|response| CallResult::PollWorkflowTask(response.into_inner())),
             Some(Call::CancelPoll(_)) => Err(Status::internal("a cancel request reached the call handler")),
             None => Err(Status::invalid_argument("worker session request has no call (unknown to this server?)")),
-        };
-        match result {
-            Ok(result) => pb::WorkerSessionResponse { id: request.id, result: Some(result) },
-            Err(status) => Self::error(request.id, status),
         }
     }
 
-    fn error(id: u64, status: Status) -> pb::WorkerSessionResponse {
-        pb::WorkerSessionResponse { id, result: Some(pb::worker_session_response::Result::Error(call_error(&status))) }
+    fn respond(id: u64, result: Result<Self::Result, Status>) -> pb::WorkerSessionResponse {
+        let result = result.unwrap_or_else(|status| pb::worker_session_response::Result::Error(call_error(&status)));
+        pb::WorkerSessionResponse { id, result: Some(result) }
     }
 }
 

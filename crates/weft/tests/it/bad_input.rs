@@ -29,23 +29,32 @@ fn poll_request(task_queue: &str, wait_ms: u64) -> pb::PollWorkflowTaskRequest {
     }
 }
 
-/// Completes a workflow task by recording step 1 (`"a"`, result `1`).
-fn step_completion(task_token: Vec<u8>, return_next_task: bool) -> pb::CompleteWorkflowTaskRequest {
+/// Completes workflow task `task_token` with one command.
+fn completion(
+    task_token: Vec<u8>,
+    command: pb::workflow_command::Command,
+    return_next_task: bool,
+) -> pb::CompleteWorkflowTaskRequest {
     pb::CompleteWorkflowTaskRequest {
         task_token,
-        commands: vec![pb::WorkflowCommand {
-            command: Some(pb::workflow_command::Command::RecordStep(pb::RecordStep {
-                seq: 1,
-                name: "a".into(),
-                result: json(serde_json::json!(1)),
-                failure: None,
-                attempts: 1,
-            })),
-        }],
+        commands: vec![pb::WorkflowCommand { command: Some(command) }],
         return_next_task,
         identity: "t".into(),
         steps_observed: false,
     }
+}
+
+/// Completes a workflow task by recording step 1 (`"a"`, result `1`).
+fn step_completion(task_token: Vec<u8>, return_next_task: bool) -> pb::CompleteWorkflowTaskRequest {
+    let step =
+        pb::RecordStep { seq: 1, name: "a".into(), result: json(serde_json::json!(1)), failure: None, attempts: 1 };
+    completion(task_token, pb::workflow_command::Command::RecordStep(step), return_next_task)
+}
+
+/// Completes the workflow task `task_token` by closing the run with result `result`.
+fn close_completion(task_token: Vec<u8>, result: serde_json::Value) -> pb::CompleteWorkflowTaskRequest {
+    let close = pb::CompleteWorkflow { result: json(result) };
+    completion(task_token, pb::workflow_command::Command::CompleteWorkflow(close), false)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,13 +148,14 @@ async fn limits_and_malformed_requests_get_the_right_status() {
     node.stop().await;
 }
 
+/// The next message of a session (`None`: the session ended), within 30 s.
+async fn answered<T>(answers: &mut tonic::Streaming<T>) -> Option<T> {
+    tokio::time::timeout(Duration::from_secs(30), answers.message()).await.expect("an answer").expect("healthy")
+}
+
 /// Waits (bounded) for the session's next response.
 async fn next_answer(responses: &mut tonic::Streaming<pb::WorkerSessionResponse>) -> pb::WorkerSessionResponse {
-    tokio::time::timeout(Duration::from_secs(30), responses.message())
-        .await
-        .expect("a session answer within 30 s")
-        .expect("the session stream is healthy")
-        .expect("the session is still open")
+    answered(responses).await.expect("the session is still open")
 }
 
 fn call_error(response: &pb::WorkerSessionResponse) -> (Code, String) {
@@ -260,21 +270,6 @@ async fn a_cancelled_session_poll_takes_no_task() {
     node.stop().await;
 }
 
-/// Completes the workflow task `task_token` by closing the run with result `result`.
-fn close_completion(task_token: Vec<u8>, result: serde_json::Value) -> pb::CompleteWorkflowTaskRequest {
-    pb::CompleteWorkflowTaskRequest {
-        task_token,
-        commands: vec![pb::WorkflowCommand {
-            command: Some(pb::workflow_command::Command::CompleteWorkflow(pb::CompleteWorkflow {
-                result: json(result),
-            })),
-        }],
-        return_next_task: false,
-        identity: "t".into(),
-        steps_observed: false,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_session_answers_starts_and_result_waits_by_id() {
     use pb::client_session_request::Call;
@@ -289,11 +284,7 @@ async fn a_client_session_answers_starts_and_result_waits_by_id() {
         async move { calls.send(pb::ClientSessionRequest { id, call: Some(call) }).await.expect("send a call") }
     };
     let next = async |answers: &mut tonic::Streaming<pb::ClientSessionResponse>| {
-        tokio::time::timeout(Duration::from_secs(30), answers.message())
-            .await
-            .expect("a session answer within 30 s")
-            .expect("the session stream is healthy")
-            .expect("the session is still open")
+        answered(answers).await.expect("the session is still open")
     };
     let error = |answer: &pb::ClientSessionResponse| match &answer.result {
         Some(Answer::Error(error)) => (answer.id, Code::from_i32(error.code), error.message.clone()),
@@ -390,11 +381,6 @@ async fn garbage_on_the_grpc_port_does_not_stop_the_node() {
     let status = admin.cluster_status(pb::ClusterStatusRequest {}).await.expect("the node still serves").into_inner();
     assert_eq!(status.shard_count, 4);
     node.stop().await;
-}
-
-/// The next message of a session (`None`: the session ended), within 30 s.
-async fn answered<T>(answers: &mut tonic::Streaming<T>) -> Option<T> {
-    tokio::time::timeout(Duration::from_secs(30), answers.message()).await.expect("an answer").expect("healthy")
 }
 
 /// A node shutting down ends the long waits in flight (`UNAVAILABLE`) and its sessions, so a
