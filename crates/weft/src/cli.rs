@@ -129,6 +129,8 @@ fn parse_metrics_listen(value: &str) -> Result<MetricsListen, String> {
 pub enum WorkflowCommand {
     /// Start a run of a workflow.
     Start(StartArgs),
+    /// Start a run and wait until it closes: `start` then `result`, in one call.
+    Execute(ExecuteArgs),
     /// Send a signal to a run.
     Signal(SignalArgs),
     /// Ask a run to cancel; its code decides how.
@@ -161,6 +163,16 @@ pub struct StartArgs {
     /// Idempotency key: repeating a start with the same key returns the same run.
     #[arg(long)]
     pub request_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecuteArgs {
+    #[command(flatten)]
+    pub start: StartArgs,
+    /// Give up waiting after this many seconds (exit code 2; the run goes on); wait for ever
+    /// when absent.
+    #[arg(long)]
+    pub timeout: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -1,4 +1,4 @@
-//! `weft workflow ...`: start, signal, cancel, terminate, describe, history, result, list.
+//! `weft workflow ...`: start, execute, signal, cancel, terminate, describe, history, result, list.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -7,13 +7,16 @@ use tokio::time::Instant;
 
 use serde_json::{Value, json};
 use weft_proto::v1::{
-    DescribeWorkflowRequest, DescribeWorkflowResponse, GetWorkflowHistoryRequest, GetWorkflowResultRequest,
-    GetWorkflowResultResponse, HistoryEvent, ListWorkflowsRequest, RequestCancelWorkflowRequest, SignalWorkflowRequest,
-    StartWorkflowRequest, TerminateWorkflowRequest, WorkflowInfo, WorkflowStatus,
+    DescribeWorkflowRequest, DescribeWorkflowResponse, ExecuteWorkflowRequest, GetWorkflowHistoryRequest,
+    GetWorkflowResultRequest, GetWorkflowResultResponse, HistoryEvent, ListWorkflowsRequest,
+    RequestCancelWorkflowRequest, SignalWorkflowRequest, StartWorkflowRequest, TerminateWorkflowRequest, WorkflowInfo,
+    WorkflowStatus,
 };
 
 use super::Context;
-use crate::cli::{CloseArgs, ListArgs, ResultArgs, RunArgs, SignalArgs, StartArgs, StatusFilter, WorkflowCommand};
+use crate::cli::{
+    CloseArgs, ExecuteArgs, ListArgs, ResultArgs, RunArgs, SignalArgs, StartArgs, StatusFilter, WorkflowCommand,
+};
 use crate::client::CliError;
 use crate::output::{self, CELL_PAYLOAD_CHARS_MAX};
 
@@ -29,6 +32,7 @@ const EXIT_RUN_NOT_COMPLETED: u8 = 1;
 pub async fn run(context: &mut Context, command: WorkflowCommand) -> Result<ExitCode, CliError> {
     match command {
         WorkflowCommand::Start(args) => start(context, args).await,
+        WorkflowCommand::Execute(args) => execute(context, args).await,
         WorkflowCommand::Signal(args) => signal(context, args).await,
         WorkflowCommand::Cancel(args) => cancel(context, args).await,
         WorkflowCommand::Terminate(args) => terminate(context, args).await,
@@ -50,22 +54,21 @@ fn json_input(flag: &str, input: Option<&str>) -> Result<Vec<u8>, CliError> {
     Ok(value.to_string().into_bytes())
 }
 
+fn start_request(context: &Context, args: &StartArgs) -> Result<StartWorkflowRequest, CliError> {
+    Ok(StartWorkflowRequest {
+        namespace: context.namespace.clone(),
+        workflow_id: args.id.clone(),
+        workflow_type: args.workflow_type.clone(),
+        task_queue: args.task_queue.clone(),
+        input: json_input("--input", args.input.as_deref())?,
+        request_id: args.request_id.clone().unwrap_or_default(),
+        workflow_task_timeout_ms: 0,
+    })
+}
+
 async fn start(context: &mut Context, args: StartArgs) -> Result<ExitCode, CliError> {
-    let input = json_input("--input", args.input.as_deref())?;
-    let response = context
-        .workflows()
-        .await?
-        .start_workflow(StartWorkflowRequest {
-            namespace: context.namespace.clone(),
-            workflow_id: args.id.clone(),
-            workflow_type: args.workflow_type.clone(),
-            task_queue: args.task_queue.clone(),
-            input,
-            request_id: args.request_id.unwrap_or_default(),
-            workflow_task_timeout_ms: 0,
-        })
-        .await?
-        .into_inner();
+    let request = start_request(context, &args)?;
+    let response = context.workflows().await?.start_workflow(request).await?.into_inner();
     let json = json!({
         "namespace": context.namespace,
         "workflow_id": args.id,
@@ -73,18 +76,41 @@ async fn start(context: &mut Context, args: StartArgs) -> Result<ExitCode, CliEr
         "started": response.started,
     });
     output::print(context.output, json, || {
-        let outcome =
-            if response.started { "started a new run" } else { "returned the existing run (same request id)" };
         output::key_values(&[
             ("workflow id", args.id.clone()),
             ("run id", response.run_id.clone()),
-            ("outcome", outcome.to_string()),
+            ("outcome", start_outcome(response.started).to_string()),
         ])
         .to_string()
     });
     Ok(ExitCode::SUCCESS)
 }
 
+fn start_outcome(started: bool) -> &'static str {
+    if started { "started a new run" } else { "returned the existing run (same request id)" }
+}
+
+/// `start` and the first `result` wait are one `ExecuteWorkflow` call; a run that outlives it
+/// is waited for as `result` waits. Prints what `result` prints (with `started` added to JSON).
+async fn execute(context: &mut Context, args: ExecuteArgs) -> Result<ExitCode, CliError> {
+    let deadline = args.timeout.map(|seconds| Instant::now() + Duration::from_secs(seconds));
+    let request =
+        ExecuteWorkflowRequest { start: Some(start_request(context, &args.start)?), wait_ms: wait_ms(deadline) };
+    let response = context.workflows().await?.execute_workflow(request).await?.into_inner();
+    let workflow_id = args.start.id;
+    let first = response.result.unwrap_or_default();
+    let result = if first.closed && first.status != WorkflowStatus::ContinuedAsNew as i32 {
+        first
+    } else {
+        let run_id = if first.closed { first.continued_as_run_id } else { response.run_id.clone() };
+        wait_for_result(context, &workflow_id, run_id, deadline, args.timeout).await?
+    };
+    let mut json = result_json(&workflow_id, &result);
+    json["started"] = Value::Bool(response.started);
+    json["first_run_id"] = Value::String(response.run_id);
+    output::print(context.output, json, || result_text(&result));
+    Ok(result_exit_code(&result))
+}
 async fn signal(context: &mut Context, args: SignalArgs) -> Result<ExitCode, CliError> {
     let input = json_input("--input", args.input.as_deref())?;
     context
@@ -338,23 +364,41 @@ fn event_details_text(event: &HistoryEvent) -> String {
 
 async fn result(context: &mut Context, args: ResultArgs) -> Result<ExitCode, CliError> {
     let deadline = args.timeout.map(|seconds| Instant::now() + Duration::from_secs(seconds));
-    let mut run_id = args.run_id.clone().unwrap_or_default();
-    let response = loop {
-        let wait_ms = match deadline {
-            None => RESULT_WAIT_MS_MAX,
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                u64::try_from(left.as_millis()).unwrap_or(u64::MAX).min(RESULT_WAIT_MS_MAX)
-            }
-        };
+    let run_id = args.run_id.clone().unwrap_or_default();
+    let response = wait_for_result(context, &args.id, run_id, deadline, args.timeout).await?;
+    output::print(context.output, result_json(&args.id, &response), || result_text(&response));
+    Ok(result_exit_code(&response))
+}
+
+/// Milliseconds one result wait may take: the server's cap, or what is left before `deadline`.
+fn wait_ms(deadline: Option<Instant>) -> u64 {
+    match deadline {
+        None => RESULT_WAIT_MS_MAX,
+        Some(deadline) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            u64::try_from(left.as_millis()).unwrap_or(u64::MAX).min(RESULT_WAIT_MS_MAX)
+        }
+    }
+}
+
+/// Long-polls `GetWorkflowResult` until the run (or the run it continued as) closes, or
+/// `deadline` passes (`DEADLINE_EXCEEDED`, naming `timeout_s`).
+async fn wait_for_result(
+    context: &mut Context,
+    workflow_id: &str,
+    mut run_id: String,
+    deadline: Option<Instant>,
+    timeout_s: Option<u64>,
+) -> Result<GetWorkflowResultResponse, CliError> {
+    loop {
         let response = context
             .workflows()
             .await?
             .get_workflow_result(GetWorkflowResultRequest {
                 namespace: context.namespace.clone(),
-                workflow_id: args.id.clone(),
+                workflow_id: workflow_id.to_string(),
                 run_id: run_id.clone(),
-                wait_ms,
+                wait_ms: wait_ms(deadline),
                 follow_runs: true,
             })
             .await?
@@ -366,22 +410,27 @@ async fn result(context: &mut Context, args: ResultArgs) -> Result<ExitCode, Cli
                 run_id = response.continued_as_run_id.clone();
                 continue;
             }
-            break response;
+            return Ok(response);
         }
         if let Some(deadline) = deadline
             && Instant::now() >= deadline
         {
             return Err(CliError::Status(tonic::Status::deadline_exceeded(format!(
-                "workflow {} is still running after {} s",
-                args.id,
-                args.timeout.unwrap_or_default()
+                "workflow {workflow_id} is still running after {} s",
+                timeout_s.unwrap_or_default()
             ))));
         }
-    };
+    }
+}
 
-    let completed = response.status == WorkflowStatus::Completed as i32;
-    output::print(context.output, result_json(&args.id, &response), || result_text(&response));
-    if completed { Ok(ExitCode::SUCCESS) } else { Ok(ExitCode::from(EXIT_RUN_NOT_COMPLETED)) }
+/// 0 when the run completed, [`EXIT_RUN_NOT_COMPLETED`] when it failed, was canceled,
+/// terminated or timed out.
+fn result_exit_code(response: &GetWorkflowResultResponse) -> ExitCode {
+    if response.status == WorkflowStatus::Completed as i32 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_RUN_NOT_COMPLETED)
+    }
 }
 
 fn result_json(workflow_id: &str, response: &GetWorkflowResultResponse) -> Value {

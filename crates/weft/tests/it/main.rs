@@ -2,11 +2,14 @@
 //!
 //! - `bad_input`: every limit and malformed request gets the right status, and
 //!   garbage on the gRPC port does not stop the node.
+//! - `cli`: the `weft` binary's commands, output and exit codes against a
+//!   spawned node.
 //! - `workflows`: a node and SDK workers in this process, on 127.0.0.1 port 0.
 //! - `crash`: real `weft` processes killed with SIGKILL at random moments,
 //!   restarted, and checked for what survived.
 
 mod bad_input;
+mod cli;
 mod crash;
 mod support;
 mod workflows;

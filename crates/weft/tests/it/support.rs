@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use weft_proto::v1 as pb;
 use weft_proto::v1::admin_service_client::AdminServiceClient;
 use weft_proto::v1::worker_service_client::WorkerServiceClient;
 use weft_proto::v1::workflow_service_client::WorkflowServiceClient;
+use weft_sdk::Worker;
 use weft_server::{NodeConfig, NodeHandle, start_node};
 
 pub type Clients = (
@@ -166,4 +168,28 @@ impl Drop for WeftProcess {
 
 pub fn json(value: serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(&value).expect("json")
+}
+
+/// A worker running on its own task until [`RunningWorker::stop`].
+pub struct RunningWorker {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningWorker {
+    pub fn start(worker: Worker) -> RunningWorker {
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            worker.run_until(shutdown).await.expect("worker runs");
+        });
+        RunningWorker { stop, task }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        tokio::time::timeout(Duration::from_secs(30), self.task).await.expect("worker stops").expect("joined");
+    }
 }

@@ -5,14 +5,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 use weft_proto::v1 as pb;
 use weft_sdk::{
     ActivityContext, ActivityError, ActivityOptions, Client, RetryPolicy, StartWorkflowOptions, Worker,
     WorkflowContext, WorkflowError, WorkflowResultError,
 };
 
-use crate::support::{TestNode, endpoint, wait_for};
+use crate::support::{RunningWorker, TestNode, endpoint, wait_for};
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
 struct Order {
@@ -52,29 +51,6 @@ async fn charge(ctx: ActivityContext, order: Order) -> Result<String, ActivityEr
         return Err(ActivityError::new("CardNetworkDown", "the card network did not answer"));
     }
     Ok(format!("ch_{}", order.order_id))
-}
-
-struct RunningWorker {
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl RunningWorker {
-    fn start(worker: Worker) -> RunningWorker {
-        let (stop, mut stopped) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            };
-            worker.run_until(shutdown).await.expect("worker runs");
-        });
-        RunningWorker { stop, task }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(true);
-        tokio::time::timeout(Duration::from_secs(30), self.task).await.expect("worker stops").expect("joined");
-    }
 }
 
 fn order_worker(client: &Client) -> Worker {
