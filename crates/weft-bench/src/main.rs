@@ -105,6 +105,11 @@ struct Args {
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     json: bool,
+
+    /// Write every measured workflow as a CSV line `started_us,latency_us` (start relative to
+    /// the measurement's start) to this file, to see when slow workflows happened.
+    #[arg(long)]
+    samples: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -151,6 +156,7 @@ struct Plan {
     max_concurrent_workflow_tasks: usize,
     workflow_pollers: usize,
     calls: Calls,
+    samples: Option<std::path::PathBuf>,
 }
 
 impl Plan {
@@ -171,6 +177,7 @@ impl Plan {
             max_concurrent_workflow_tasks: args.max_concurrent_workflow_tasks,
             workflow_pollers: args.workflow_pollers,
             calls: args.calls,
+            samples: args.samples.clone(),
         }
     }
 }
@@ -184,6 +191,8 @@ struct PhaseOutcome {
     elapsed: Duration,
     /// The deadline passed before every workflow of the phase ran.
     stopped_early: bool,
+    /// `(started_us, latency_us)` of every completed workflow, start relative to the phase's.
+    samples: Vec<(u64, u64)>,
 }
 
 /// Workload W3.
@@ -275,6 +284,9 @@ async fn run(plan: Plan, json_report: bool) -> anyhow::Result<PhaseOutcome> {
     let measured = run_phase(&clients, plan.calls, &id_prefix, plan.count, deadline).await;
 
     report(&plan, &measured, json_report);
+    if let Some(path) = &plan.samples {
+        write_samples(path, &measured.samples).with_context(|| format!("write the samples to {}", path.display()))?;
+    }
 
     let _ = stop_worker.send(true);
     match tokio::time::timeout(Duration::from_secs(SHUTDOWN_TIMEOUT_S), worker_task).await {
@@ -326,6 +338,8 @@ async fn run_phase(clients: &[Client], calls: Calls, id_prefix: &str, count: u64
                         let latency_us = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
                         outcome.latency_us.saturating_record(latency_us.clamp(1, LATENCY_US_MAX));
                         outcome.completed += 1;
+                        let started_us = u64::try_from((began - started).as_micros()).unwrap_or(u64::MAX);
+                        outcome.samples.push((started_us, latency_us));
                     }
                     Ok(Err(error)) => {
                         outcome.errors += 1;
@@ -347,6 +361,7 @@ async fn run_phase(clients: &[Client], calls: Calls, id_prefix: &str, count: u64
                 total.completed += outcome.completed;
                 total.errors += outcome.errors;
                 total.stopped_early |= outcome.stopped_early;
+                total.samples.extend(outcome.samples);
                 for sample in outcome.error_samples {
                     if total.error_samples.len() < ERROR_SAMPLES_MAX {
                         total.error_samples.push(sample);
@@ -394,6 +409,19 @@ async fn run_workflow(client: &Client, calls: Calls, workflow_id: &str) -> anyho
     Ok(())
 }
 
+/// Writes `samples` in start order, one `started_us,latency_us` line each.
+fn write_samples(path: &std::path::Path, samples: &[(u64, u64)]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(out, "started_us,latency_us")?;
+    for (started_us, latency_us) in sorted {
+        writeln!(out, "{started_us},{latency_us}")?;
+    }
+    out.flush()
+}
+
 fn empty_outcome() -> PhaseOutcome {
     PhaseOutcome {
         latency_us: Histogram::new_with_bounds(1, LATENCY_US_MAX, 3)
@@ -403,6 +431,7 @@ fn empty_outcome() -> PhaseOutcome {
         error_samples: Vec::new(),
         elapsed: Duration::ZERO,
         stopped_early: false,
+        samples: Vec::new(),
     }
 }
 

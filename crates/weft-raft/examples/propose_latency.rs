@@ -40,6 +40,8 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         let dir = tempfile::tempdir()?;
         let db = Db::open(dir.path())?;
+        // As a node does on a new data directory, so fsyncs overwrite instead of append.
+        db.prewrite_wal(64 << 20)?;
         let host = RaftHost::open(db.clone(), 1, "x".into(), shards, Arc::new(Noop)).await?;
         for shard in 0..shards {
             host.leader_watch(shard).wait_for(|l| *l).await?;
