@@ -397,29 +397,38 @@ impl Db {
                 if pinned_tx.send(()).is_err() {
                     return;
                 }
-                let mut read = ReadOptions::default();
-                read.set_iterate_lower_bound(start);
-                read.set_iterate_upper_bound(end);
-                let mut entries = Vec::new();
-                let mut dump_bytes = 0usize;
-                let mut result = Ok(());
-                for item in snapshot.iterator_cf_opt(db.cf(CF_STATE), read, IteratorMode::Start) {
-                    match item {
-                        Ok((key, value)) => {
-                            dump_bytes += key.len() + value.len();
-                            if dump_bytes > STATE_DUMP_BYTES_MAX {
-                                result = Err(StorageError::DumpTooLarge { shard, limit_bytes: STATE_DUMP_BYTES_MAX });
+                let dumped = {
+                    let mut read = ReadOptions::default();
+                    read.set_iterate_lower_bound(start);
+                    read.set_iterate_upper_bound(end);
+                    let mut entries = Vec::new();
+                    let mut dump_bytes = 0usize;
+                    let mut result = Ok(());
+                    for item in snapshot.iterator_cf_opt(db.cf(CF_STATE), read, IteratorMode::Start) {
+                        match item {
+                            Ok((key, value)) => {
+                                dump_bytes += key.len() + value.len();
+                                if dump_bytes > STATE_DUMP_BYTES_MAX {
+                                    result =
+                                        Err(StorageError::DumpTooLarge { shard, limit_bytes: STATE_DUMP_BYTES_MAX });
+                                    break;
+                                }
+                                entries.push((key.into_vec(), value.into_vec()));
+                            }
+                            Err(source) => {
+                                result = Err(StorageError::Rocks { op: "dump shard state", source });
                                 break;
                             }
-                            entries.push((key.into_vec(), value.into_vec()));
-                        }
-                        Err(source) => {
-                            result = Err(StorageError::Rocks { op: "dump shard state", source });
-                            break;
                         }
                     }
-                }
-                let _ = done_tx.send(result.map(|()| entries));
+                    result.map(|()| entries)
+                };
+                // Release the snapshot and this handle to the database before answering: once
+                // answered, the caller may close the database and open it again, which RocksDB
+                // refuses while any handle of this process is still open.
+                drop(snapshot);
+                drop(db);
+                let _ = done_tx.send(dumped);
             })
             .map_err(|e| StorageError::Thread { op: "spawn state dump thread", detail: e.to_string() })?;
         pinned_rx.recv().map_err(|_| StorageError::Thread {
