@@ -14,13 +14,14 @@
 //!   first release on, a decoder for the old version is required too.
 //!
 //! Versions: 1, the first; 2 (2026-11-26), `WorkflowTaskStarted.seen_event_id`,
-//! `CompleteWorkflowTask.steps_observed` and `RunState.last_wake_event_id`.
+//! `CompleteWorkflowTask.steps_observed` and `RunState.last_wake_event_id`; 3 (2026-11-26), a
+//! history record holds the events one command appended (`Vec<HistoryEvent>`), not one event.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Version byte written in front of every record.
-pub const FORMAT_VERSION: u8 = 2;
+pub const FORMAT_VERSION: u8 = 3;
 
 /// Why a record could not be decoded.
 #[derive(Debug, thiserror::Error)]

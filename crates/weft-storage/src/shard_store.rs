@@ -6,15 +6,21 @@
 //! | kind | key | value |
 //! | --- | --- | --- |
 //! | `EXECUTION` 0x10 | namespace, workflow id | `Execution` (current run's mutable state) |
-//! | `HISTORY` 0x11 | namespace, workflow id, run id, event id | `HistoryEvent` |
+//! | `HISTORY` 0x11 | namespace, workflow id, run id, first event id | `Vec<HistoryEvent>`: the events one command appended |
 //! | `READY` 0x12 | task kind, namespace, task queue, workflow id, run id, seq | `ReadyTask` |
 //! | `TIMER` 0x13 | due ms, namespace, workflow id, run id, timer kind | `DueTimer` |
 //! | `VISIBILITY` 0x14 | namespace, u64::MAX - start ms, workflow id, run id | `RunSummary` |
 //! | `RUN` 0x15 | namespace, workflow id, run id | `RunSummary` (finds closed runs by id) |
 //! | `NAMESPACE` 0x16 | name | `NamespaceRecord` |
 //!
-//! Invariant: every write of an outcome goes into the caller's one batch, so
-//! events, mutable state and indexes change atomically with the applied index.
+//! Invariants:
+//! - Every write of an outcome goes into the caller's one batch, so events,
+//!   mutable state and indexes change atomically with the applied index.
+//! - A run's history is a sequence of chunks, one per command that appended
+//!   events, keyed by the id of its first event. Event ids are consecutive, so
+//!   the chunk holding event `n` is the last chunk whose key is at most `n`.
+//!   (One key per command instead of one per event: a W3 workflow writes 4
+//!   history keys instead of 14, each repeating the ~90-byte run prefix.)
 
 use std::ops::Bound;
 
@@ -102,8 +108,8 @@ pub fn write_outcome(shard: u32, state: &ShardState, outcome: &Outcome, batch: &
                 None => batch.delete(&execution_key(shard, key)),
             },
             Write::AppendEvents { key, run_id, events } => {
-                for event in events {
-                    batch.put(&history_prefix(shard, key, run_id).u64(event.event_id).finish(), &encode(event));
+                if let Some(first) = events.first() {
+                    batch.put(&history_prefix(shard, key, run_id).u64(first.event_id).finish(), &encode(events));
                 }
             }
             Write::PutReady(task) => batch.put(&ready_key(shard, task), &encode(task)),
@@ -172,6 +178,16 @@ pub fn scan_timers(db: &Db, shard: u32) -> Result<Vec<DueTimer>> {
     scan_kind(db, shard, KIND_TIMER, "load timer")
 }
 
+/// The key of the history chunk that holds event `event_id` of a run, if any: the last chunk
+/// key at or before it.
+fn chunk_key_at(db: &Db, shard: u32, key: &WorkflowKey, run_id: &str, event_id: u64) -> Result<Option<Box<[u8]>>> {
+    let prefix = history_prefix(shard, key, run_id);
+    let at = prefix.clone().u64(event_id).finish();
+    let start = prefix.finish();
+    let found = db.scan_state_range(Bound::Included(&start), Bound::Included(&at), ScanDirection::Reverse, 1)?;
+    Ok(found.into_iter().next().map(|(chunk_key, _)| chunk_key))
+}
+
 /// Up to `max` events of a run from event id `from`.
 pub fn read_history(
     db: &Db,
@@ -181,20 +197,39 @@ pub fn read_history(
     from: u64,
     max: usize,
 ) -> Result<Vec<HistoryEvent>> {
-    let start = history_prefix(shard, key, run_id).u64(from.max(1)).finish();
+    let from = from.max(1);
+    let mut events = Vec::new();
+    if max == 0 {
+        return Ok(events);
+    }
+    let start = match chunk_key_at(db, shard, key, run_id, from)? {
+        Some(chunk_key) => chunk_key.into_vec(),
+        None => history_prefix(shard, key, run_id).u64(from).finish(),
+    };
     let end = history_prefix(shard, key, run_id).u64(u64::MAX).finish();
-    db.scan_state_range(Bound::Included(&start), Bound::Included(&end), ScanDirection::Forward, max)?
-        .into_iter()
-        .map(|(_, value)| decode_as("read history event", &value))
-        .collect()
+    for entry in db.iter_state_range(Bound::Included(&start), Bound::Included(&end), ScanDirection::Forward) {
+        let (_, value) = entry?;
+        let chunk: Vec<HistoryEvent> = decode_as("read history events", &value)?;
+        for event in chunk.into_iter().filter(|event| event.event_id >= from) {
+            events.push(event);
+            if events.len() >= max {
+                return Ok(events);
+            }
+        }
+    }
+    Ok(events)
 }
 
 /// One event of a run.
 pub fn read_event(db: &Db, shard: u32, key: &WorkflowKey, run_id: &str, event_id: u64) -> Result<Option<HistoryEvent>> {
-    match db.get_state(&history_prefix(shard, key, run_id).u64(event_id).finish())? {
-        Some(value) => Ok(Some(decode_as("read history event", &value)?)),
-        None => Ok(None),
-    }
+    let Some(chunk_key) = chunk_key_at(db, shard, key, run_id, event_id)? else {
+        return Ok(None);
+    };
+    let Some(value) = db.get_state(&chunk_key)? else {
+        return Ok(None);
+    };
+    let chunk: Vec<HistoryEvent> = decode_as("read history events", &value)?;
+    Ok(chunk.into_iter().find(|event| event.event_id == event_id))
 }
 
 /// A workflow's stored execution record (its current run's state).
@@ -295,5 +330,57 @@ mod tests {
             read_run_summary(&db, 3, &key, "run-1").expect("summary").map(|s| s.workflow_type),
             Some("order".into())
         );
+    }
+
+    #[test]
+    fn history_chunks_read_back_from_any_event_and_in_pages() {
+        use weft_core::EventKind;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(dir.path()).expect("open");
+        let key = WorkflowKey::new("default", "chunks");
+        let event = |event_id: u64| HistoryEvent {
+            event_id,
+            time_ms: event_id * 10,
+            kind: EventKind::TimerFired { seq: event_id as u32 },
+        };
+        // Chunks of 2, 4 and 1 events (ids 1-2, 3-6, 7), and a neighbouring run's chunk.
+        let mut batch = db.state_batch();
+        let append = |run_id: &str, ids: std::ops::RangeInclusive<u64>| Write::AppendEvents {
+            key: key.clone(),
+            run_id: run_id.into(),
+            events: ids.map(event).collect(),
+        };
+        let outcome = Outcome {
+            reply: weft_core::Reply::Done,
+            writes: vec![
+                append("run-1", 1..=2),
+                append("run-1", 3..=6),
+                append("run-1", 7..=7),
+                append("run-2", 1..=3),
+            ],
+            effects: Vec::new(),
+        };
+        write_outcome(0, &ShardState::default(), &outcome, &mut batch);
+        db.write_state(batch).expect("write");
+
+        let ids = |events: Vec<HistoryEvent>| events.iter().map(|e| e.event_id).collect::<Vec<_>>();
+        for from in 0..=8u64 {
+            let expected: Vec<u64> = (from.max(1)..=7).collect();
+            assert_eq!(ids(read_history(&db, 0, &key, "run-1", from, 100).expect("read")), expected, "from {from}");
+            assert_eq!(
+                ids(read_history(&db, 0, &key, "run-1", from, 2).expect("read")),
+                expected.iter().copied().take(2).collect::<Vec<_>>(),
+                "page from {from}"
+            );
+        }
+        assert!(read_history(&db, 0, &key, "run-1", 1, 0).expect("read").is_empty());
+        assert_eq!(ids(read_history(&db, 0, &key, "run-2", 1, 100).expect("read")), vec![1, 2, 3]);
+        assert!(read_history(&db, 0, &key, "run-3", 1, 100).expect("read").is_empty());
+        for event_id in 1..=7 {
+            assert_eq!(read_event(&db, 0, &key, "run-1", event_id).expect("read"), Some(event(event_id)));
+        }
+        assert_eq!(read_event(&db, 0, &key, "run-1", 8).expect("read"), None);
+        assert_eq!(read_event(&db, 0, &key, "run-2", 4).expect("read"), None);
+        assert_eq!(read_event(&db, 0, &WorkflowKey::new("default", "other"), "run-1", 1).expect("read"), None);
     }
 }
