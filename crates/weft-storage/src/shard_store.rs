@@ -31,7 +31,7 @@ use weft_core::{
 };
 
 use crate::codec::{decode, encode};
-use crate::db::{Db, Result, ScanDirection, StateBatch, StorageError};
+use crate::db::{Db, Result, ScanDirection, StateBatch, StateEntry, StorageError};
 use crate::keys::{KeyBuilder, kind_range};
 
 pub const KIND_EXECUTION: u8 = 0x10;
@@ -178,14 +178,14 @@ pub fn scan_timers(db: &Db, shard: u32) -> Result<Vec<DueTimer>> {
     scan_kind(db, shard, KIND_TIMER, "load timer")
 }
 
-/// The key of the history chunk that holds event `event_id` of a run, if any: the last chunk
-/// key at or before it.
-fn chunk_key_at(db: &Db, shard: u32, key: &WorkflowKey, run_id: &str, event_id: u64) -> Result<Option<Box<[u8]>>> {
+/// The history chunk (key and value) that holds event `event_id` of a run, if any: the last
+/// chunk key at or before it.
+fn chunk_at(db: &Db, shard: u32, key: &WorkflowKey, run_id: &str, event_id: u64) -> Result<Option<StateEntry>> {
     let prefix = history_prefix(shard, key, run_id);
     let at = prefix.clone().u64(event_id).finish();
     let start = prefix.finish();
     let found = db.scan_state_range(Bound::Included(&start), Bound::Included(&at), ScanDirection::Reverse, 1)?;
-    Ok(found.into_iter().next().map(|(chunk_key, _)| chunk_key))
+    Ok(found.into_iter().next())
 }
 
 /// Up to `max` events of a run from event id `from`.
@@ -202,8 +202,8 @@ pub fn read_history(
     if max == 0 {
         return Ok(events);
     }
-    let start = match chunk_key_at(db, shard, key, run_id, from)? {
-        Some(chunk_key) => chunk_key.into_vec(),
+    let start = match chunk_at(db, shard, key, run_id, from)? {
+        Some((chunk_key, _)) => chunk_key.into_vec(),
         None => history_prefix(shard, key, run_id).u64(from).finish(),
     };
     let end = history_prefix(shard, key, run_id).u64(u64::MAX).finish();
@@ -222,10 +222,7 @@ pub fn read_history(
 
 /// One event of a run.
 pub fn read_event(db: &Db, shard: u32, key: &WorkflowKey, run_id: &str, event_id: u64) -> Result<Option<HistoryEvent>> {
-    let Some(chunk_key) = chunk_key_at(db, shard, key, run_id, event_id)? else {
-        return Ok(None);
-    };
-    let Some(value) = db.get_state(&chunk_key)? else {
+    let Some((_, value)) = chunk_at(db, shard, key, run_id, event_id)? else {
         return Ok(None);
     };
     let chunk: Vec<HistoryEvent> = decode_as("read history events", &value)?;

@@ -99,11 +99,11 @@ async fn execute(context: &mut Context, args: ExecuteArgs) -> Result<ExitCode, C
     let response = context.workflows().await?.execute_workflow(request).await?.into_inner();
     let workflow_id = args.start.id;
     let first = response.result.unwrap_or_default();
+    // The first answer does not follow continue-as-new; the wait does, from the run started.
     let result = if first.closed && first.status != WorkflowStatus::ContinuedAsNew as i32 {
         first
     } else {
-        let run_id = if first.closed { first.continued_as_run_id } else { response.run_id.clone() };
-        wait_for_result(context, &workflow_id, run_id, deadline, args.timeout).await?
+        wait_for_result(context, &workflow_id, response.run_id.clone(), deadline, args.timeout).await?
     };
     let mut json = result_json(&workflow_id, &result);
     json["started"] = Value::Bool(response.started);
