@@ -19,9 +19,6 @@ pub mod payload;
 pub mod retry;
 pub mod state;
 
-#[cfg(test)]
-mod apply_tests;
-
 pub use apply::{Outcome, apply};
 pub use command::{Command, CommandKind, WorkflowCommand};
 pub use event::{EventKind, HistoryEvent};

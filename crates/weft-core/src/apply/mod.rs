@@ -1,0 +1,179 @@
+//! `apply`: one committed command in, events, storage writes, effects and a reply out.
+//!
+//! Deterministic: the result depends only on the state and the command. A
+//! handler validates everything before it changes anything, so a rejected
+//! command leaves the state untouched and produces no writes. Apply never
+//! panics on user input: every external value is checked and refused with a
+//! [`Rejection`] instead.
+//!
+//! Effects (tasks that became ready, timers armed, runs closed) are values for
+//! the shard leader to act on; followers drop them.
+//!
+//! Layout: this module dispatches each [`CommandKind`] to the file of its family, and
+//! [`context`] holds what every transition shares (recording events, scheduling the
+//! workflow task, arming timers, closing the run). One file per command or event family,
+//! each holding its checks, size estimate and transition side by side, with its tests:
+//!
+//! | file | commands and timers |
+//! | --- | --- |
+//! | [`namespace`] | `CreateNamespace` |
+//! | [`start`] | `StartWorkflow` |
+//! | [`workflow_task`] | `CompleteWorkflowTask` (dispatching each workflow command), `FailWorkflowTask`, `WorkflowTaskTimedOut`, the workflow-task retry timer |
+//! | [`step`] | `RecordStep` |
+//! | [`activity`] | `ScheduleActivity`, `CompleteActivity`, `FailActivity`, `ActivityAttemptTimedOut`, `RecordHeartbeat`, the activity retry and timeout timers |
+//! | [`timer`] | `StartTimer`, `CancelTimer`, the user timer |
+//! | [`signal`] | `Signal`, `WaitSignal`, the signal-wait timeout |
+//! | [`close`] | `CompleteWorkflow`, `FailWorkflow`, `ContinueAsNew`, `Terminate` |
+//! | [`cancel`] | `RequestCancel` |
+//! | [`fire_timer`] | `FireTimer`: routes a due timer to its family |
+
+mod activity;
+mod cancel;
+mod close;
+mod context;
+mod fire_timer;
+mod namespace;
+mod signal;
+mod start;
+mod step;
+mod timer;
+mod workflow_task;
+
+#[cfg(test)]
+mod harness;
+#[cfg(test)]
+mod properties;
+
+use crate::command::{Command, CommandKind};
+use crate::event::HistoryEvent;
+use crate::ids::{RunId, WorkflowKey};
+use crate::model::{DueTimer, NamespaceRecord, ReadyTask, Rejection, Reply, RunSummary};
+use crate::state::ShardState;
+
+pub(crate) use context::{Handled, RunCtx};
+
+/// A change to durable storage, in domain terms; the node's record layout maps each to keys.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    /// Store the execution's current state (read it from the state after apply).
+    PutExecution {
+        key: WorkflowKey,
+    },
+    AppendEvents {
+        key: WorkflowKey,
+        run_id: RunId,
+        events: Vec<HistoryEvent>,
+    },
+    PutReady(ReadyTask),
+    DeleteReady(ReadyTask),
+    PutTimer(DueTimer),
+    DeleteTimer(DueTimer),
+    PutVisibility(RunSummary),
+    PutNamespace(NamespaceRecord),
+}
+
+/// Something the shard leader does after the command is applied.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    TaskReady(ReadyTask),
+    TimerArmed(DueTimer),
+    RunClosed { key: WorkflowKey, run_id: RunId },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    pub reply: Reply,
+    pub writes: Vec<Write>,
+    pub effects: Vec<Effect>,
+}
+
+impl Outcome {
+    fn new() -> Self {
+        Outcome { reply: Reply::Done, writes: Vec::new(), effects: Vec::new() }
+    }
+
+    /// All events this outcome appends, in order.
+    pub fn events(&self) -> impl Iterator<Item = &HistoryEvent> {
+        self.writes.iter().flat_map(|w| match w {
+            Write::AppendEvents { events, .. } => events.as_slice(),
+            _ => &[],
+        })
+    }
+}
+
+/// Applies one committed command to the shard state.
+pub fn apply(state: &mut ShardState, command: &Command) -> Outcome {
+    let mut out = Outcome::new();
+    let now = command.now_ms;
+    let result = match &command.kind {
+        CommandKind::CreateNamespace { name, description } => {
+            namespace::create(state, now, name, description, &mut out)
+        }
+        CommandKind::StartWorkflow {
+            key,
+            run_id,
+            workflow_type,
+            task_queue,
+            input,
+            request_id,
+            workflow_task_timeout_ms,
+        } => {
+            let request = start::StartRequest {
+                key,
+                run_id,
+                workflow_type,
+                task_queue,
+                input,
+                request_id,
+                workflow_task_timeout_ms: *workflow_task_timeout_ms,
+            };
+            start::start_workflow(state, now, request, &mut out)
+        }
+        CommandKind::CompleteWorkflowTask { token, commands, new_run_id, inline_next_task, steps_observed } => {
+            let completion = workflow_task::Completion {
+                token,
+                commands,
+                new_run_id,
+                inline_next_task: *inline_next_task,
+                steps_observed: *steps_observed,
+            };
+            workflow_task::complete(state, now, completion, &mut out)
+        }
+        CommandKind::FailWorkflowTask { token, failure } => workflow_task::fail(state, now, token, failure, &mut out),
+        CommandKind::WorkflowTaskTimedOut { token } => workflow_task::timed_out(state, now, token, &mut out),
+        CommandKind::CompleteActivity { token, result } => activity::complete(state, now, token, result, &mut out),
+        CommandKind::FailActivity { token, failure } => activity::fail(state, now, token, failure, &mut out),
+        CommandKind::ActivityAttemptTimedOut { token, timeout } => {
+            activity::attempt_timed_out(state, now, token, *timeout, &mut out)
+        }
+        CommandKind::RecordHeartbeat { token, details } => activity::record_heartbeat(state, token, details, &mut out),
+        CommandKind::FireTimer { timer, attempt_dispatched } => {
+            fire_timer::fire(state, now, timer, *attempt_dispatched, &mut out)
+        }
+        CommandKind::Signal { key, run_id, name, input } => {
+            signal::signal(state, now, key, run_id, name, input, &mut out)
+        }
+        CommandKind::RequestCancel { key, run_id, reason } => {
+            cancel::request(state, now, key, run_id, reason, &mut out)
+        }
+        CommandKind::Terminate { key, run_id, reason } => close::terminate(state, now, key, run_id, reason, &mut out),
+    };
+    match result {
+        Ok(reply) => out.reply = reply,
+        Err(rejection) => {
+            debug_assert!(
+                out.writes.iter().all(|w| matches!(w, Write::DeleteTimer(_))),
+                "rejections write nothing but timer cleanup"
+            );
+            out.writes.retain(|w| matches!(w, Write::DeleteTimer(_)));
+            out.effects.clear();
+            out.reply = Reply::Rejected(rejection);
+        }
+    }
+    out
+}
+
+/// Shorthand for a refusal of a command with `InvalidArgument`.
+pub(crate) fn invalid(message: String) -> Rejection {
+    crate::limits::invalid(message)
+}
