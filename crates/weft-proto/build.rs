@@ -1,6 +1,10 @@
 //! Compiles `proto/weft/v1/*.proto` with the vendored protoc, so a fresh
 //! machine needs no system protobuf compiler.
 
+#[cfg(not(feature = "grpc"))]
+fn main() {}
+
+#[cfg(feature = "grpc")]
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // SAFETY-free: build scripts are single-threaded; the variable tells prost-build which protoc to run.

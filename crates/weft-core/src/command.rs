@@ -70,11 +70,14 @@ pub enum CommandKind {
         token: TaskToken,
         details: Payload,
     },
+    /// The leader hands an activity attempt with a schedule-to-start timeout to a worker:
+    /// its start is recorded before the worker gets it, so every leader decides that timeout
+    /// from the same durable state.
+    ActivityAttemptStarted {
+        token: TaskToken,
+    },
     FireTimer {
         timer: DueTimer,
-        /// For schedule-to-start timers: the leader had handed the attempt to a
-        /// worker, so it started in time and the timer only removes itself.
-        attempt_dispatched: bool,
     },
     Signal {
         key: WorkflowKey,
@@ -82,6 +85,9 @@ pub enum CommandKind {
         run_id: RunId,
         name: String,
         input: Payload,
+        /// The client's id of this signal: a retry with the same id is recorded once. Empty:
+        /// no deduplication.
+        request_id: String,
     },
     RequestCancel {
         key: WorkflowKey,
@@ -108,6 +114,7 @@ impl CommandKind {
             CommandKind::FailActivity { .. } => "fail_activity",
             CommandKind::ActivityAttemptTimedOut { .. } => "activity_attempt_timed_out",
             CommandKind::RecordHeartbeat { .. } => "record_heartbeat",
+            CommandKind::ActivityAttemptStarted { .. } => "activity_attempt_started",
             CommandKind::FireTimer { .. } => "fire_timer",
             CommandKind::Signal { .. } => "signal",
             CommandKind::RequestCancel { .. } => "request_cancel",

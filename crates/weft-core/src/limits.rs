@@ -17,8 +17,19 @@ pub const BUFFERED_SIGNALS_MAX: usize = 10_000;
 pub const PENDING_OPERATIONS_MAX: usize = 10_000;
 /// A timer or timeout may be at most ten years away.
 pub const DURATION_MS_MAX: u64 = 10 * 365 * 24 * 3600 * 1000;
-/// Failure messages are cut to this many bytes.
+/// Failure messages are cut to this many bytes; cancel and terminate reasons are refused
+/// beyond it.
 pub const FAILURE_MESSAGE_BYTES_MAX: usize = 32 * 1024;
+/// Client starts per workflow id whose request id is remembered: a retried start is answered
+/// with its run while that run is among the last this many a client started under the id.
+pub const START_REQUESTS_KEPT: usize = 64;
+/// Signal request ids remembered per run chain (a run and the runs it continues): a retried
+/// signal is recorded once while it is among the last this many signals recorded.
+pub const SIGNAL_REQUEST_IDS_KEPT: usize = 1_000;
+/// Entries of a retry policy's `non_retryable_error_types`.
+pub const NON_RETRYABLE_ERROR_TYPES_MAX: usize = 100;
+/// Largest backoff coefficient, in thousandths (100.0).
+pub const BACKOFF_COEFFICIENT_MILLI_MAX: u32 = 100_000;
 
 /// Checks a name (namespace, workflow id, type, task queue, signal, step,
 /// activity): 1 to 255 UTF-8 bytes, no control characters.

@@ -1,6 +1,7 @@
 //! Domain values shared by commands, state, events and replies.
 
 use serde::{Deserialize, Serialize};
+use weft_proto::errors;
 
 use crate::event::HistoryEvent;
 use crate::ids::{RunId, WorkflowKey};
@@ -28,8 +29,9 @@ impl Failure {
 }
 
 /// Error type of a workflow failure that closes the run as canceled.
-pub const CANCELED_ERROR_TYPE: &str = "Canceled";
-pub const HISTORY_LIMIT_ERROR_TYPE: &str = "HistoryLimitExceeded";
+pub use weft_proto::errors::CANCELED_ERROR_TYPE;
+/// Error type of the failure of a run that reached the history limit.
+pub use weft_proto::errors::HISTORY_LIMIT_ERROR_TYPE;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, Hash)]
 pub enum RunStatus {
@@ -73,10 +75,10 @@ pub enum TimeoutKind {
 impl TimeoutKind {
     pub fn error_type(self) -> &'static str {
         match self {
-            TimeoutKind::ScheduleToStart => "ScheduleToStartTimeout",
-            TimeoutKind::StartToClose => "StartToCloseTimeout",
-            TimeoutKind::ScheduleToClose => "ScheduleToCloseTimeout",
-            TimeoutKind::Heartbeat => "HeartbeatTimeout",
+            TimeoutKind::ScheduleToStart => errors::SCHEDULE_TO_START_TIMEOUT_ERROR_TYPE,
+            TimeoutKind::StartToClose => errors::START_TO_CLOSE_TIMEOUT_ERROR_TYPE,
+            TimeoutKind::ScheduleToClose => errors::SCHEDULE_TO_CLOSE_TIMEOUT_ERROR_TYPE,
+            TimeoutKind::Heartbeat => errors::HEARTBEAT_TIMEOUT_ERROR_TYPE,
         }
     }
 }
@@ -158,6 +160,8 @@ pub struct RunSummary {
     pub start_ms: u64,
     pub close_ms: u64,
     pub history_length: u64,
+    /// The run this one continued as (continue-as-new); empty otherwise.
+    pub continued_as_run_id: String,
 }
 
 /// Errors a command can meet, with the gRPC status each maps to.
@@ -168,6 +172,9 @@ pub enum ErrorCode {
     AlreadyExists,
     FailedPrecondition,
     ResourceExhausted,
+    /// The command named a run that is not the workflow's current run. Apply holds only
+    /// current runs; the node tells whether the named run is closed or never existed.
+    NotCurrentRun,
 }
 
 /// A deterministic refusal: the command changed nothing.

@@ -21,6 +21,9 @@ pub struct ShardState {
     pub executions: BTreeMap<WorkflowKey, Execution>,
     /// Only shard 0 holds namespaces.
     pub namespaces: BTreeMap<String, NamespaceRecord>,
+    /// The largest `now_ms` applied: apply never uses an earlier time, and a leader never
+    /// stamps one (stored with every apply, so a restart keeps it).
+    pub clock_floor_ms: u64,
 }
 
 impl ShardState {
@@ -33,10 +36,21 @@ impl ShardState {
     }
 }
 
-/// A workflow id's record: its current (latest) run.
+/// A workflow id's record: its current (latest) run, and the starts that made its recent runs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Execution {
     pub run: RunState,
+    /// The request ids of the last [`crate::limits::START_REQUESTS_KEPT`] client starts of
+    /// this workflow id and the run each created, oldest first: a retried start is answered
+    /// with its run even after that run continued as new or closed.
+    pub start_requests: VecDeque<StartRequest>,
+}
+
+/// A client start remembered for deduplication.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartRequest {
+    pub request_id: String,
+    pub run_id: RunId,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -59,6 +73,12 @@ pub struct RunState {
     pub timers: BTreeMap<u32, TimerState>,
     pub signal_waits: BTreeMap<u32, SignalWait>,
     pub buffered_signals: VecDeque<BufferedSignal>,
+    /// Signals consumed by a pending wait after the last completed workflow task was handed
+    /// out: the code has not seen them yet (a continue-as-new carries them to the next run).
+    pub signals_delivered_unseen: Vec<DeliveredSignal>,
+    /// Request ids of the last [`crate::limits::SIGNAL_REQUEST_IDS_KEPT`] signals recorded by
+    /// this run and the runs it continues, oldest first: a retried signal is recorded once.
+    pub signal_request_ids: VecDeque<String>,
     pub cancel_requested: bool,
     /// Set when the run continued as new.
     pub continued_as_run_id: String,
@@ -87,6 +107,7 @@ impl RunState {
             start_ms: self.start_ms,
             close_ms: self.close_ms,
             history_length: self.history_length(),
+            continued_as_run_id: self.continued_as_run_id.clone(),
         }
     }
 
@@ -162,6 +183,9 @@ pub struct ActivityState {
     pub backoff_until_ms: u64,
     pub last_failure: Option<Failure>,
     pub heartbeat_details: Payload,
+    /// When the current attempt was handed to a worker, if that was recorded (0: not started).
+    /// Recorded for attempts with a schedule-to-start timeout, which is decided from it.
+    pub attempt_started_ms: u64,
 }
 
 impl ActivityState {
@@ -184,6 +208,14 @@ pub struct SignalWait {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BufferedSignal {
+    pub name: String,
+    pub payload: Payload,
+}
+
+/// A signal a pending wait consumed (`SignalConsumed` event `event_id`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeliveredSignal {
+    pub event_id: u64,
     pub name: String,
     pub payload: Payload,
 }

@@ -106,10 +106,12 @@ impl WorkflowContext {
         self.state.lock().rng.next_uuid()
     }
 
-    /// Whether the workflow was asked to cancel before the last event the code observed.
+    /// Whether the workflow was asked to cancel: true from the workflow task that brought the
+    /// request on (replays identically), whatever the code was doing when it arrived. Once
+    /// asked, every wait the code starts (a sleep, a signal wait with nothing buffered, an
+    /// activity) resolves as canceled at once; steps still run, for cleanup.
     pub fn is_cancel_requested(&self) -> bool {
-        let state = self.state.lock();
-        state.cancel_requested_event_id.is_some_and(|id| id < state.last_observed_event_id)
+        self.state.lock().cancel_requested_event_id.is_some()
     }
 
     /// The error to return to end this run and start a new one with `input`:

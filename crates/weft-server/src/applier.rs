@@ -14,7 +14,9 @@ use tokio::sync::mpsc;
 use weft_core::apply::Effect;
 use weft_core::{Command, ErrorCode, Rejection, Reply, ShardState};
 use weft_raft::ShardApplier;
-use weft_storage::{Db, StateBatch, codec, shard_store};
+use weft_storage::{Db, StateBatch, codec};
+
+use crate::shard_store;
 
 /// Effects of one written batch of one shard.
 pub type ShardEffects = (u32, Vec<Effect>);
@@ -22,7 +24,8 @@ pub type ShardEffects = (u32, Vec<Effect>);
 struct Slot {
     state: Mutex<ShardState>,
     pending_effects: Mutex<Vec<Effect>>,
-    /// Largest `now_ms` applied: a new leader never stamps an earlier time.
+    /// The shard's clock floor (`ShardState::clock_floor_ms`, the largest time applied), for
+    /// stamping without the state lock: a leader never stamps an earlier time.
     applied_now_ms: AtomicU64,
 }
 
@@ -76,10 +79,10 @@ impl ShardApplier for ShardSlots {
                 )));
             }
         };
-        slot.applied_now_ms.fetch_max(command.now_ms, Ordering::AcqRel);
         let mut state = slot.state.lock();
         let outcome = weft_core::apply(&mut state, &command);
         shard_store::write_outcome(shard, &state, &outcome, batch);
+        slot.applied_now_ms.store(state.clock_floor_ms, Ordering::Release);
         drop(state);
         metrics::counter!("weft_commands_applied_total", "command" => command.kind.name()).increment(1);
         if !outcome.effects.is_empty() {
@@ -100,6 +103,7 @@ impl ShardApplier for ShardSlots {
     fn reload(&self, shard: u32, db: &Db) -> anyhow::Result<()> {
         let state = shard_store::load_shard_state(db, shard)?;
         let slot = self.slot(shard);
+        slot.applied_now_ms.store(state.clock_floor_ms, Ordering::Release);
         *slot.state.lock() = state;
         slot.pending_effects.lock().clear();
         Ok(())

@@ -31,20 +31,27 @@ pub fn failure_to_proto(failure: &Failure) -> pb::Failure {
     }
 }
 
+/// Largest backoff coefficient accepted on the wire.
+pub const BACKOFF_COEFFICIENT_MAX: f64 = 100.0;
+
+/// A retry policy from the wire. The coefficient becomes integer thousandths here, once, on
+/// the node that proposes the command (so replicas never round floating point); the rest of
+/// the policy is checked by the core, which names the field of any error.
 pub fn retry_policy_from_proto(policy: Option<pb::RetryPolicy>) -> Result<RetryPolicy, Status> {
     let Some(p) = policy else { return Ok(RetryPolicy::default()) };
-    if !(p.backoff_coefficient == 0.0 || (p.backoff_coefficient.is_finite() && p.backoff_coefficient >= 1.0)) {
+    let coefficient = p.backoff_coefficient;
+    let valid =
+        coefficient == 0.0 || (coefficient.is_finite() && (1.0..=BACKOFF_COEFFICIENT_MAX).contains(&coefficient));
+    if !valid {
         return Err(Status::invalid_argument(format!(
-            "retry_policy.backoff_coefficient must be 0 (default) or at least 1, got {}",
-            p.backoff_coefficient
+            "retry_policy.backoff_coefficient must be 0 (the default, 2.0) or between 1.0 and {BACKOFF_COEFFICIENT_MAX}, got {coefficient}"
         )));
     }
-    if p.non_retryable_error_types.len() > 100 {
-        return Err(Status::invalid_argument("retry_policy lists more than 100 non-retryable error types"));
-    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "checked to be within 0..=100 above")]
+    let backoff_coefficient_milli = (coefficient * 1000.0).round() as u32;
     Ok(RetryPolicy {
         initial_interval_ms: p.initial_interval_ms,
-        backoff_coefficient: p.backoff_coefficient,
+        backoff_coefficient_milli,
         maximum_interval_ms: p.maximum_interval_ms,
         maximum_attempts: p.maximum_attempts,
         non_retryable_error_types: p.non_retryable_error_types,
@@ -54,7 +61,7 @@ pub fn retry_policy_from_proto(policy: Option<pb::RetryPolicy>) -> Result<RetryP
 pub fn retry_policy_to_proto(policy: &RetryPolicy) -> pb::RetryPolicy {
     pb::RetryPolicy {
         initial_interval_ms: policy.initial_interval_ms,
-        backoff_coefficient: policy.backoff_coefficient,
+        backoff_coefficient: f64::from(policy.backoff_coefficient_milli) / 1000.0,
         maximum_interval_ms: policy.maximum_interval_ms,
         maximum_attempts: policy.maximum_attempts,
         non_retryable_error_types: policy.non_retryable_error_types.clone(),
@@ -195,7 +202,7 @@ pub fn event_to_proto(event: &HistoryEvent) -> pb::HistoryEvent {
         EventKind::ActivityCanceled { .. } => {
             out.failure = Some(pb::Failure {
                 message: "the workflow was asked to cancel".into(),
-                error_type: "Canceled".into(),
+                error_type: weft_proto::errors::CANCELED_ERROR_TYPE.into(),
                 non_retryable: true,
                 details: Vec::new(),
             })

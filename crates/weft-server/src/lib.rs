@@ -13,7 +13,10 @@ pub mod applier;
 pub mod convert;
 pub mod dispatch;
 pub mod node;
+pub mod query;
+pub mod route;
 pub mod service;
+pub mod shard_store;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -125,6 +128,16 @@ pub fn install_metrics(addr: SocketAddr) -> anyhow::Result<()> {
 fn open_cluster(db: &Db, config: &NodeConfig) -> anyhow::Result<ClusterMeta> {
     match db.get_cluster_meta()? {
         Some(meta) => {
+            anyhow::ensure!(
+                meta.node_id == config.node_id,
+                "the data directory {} belongs to node {} of cluster {}, but this node was started with --node-id {}: \
+                 start it with --node-id {} or give it another --data-dir",
+                config.data_dir.display(),
+                meta.node_id,
+                meta.cluster_id,
+                config.node_id,
+                meta.node_id
+            );
             if meta.shard_count != config.shards {
                 tracing::warn!(
                     stored = meta.shard_count,
@@ -219,13 +232,15 @@ async fn ensure_default_namespace(node: &Node) -> anyhow::Result<()> {
         };
         match node.propose(0, command).await {
             Ok(_) => return Ok(()),
-            Err(status) if status.code() == tonic::Code::AlreadyExists => return Ok(()),
-            Err(status) if tokio::time::Instant::now() < deadline => {
-                tracing::debug!(%status, "waiting for shard 0 to elect a leader");
+            Err(error) if error.rejection().is_some_and(|r| r.code == weft_core::ErrorCode::AlreadyExists) => {
+                return Ok(());
+            }
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(%error, "waiting for shard 0 to elect a leader");
                 let mut leading = node.raft.leader_watch(0);
                 let _ = tokio::time::timeout(std::time::Duration::from_millis(200), leading.changed()).await;
             }
-            Err(status) => anyhow::bail!("could not create the default namespace: {status}"),
+            Err(error) => anyhow::bail!("could not create the default namespace: {error}"),
         }
     }
 }

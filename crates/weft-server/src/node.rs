@@ -19,17 +19,19 @@ use tonic::Status;
 use tracing::Instrument;
 use weft_core::ids::TokenTask;
 use weft_core::{
-    Command, CommandKind, ErrorCode, HistoryEvent, ReadyTask, Rejection, Reply, TaskKind, TaskToken, TimeoutKind,
-    TimerKind, WorkflowKey, shard_for,
+    Command, CommandKind, HistoryEvent, ReadyTask, Reply, TaskKind, TaskToken, TimeoutKind, WorkflowKey, shard_for,
 };
 use weft_proto::v1 as pb;
-use weft_raft::{ProposeError, RaftHost};
-use weft_storage::{ClusterMeta, Db, StorageError, codec, shard_store};
+use weft_raft::RaftHost;
+use weft_storage::{ClusterMeta, Db, StorageError, codec};
 
 use crate::alarms::{Alarm, AlarmKey, Alarms};
 use crate::applier::{ShardEffects, ShardSlots};
 use crate::convert::event_to_proto;
 use crate::dispatch::{AttemptKey, Dispatcher, QueueKey};
+use crate::route::RouteError;
+use crate::service::{rejection_status, storage_status};
+use crate::shard_store;
 
 /// Longest a single long-poll (task poll, result wait) waits.
 pub const LONG_POLL_MAX: Duration = Duration::from_secs(60);
@@ -51,37 +53,68 @@ pub struct Node {
     pub shards: Arc<ShardSlots>,
     pub dispatch: Dispatcher,
     pub alarms: Alarms,
-    close_watchers: Mutex<HashMap<WorkflowKey, Vec<oneshot::Sender<()>>>>,
+    close_watchers: Mutex<CloseWatchers>,
     stamps: Vec<AtomicU64>,
     /// Set once when the node begins to shut down: long waits end and sessions stop reading,
     /// so the gRPC server's graceful shutdown does not wait for them.
     stopping: tokio::sync::watch::Sender<bool>,
 }
 
-pub fn rejection_status(rejection: Rejection) -> Status {
-    match rejection.code {
-        ErrorCode::InvalidArgument => Status::invalid_argument(rejection.message),
-        ErrorCode::NotFound => Status::not_found(rejection.message),
-        ErrorCode::AlreadyExists => Status::already_exists(rejection.message),
-        ErrorCode::FailedPrecondition => Status::failed_precondition(rejection.message),
-        ErrorCode::ResourceExhausted => Status::resource_exhausted(rejection.message),
+/// An attempt taken from its queue and marked in flight, while its hand-out awaits: dropped
+/// before the hand-out is done (the poll was abandoned), it gives the attempt back.
+struct HandingOut<'a> {
+    node: &'a Node,
+    shard: u32,
+    attempt: AttemptKey,
+    /// `None` once the hand-out finished, either way.
+    ready: Option<ReadyTask>,
+}
+
+impl Drop for HandingOut<'_> {
+    fn drop(&mut self) {
+        if let Some(ready) = self.ready.take() {
+            self.node.dispatch.finish(&self.attempt);
+            self.node.dispatch.return_task(self.shard, ready);
+        }
     }
 }
 
-pub fn propose_status(shard: u32, error: ProposeError) -> Status {
-    match error {
-        ProposeError::NotLeader { leader } => Status::unavailable(format!(
-            "shard {shard} is not led by this node (leader: {}); retry",
-            leader.map_or_else(|| "none yet".to_string(), |l| format!("node {l}"))
-        )),
-        ProposeError::ShuttingDown => Status::unavailable("the node is shutting down; retry on another node"),
-        other => Status::internal(format!("shard {shard}: {other}")),
+/// Result waits by workflow, each with the id of its [`CloseWatch`].
+#[derive(Default)]
+struct CloseWatchers {
+    by_key: HashMap<WorkflowKey, Vec<(u64, oneshot::Sender<()>)>>,
+    next_id: u64,
+}
+
+/// A registered wait for a workflow's current run to close ([`Node::watch_close`]).
+pub struct CloseWatch<'a> {
+    node: &'a Node,
+    key: WorkflowKey,
+    id: u64,
+    receiver: oneshot::Receiver<()>,
+}
+
+impl CloseWatch<'_> {
+    /// Waits until the run closes (true), or the node drops the watch (false).
+    pub async fn wait(mut self) -> bool {
+        (&mut self.receiver).await.is_ok()
     }
 }
 
-pub fn storage_status(error: StorageError) -> Status {
-    tracing::error!(%error, "storage read failed");
-    Status::internal(format!("storage: {error}"))
+impl Drop for CloseWatch<'_> {
+    fn drop(&mut self) {
+        let mut watchers = self.node.close_watchers.lock();
+        if let Some(list) = watchers.by_key.get_mut(&self.key) {
+            let before = list.len();
+            list.retain(|(id, _)| *id != self.id);
+            if list.len() < before {
+                metrics::gauge!("weft_result_waiters").decrement(1.0);
+            }
+            if list.is_empty() {
+                watchers.by_key.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl Node {
@@ -103,7 +136,7 @@ impl Node {
             shards,
             dispatch: Dispatcher::default(),
             alarms: Alarms::default(),
-            close_watchers: Mutex::new(HashMap::new()),
+            close_watchers: Mutex::new(CloseWatchers::default()),
             stamps,
             stopping: tokio::sync::watch::Sender::new(false),
         }
@@ -146,25 +179,32 @@ impl Node {
         now.max(previous)
     }
 
-    /// Proposes a command to its shard and waits until it is committed on a
-    /// quorum (fsynced) and applied; a deterministic rejection becomes a status.
-    pub async fn propose(&self, shard: u32, kind: CommandKind) -> Result<Reply, Status> {
+    /// Proposes a command to its shard and waits until it is committed on a quorum (fsynced)
+    /// and applied. The routing boundary ([`crate::route`]): a node that does not lead the
+    /// shard answers `NotLeader` without stamping; the leader stamps its clock into the command.
+    /// A deterministic refusal comes back as `RouteError::Rejected`.
+    pub async fn propose(&self, shard: u32, kind: CommandKind) -> Result<Reply, RouteError> {
+        if !self.raft.is_leader(shard) {
+            return Err(RouteError::NotLeader { shard, leader: self.raft.status(shard).leader });
+        }
         let name = kind.name();
         let command = Command { now_ms: self.stamp(shard), kind };
         let started = std::time::Instant::now();
         let result = self.raft.propose(shard, codec::encode(&command)).await;
         metrics::histogram!("weft_propose_seconds", "command" => name).record(started.elapsed().as_secs_f64());
-        let bytes = result.map_err(|e| propose_status(shard, e))?;
-        let reply: Reply = codec::decode(&bytes).map_err(|e| Status::internal(format!("undecodable reply: {e}")))?;
+        let bytes = result.map_err(|e| RouteError::of_raft(shard, e))?;
+        let reply: Reply = codec::decode(&bytes)
+            .map_err(|e| RouteError::Failed { shard, detail: format!("undecodable reply: {e}") })?;
         match reply {
-            Reply::Rejected(rejection) => Err(rejection_status(rejection)),
+            Reply::Rejected(rejection) => Err(RouteError::Rejected(rejection)),
             reply => Ok(reply),
         }
     }
 
-    /// Waits until this node may serve a linearizable read of `shard`.
-    pub async fn linearizable(&self, shard: u32) -> Result<(), Status> {
-        self.raft.ensure_linearizable(shard).await.map_err(|e| propose_status(shard, e))
+    /// Waits until this node may serve a linearizable read of `shard`: it leads the shard (a
+    /// read-index round with a quorum) and has applied everything committed before the call.
+    pub async fn linearizable(&self, shard: u32) -> Result<(), RouteError> {
+        self.raft.ensure_linearizable(shard).await.map_err(|e| RouteError::of_raft(shard, e))
     }
 
     pub fn require_namespace(&self, namespace: &str) -> Result<(), Status> {
@@ -304,22 +344,27 @@ impl Node {
         namespace: &str,
         task_queue: &str,
         wait: Duration,
-    ) -> Option<pb::ActivityTask> {
+    ) -> Result<Option<pb::ActivityTask>, Status> {
         let queue = QueueKey { namespace: namespace.into(), task_queue: task_queue.into(), kind: TaskKind::Activity };
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             if remaining.is_zero() {
-                return None;
+                return Ok(None);
             }
-            let (shard, ready) = self.dispatch.poll(&queue, remaining).await?;
-            if let Some(task) = self.hand_out_activity_task(shard, &ready) {
-                return Some(task);
+            let Some((shard, ready)) = self.dispatch.poll(&queue, remaining).await else { return Ok(None) };
+            if let Some(task) = self.hand_out_activity_task(shard, ready).await {
+                return Ok(Some(task));
             }
         }
     }
 
-    fn hand_out_activity_task(&self, shard: u32, ready: &ReadyTask) -> Option<pb::ActivityTask> {
+    /// Hands out a ready activity attempt if it is still current. An attempt with a
+    /// schedule-to-start timeout has its start recorded first (`ActivityAttemptStarted`), so
+    /// every leader decides that timeout from durable state; the worker gets the task only once
+    /// the start is committed. Cancel-safe: dropped before it returns, it gives the attempt back
+    /// to the queue.
+    async fn hand_out_activity_task(&self, shard: u32, ready: ReadyTask) -> Option<pb::ActivityTask> {
         if !self.raft.is_leader(shard) {
             return None;
         }
@@ -332,10 +377,12 @@ impl Node {
                 && activity.is_ready();
             current.then(|| activity.clone())
         })?;
-        let attempt = AttemptKey::of_ready(shard, ready);
-        if !self.dispatch.start(attempt) {
+        let attempt = AttemptKey::of_ready(shard, &ready);
+        if !self.dispatch.start(attempt.clone()) {
             return None;
         }
+        let mut handing = HandingOut { node: self, shard, attempt, ready: Some(ready) };
+        let ready = handing.ready.clone().expect("set above");
         let now = wall_clock_ms();
         let token = TaskToken {
             shard,
@@ -346,6 +393,18 @@ impl Node {
             started_ms: now,
         };
         let options = &activity.options;
+        if options.schedule_to_start_timeout_ms > 0 && activity.attempt_started_ms == 0 {
+            let recorded = self.propose(shard, CommandKind::ActivityAttemptStarted { token: token.clone() }).await;
+            if let Err(error) = recorded {
+                // Timed out first, no longer current, or not the leader any more: the attempt is
+                // not this node's to hand out.
+                tracing::debug!(shard, %error, "activity attempt not handed out");
+                handing.ready = None;
+                self.dispatch.finish(&handing.attempt);
+                return None;
+            }
+        }
+        handing.ready = None;
         if options.start_to_close_timeout_ms > 0 {
             let alarm = Alarm::ActivityTimeout { token: token.clone(), timeout: TimeoutKind::StartToClose };
             self.alarms.set(now + options.start_to_close_timeout_ms, alarm);
@@ -380,23 +439,38 @@ impl Node {
         }
     }
 
-    /// A receiver that fires when the workflow's current run closes. Register
-    /// before checking storage, so a close in between is not missed.
-    pub fn watch_close(&self, key: &WorkflowKey) -> oneshot::Receiver<()> {
+    /// A watch that fires when the workflow's current run closes. Register it before reading
+    /// the run's status, so a close applied in between fires it. Dropping the watch removes
+    /// it, so a wait that ends any way (closed, timed out, not found, abandoned) leaves
+    /// nothing behind.
+    pub fn watch_close(&self, key: &WorkflowKey) -> CloseWatch<'_> {
         let (sender, receiver) = oneshot::channel();
         let mut watchers = self.close_watchers.lock();
-        let list = watchers.entry(key.clone()).or_default();
-        list.retain(|s| !s.is_closed());
-        list.push(sender);
-        receiver
+        watchers.next_id += 1;
+        let id = watchers.next_id;
+        watchers.by_key.entry(key.clone()).or_default().push((id, sender));
+        metrics::gauge!("weft_result_waiters").increment(1.0);
+        CloseWatch { node: self, key: key.clone(), id, receiver }
     }
 
     fn notify_closed(&self, key: &WorkflowKey) {
-        if let Some(list) = self.close_watchers.lock().remove(key) {
-            for sender in list {
+        let woken = self.close_watchers.lock().by_key.remove(key);
+        if let Some(list) = woken {
+            metrics::gauge!("weft_result_waiters").decrement(list.len() as f64);
+            for (_, sender) in list {
                 let _ = sender.send(());
             }
         }
+    }
+
+    /// Result waits registered and not yet woken or dropped (the `weft_result_waiters` gauge).
+    pub fn result_waiters(&self) -> usize {
+        self.close_watchers.lock().by_key.values().map(Vec::len).sum()
+    }
+
+    /// The durable timers of `shard`, in due order (for tests and diagnostics).
+    pub fn durable_timers(&self, shard: u32) -> Result<Vec<weft_core::DueTimer>, StorageError> {
+        shard_store::scan_timers(&self.db, shard)
     }
 
     /// Reacts to apply effects: this is how a committed command reaches workers.
@@ -430,30 +504,17 @@ impl Node {
     async fn fire(&self, alarm: Alarm) {
         match alarm {
             Alarm::Durable { shard, timer } => {
-                let attempt_dispatched = match timer.kind {
-                    TimerKind::ActivityScheduleToStart { seq, attempt } => self.dispatch.is_in_flight(&AttemptKey {
-                        shard,
-                        key: timer.key.clone(),
-                        run_id: timer.run_id.clone(),
-                        kind: TaskKind::Activity,
-                        id: u64::from(seq),
-                        attempt,
-                    }),
-                    _ => false,
-                };
                 let span =
                     tracing::debug_span!("fire_timer", shard, workflow_id = %timer.key.workflow_id, kind = ?timer.kind);
-                let result = self
-                    .propose(shard, CommandKind::FireTimer { timer: timer.clone(), attempt_dispatched })
-                    .instrument(span)
-                    .await;
+                let result =
+                    self.propose(shard, CommandKind::FireTimer { timer: timer.clone() }).instrument(span).await;
                 match result {
                     Ok(_) => {}
-                    Err(status) if status.code() == tonic::Code::Unavailable && !self.raft.is_leader(shard) => {
+                    Err(RouteError::NotLeader { .. } | RouteError::ShuttingDown) => {
                         // The new leader reloads the timer from storage.
                     }
-                    Err(status) => {
-                        tracing::warn!(shard, %status, "firing a timer failed; trying again");
+                    Err(error) => {
+                        tracing::warn!(shard, %error, "firing a timer failed; trying again");
                         self.alarms.set(wall_clock_ms() + ALARM_RETRY_MS, Alarm::Durable { shard, timer });
                     }
                 }
@@ -461,16 +522,15 @@ impl Node {
             Alarm::WorkflowTaskTimeout { token } => {
                 self.task_finished(&token);
                 let shard = token.shard;
-                if let Err(status) = self.propose(shard, CommandKind::WorkflowTaskTimedOut { token }).await {
-                    tracing::debug!(shard, %status, "workflow task timeout not applied");
+                if let Err(error) = self.propose(shard, CommandKind::WorkflowTaskTimedOut { token }).await {
+                    tracing::debug!(shard, %error, "workflow task timeout not applied");
                 }
             }
             Alarm::ActivityTimeout { token, timeout } => {
                 self.task_finished(&token);
                 let shard = token.shard;
-                if let Err(status) = self.propose(shard, CommandKind::ActivityAttemptTimedOut { token, timeout }).await
-                {
-                    tracing::debug!(shard, %status, "activity timeout not applied");
+                if let Err(error) = self.propose(shard, CommandKind::ActivityAttemptTimedOut { token, timeout }).await {
+                    tracing::debug!(shard, %error, "activity timeout not applied");
                 }
             }
         }

@@ -15,13 +15,16 @@
 //!
 //! Versions: 1, the first; 2 (2026-11-26), `WorkflowTaskStarted.seen_event_id`,
 //! `CompleteWorkflowTask.steps_observed` and `RunState.last_wake_event_id`; 3 (2026-11-26), a
-//! history record holds the events one command appended (`Vec<HistoryEvent>`), not one event.
+//! history record holds the events one command appended (`Vec<HistoryEvent>`), not one event;
+//! 4 (2026-12-02), start and signal request ids kept per workflow, the shard clock floor,
+//! recorded activity attempt starts, `RunSummary.continued_as_run_id`, and retry policies
+//! with an integer backoff coefficient.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Version byte written in front of every record.
-pub const FORMAT_VERSION: u8 = 3;
+pub const FORMAT_VERSION: u8 = 4;
 
 /// Why a record could not be decoded.
 #[derive(Debug, thiserror::Error)]

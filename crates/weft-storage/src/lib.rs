@@ -7,15 +7,15 @@
 //! - This is the only crate that knows RocksDB. Callers see [`Db`], [`StateBatch`],
 //!   [`RaftBatch`] and byte keys/values, never `rocksdb` types.
 //! - It knows nothing about Raft or workflows: `weft-raft` decides what the raft records mean,
-//!   the domain decides what its state records mean. This crate only fixes where they live and
-//!   how keys order.
+//!   and `weft-server`'s `shard_store` decides where the domain's records live and what they
+//!   mean. This crate only provides the column families, batches, scans, the key encoding and
+//!   the record codec. It does not depend on `weft-core`.
 //! - One shard's state is one contiguous key range (`keys::shard_range`), so snapshots and
 //!   deletions of a shard are range operations.
 
 pub mod codec;
 pub mod db;
 pub mod keys;
-pub mod shard_store;
 
 pub use codec::CodecError;
 pub use db::{

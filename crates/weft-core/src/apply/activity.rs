@@ -39,10 +39,12 @@ pub(super) fn check_schedule(
     limits::check_duration("start-to-close timeout", options.start_to_close_timeout_ms)?;
     limits::check_duration("schedule-to-close timeout", options.schedule_to_close_timeout_ms)?;
     limits::check_duration("heartbeat timeout", options.heartbeat_timeout_ms)?;
-    let _ = retry_policy;
+    retry_policy.check()?;
     Ok(Checked { operations: 1, bytes: input.len() as u64 })
 }
 
+/// Schedules the activity's first attempt. After a cancel request the activity resolves as
+/// canceled at once instead (returns true: the code learns it with the next task).
 pub(super) fn schedule(
     cx: &mut RunCtx<'_>,
     seq: u32,
@@ -51,7 +53,7 @@ pub(super) fn schedule(
     input: &Payload,
     retry_policy: &RetryPolicy,
     options: &ActivityOptions,
-) {
+) -> bool {
     let task_queue = if task_queue.is_empty() { cx.run.task_queue.clone() } else { task_queue.to_string() };
     let mut options = options.clone();
     if options.start_to_close_timeout_ms == 0 && options.schedule_to_close_timeout_ms == 0 {
@@ -65,6 +67,10 @@ pub(super) fn schedule(
         retry_policy: retry_policy.clone(),
         options: options.clone(),
     });
+    if cx.run.cancel_requested {
+        cx.record(EventKind::ActivityCanceled { seq });
+        return true;
+    }
     let activity = ActivityState {
         activity_type: activity_type.to_string(),
         task_queue,
@@ -77,6 +83,7 @@ pub(super) fn schedule(
         backoff_until_ms: 0,
         last_failure: None,
         heartbeat_details: Payload::default(),
+        attempt_started_ms: 0,
     };
     let ready = cx.activity_ready_task(seq, &activity);
     cx.put_ready(ready);
@@ -87,6 +94,18 @@ pub(super) fn schedule(
         cx.arm_timer_in(options.schedule_to_start_timeout_ms, TimerKind::ActivityScheduleToStart { seq, attempt: 1 });
     }
     cx.run.activities.insert(seq, activity);
+    false
+}
+
+/// Records that the token's attempt was handed to a worker. Idempotent.
+pub(super) fn attempt_started(state: &mut ShardState, now: u64, token: &TaskToken, out: &mut Outcome) -> Handled {
+    let (run, seq) = activity_token_run(state, token)?;
+    let activity = run.activities.get_mut(&seq).expect("activity_token_run found it");
+    if activity.attempt_started_ms == 0 {
+        activity.attempt_started_ms = now;
+        out.writes.push(super::Write::PutExecution { key: token.key.clone() });
+    }
+    Ok(Reply::Done)
 }
 
 pub(super) fn complete(
@@ -169,6 +188,7 @@ fn fail_attempt(
         cx.record(EventKind::ActivityAttemptFailed { seq, attempt, failure: failure.clone(), next_attempt_ms });
         let activity = cx.run.activities.get_mut(&seq).expect("still pending");
         activity.attempt = attempt.saturating_add(1);
+        activity.attempt_started_ms = 0;
         activity.backoff_until_ms = next_attempt_ms;
         activity.last_failure = Some(failure);
         let timer = cx.timer(next_attempt_ms, TimerKind::ActivityRetry { seq, attempt: attempt.saturating_add(1) });
@@ -225,10 +245,11 @@ pub(super) fn fire_retry(cx: &mut RunCtx<'_>, seq: u32, attempt: u32, due_ms: u6
     true
 }
 
-/// Attempt `attempt` was not started in time (the leader saw it was not handed out). False if stale.
-pub(super) fn fire_schedule_to_start(cx: &mut RunCtx<'_>, seq: u32, attempt: u32, attempt_dispatched: bool) -> bool {
+/// Attempt `attempt` was not started in time: no start of it is recorded. False if stale or
+/// started.
+pub(super) fn fire_schedule_to_start(cx: &mut RunCtx<'_>, seq: u32, attempt: u32) -> bool {
     match cx.run.activities.get(&seq) {
-        Some(activity) if activity.attempt == attempt && activity.is_ready() && !attempt_dispatched => {
+        Some(activity) if activity.attempt == attempt && activity.is_ready() && activity.attempt_started_ms == 0 => {
             let activity = cx.run.activities.remove(&seq).expect("just found");
             let ready = cx.activity_ready_task(seq, &activity);
             cx.delete_ready(ready);
@@ -294,7 +315,7 @@ mod tests {
         h.start("w", "");
         let policy = RetryPolicy {
             initial_interval_ms: 1000,
-            backoff_coefficient: 2.0,
+            backoff_coefficient_milli: 2_000,
             maximum_attempts: 3,
             ..Default::default()
         };
@@ -336,6 +357,58 @@ mod tests {
         h.run(CommandKind::FailActivity { token, failure: Failure::new("CardDeclined", "declined") });
         assert!(h.history("w").contains(&"ActivityFailed"));
         assert!(h.state.run(&key("w")).expect("exists").activities.is_empty());
+    }
+
+    #[test]
+    fn a_recorded_start_keeps_the_schedule_to_start_timer_from_firing() {
+        use crate::model::ActivityOptions;
+        let mut h = Harness::default();
+        h.start("w", "");
+        let options = ActivityOptions { schedule_to_start_timeout_ms: 1_000, ..Default::default() };
+        let schedule = |seq| crate::command::WorkflowCommand::ScheduleActivity {
+            seq,
+            activity_type: "charge".into(),
+            task_queue: String::new(),
+            input: json("{}"),
+            retry_policy: RetryPolicy { maximum_attempts: 1, ..Default::default() },
+            options: options.clone(),
+        };
+        h.complete_task("w", vec![schedule(1), schedule(2)]);
+        let started = h.run(CommandKind::ActivityAttemptStarted { token: h.activity_token("w", 1) });
+        assert_eq!(started.reply, Reply::Done);
+        assert!(started.writes.iter().any(|w| matches!(w, Write::PutExecution { .. })));
+        let again = h.run(CommandKind::ActivityAttemptStarted { token: h.activity_token("w", 1) });
+        assert!(!again.writes.iter().any(|w| matches!(w, Write::PutExecution { .. })), "idempotent");
+        h.fire_due_timers(h.now_ms + 1_000);
+        let run = h.state.run(&key("w")).expect("run");
+        assert!(run.activities.contains_key(&1), "the started attempt runs on");
+        assert!(!run.activities.contains_key(&2), "the one never started timed out");
+        assert!(h.history("w").contains(&"ActivityTimedOut"));
+        let stale = h.activity_token("w", 1);
+        h.run(CommandKind::CompleteActivity { token: stale.clone(), result: json("1") });
+        assert_eq!(
+            rejected(&h.run(CommandKind::ActivityAttemptStarted { token: stale }).reply),
+            ErrorCode::FailedPrecondition,
+            "an ended attempt cannot start"
+        );
+    }
+
+    #[test]
+    fn an_activity_scheduled_after_a_cancel_request_resolves_as_canceled() {
+        let mut h = Harness::default();
+        h.start("w", "");
+        h.run(CommandKind::RequestCancel { key: key("w"), run_id: String::new(), reason: "stop".into() });
+        let token = h.workflow_token("w");
+        let outcome = h.run(h.completion(token, vec![activity(1, RetryPolicy::default())], true, true));
+        assert!(
+            matches!(outcome.reply, Reply::WorkflowTaskCompleted { next_task: Some(_), .. }),
+            "{:?}",
+            outcome.reply
+        );
+        assert!(!outcome.writes.iter().any(|w| matches!(w, Write::PutReady(t) if t.kind == TaskKind::Activity)));
+        let history = h.history("w");
+        assert_eq!(&history[history.len() - 3..], ["ActivityScheduled", "ActivityCanceled", "WorkflowTaskScheduled"]);
+        assert!(h.state.run(&key("w")).expect("run").activities.is_empty());
     }
 
     #[test]

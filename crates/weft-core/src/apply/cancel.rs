@@ -52,7 +52,7 @@ pub(super) fn request(
 
 #[cfg(test)]
 mod tests {
-    use crate::apply::harness::{Harness, activity, key, step};
+    use crate::apply::harness::{Harness, activity, domain_writes, key, step};
     use crate::apply::{Effect, Write};
     use crate::command::{CommandKind, WorkflowCommand};
     use crate::model::{Failure, RunStatus};
@@ -77,7 +77,7 @@ mod tests {
             assert!(history.contains(&expected), "{expected} missing from {history:?}");
         }
         let again = h.run(CommandKind::RequestCancel { key: key("w"), run_id: String::new(), reason: "again".into() });
-        assert!(again.writes.is_empty(), "a second request changes nothing");
+        assert!(domain_writes(&again).is_empty(), "a second request changes nothing");
         let failure = Failure::new(crate::model::CANCELED_ERROR_TYPE, "canceled");
         h.complete_task("w", vec![step(3, "release", "1"), WorkflowCommand::FailWorkflow { failure }]);
         assert_eq!(h.state.run(&key("w")).map(|r| r.status), Some(RunStatus::Canceled));

@@ -16,7 +16,7 @@ use crate::state::{RunState, ShardState};
 use super::context::{check_reason, client_run, sanitize_failure};
 use super::start::{NewRun, new_run};
 use super::workflow_task::Checked;
-use super::{Handled, Outcome, RunCtx};
+use super::{Handled, Outcome, RunCtx, signal};
 
 pub(super) fn check_complete(result: &Payload) -> Result<Checked, Rejection> {
     limits::check_payload("workflow result", result.as_bytes())?;
@@ -52,7 +52,8 @@ pub(super) fn fail(cx: &mut RunCtx<'_>, failure: &Failure) {
     }
 }
 
-/// Closes the run as continued and returns the new run (the caller makes it current).
+/// Closes the run as continued and returns the new run (the caller makes it current). What
+/// travels to the new run: the signals the code has not seen, and the signal request ids.
 pub(super) fn continue_as_new(
     cx: &mut RunCtx<'_>,
     new_run_id: &str,
@@ -62,12 +63,16 @@ pub(super) fn continue_as_new(
 ) -> RunState {
     let workflow_type = if workflow_type.is_empty() { cx.run.workflow_type.clone() } else { workflow_type.to_string() };
     let task_queue = if task_queue.is_empty() { cx.run.task_queue.clone() } else { task_queue.to_string() };
+    let buffered = std::mem::take(&mut cx.run.buffered_signals);
+    let delivered = std::mem::take(&mut cx.run.signals_delivered_unseen);
+    let signal_request_ids = std::mem::take(&mut cx.run.signal_request_ids);
+    // Before the close, so the closed run's summary names the run it continued as.
+    cx.run.continued_as_run_id = new_run_id.to_string();
     cx.close(
         EventKind::WorkflowContinuedAsNew { new_run_id: new_run_id.to_string(), input: input.clone() },
         RunStatus::ContinuedAsNew,
     );
-    cx.run.continued_as_run_id = new_run_id.to_string();
-    new_run(
+    let mut next = new_run(
         cx.key,
         cx.now,
         NewRun {
@@ -80,7 +85,11 @@ pub(super) fn continue_as_new(
             workflow_task_timeout_ms: cx.run.workflow_task_timeout_ms,
         },
         cx.out,
-    )
+    );
+    next.signal_request_ids = signal_request_ids;
+    let mut next_cx = RunCtx::new(cx.key, &mut next, cx.now, cx.out);
+    signal::carry_unseen(&mut next_cx, delivered, buffered);
+    next
 }
 
 pub(super) fn terminate(

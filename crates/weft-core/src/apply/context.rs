@@ -175,6 +175,7 @@ impl<'a> RunCtx<'a> {
         self.run.timers.clear();
         self.run.signal_waits.clear();
         self.run.buffered_signals.clear();
+        self.run.signals_delivered_unseen.clear();
         let close_event_id = self.record(kind);
         self.run.status = status;
         self.run.close_ms = self.now;
@@ -200,8 +201,8 @@ pub(crate) fn client_run<'s>(
     let run = &mut execution.run;
     if !run_id.is_empty() && run.run_id != run_id {
         return Err(Rejection::new(
-            ErrorCode::FailedPrecondition,
-            format!("run {run_id} of workflow {key} is not its current run ({}); it is closed", run.run_id),
+            ErrorCode::NotCurrentRun,
+            format!("run {run_id} of workflow {key} is not its current run ({})", run.run_id),
         ));
     }
     if !run.status.is_open() {

@@ -77,7 +77,13 @@ impl Harness {
     }
 
     pub fn signal(&mut self, id: &str, name: &str, payload: &str) -> Outcome {
-        self.run(CommandKind::Signal { key: key(id), run_id: String::new(), name: name.into(), input: json(payload) })
+        self.run(CommandKind::Signal {
+            key: key(id),
+            run_id: String::new(),
+            name: name.into(),
+            input: json(payload),
+            request_id: String::new(),
+        })
     }
 
     /// The token a worker gets for the run's pending workflow task (it saw the whole history).
@@ -145,7 +151,7 @@ impl Harness {
         let due: Vec<DueTimer> = self.timers.iter().filter(|t| t.due_ms <= up_to_ms).cloned().collect();
         for timer in due {
             self.now_ms = self.now_ms.max(timer.due_ms);
-            self.run(CommandKind::FireTimer { timer, attempt_dispatched: false });
+            self.run(CommandKind::FireTimer { timer });
         }
     }
 }
@@ -163,6 +169,11 @@ pub(crate) fn activity(seq: u32, policy: RetryPolicy) -> WorkflowCommand {
         retry_policy: policy,
         options: ActivityOptions::default(),
     }
+}
+
+/// The writes of an outcome other than the clock floor every command may move.
+pub(crate) fn domain_writes(outcome: &Outcome) -> Vec<&Write> {
+    outcome.writes.iter().filter(|w| !matches!(w, Write::PutClockFloor { .. })).collect()
 }
 
 pub(crate) fn rejected(reply: &Reply) -> ErrorCode {

@@ -70,6 +70,10 @@ pub enum Write {
     DeleteTimer(DueTimer),
     PutVisibility(RunSummary),
     PutNamespace(NamespaceRecord),
+    /// Store the shard's clock floor ([`ShardState::clock_floor_ms`]).
+    PutClockFloor {
+        now_ms: u64,
+    },
 }
 
 /// Something the shard leader does after the command is applied.
@@ -104,7 +108,13 @@ impl Outcome {
 /// Applies one committed command to the shard state.
 pub fn apply(state: &mut ShardState, command: &Command) -> Outcome {
     let mut out = Outcome::new();
-    let now = command.now_ms;
+    // Time never goes backwards within a shard, whatever the stamps of racing proposers or a
+    // leader whose clock stepped back.
+    let now = command.now_ms.max(state.clock_floor_ms);
+    if now != state.clock_floor_ms {
+        state.clock_floor_ms = now;
+        out.writes.push(Write::PutClockFloor { now_ms: now });
+    }
     let result = match &command.kind {
         CommandKind::CreateNamespace { name, description } => {
             namespace::create(state, now, name, description, &mut out)
@@ -118,7 +128,7 @@ pub fn apply(state: &mut ShardState, command: &Command) -> Outcome {
             request_id,
             workflow_task_timeout_ms,
         } => {
-            let request = start::StartRequest {
+            let request = start::StartCommand {
                 key,
                 run_id,
                 workflow_type,
@@ -147,11 +157,11 @@ pub fn apply(state: &mut ShardState, command: &Command) -> Outcome {
             activity::attempt_timed_out(state, now, token, *timeout, &mut out)
         }
         CommandKind::RecordHeartbeat { token, details } => activity::record_heartbeat(state, token, details, &mut out),
-        CommandKind::FireTimer { timer, attempt_dispatched } => {
-            fire_timer::fire(state, now, timer, *attempt_dispatched, &mut out)
-        }
-        CommandKind::Signal { key, run_id, name, input } => {
-            signal::signal(state, now, key, run_id, name, input, &mut out)
+        CommandKind::ActivityAttemptStarted { token } => activity::attempt_started(state, now, token, &mut out),
+        CommandKind::FireTimer { timer } => fire_timer::fire(state, now, timer, &mut out),
+        CommandKind::Signal { key, run_id, name, input, request_id } => {
+            let request = signal::SignalRequest { key, run_id, name, input, request_id };
+            signal::signal(state, now, request, &mut out)
         }
         CommandKind::RequestCancel { key, run_id, reason } => {
             cancel::request(state, now, key, run_id, reason, &mut out)
@@ -161,11 +171,9 @@ pub fn apply(state: &mut ShardState, command: &Command) -> Outcome {
     match result {
         Ok(reply) => out.reply = reply,
         Err(rejection) => {
-            debug_assert!(
-                out.writes.iter().all(|w| matches!(w, Write::DeleteTimer(_))),
-                "rejections write nothing but timer cleanup"
-            );
-            out.writes.retain(|w| matches!(w, Write::DeleteTimer(_)));
+            let keeps = |w: &Write| matches!(w, Write::DeleteTimer(_) | Write::PutClockFloor { .. });
+            assert!(out.writes.iter().all(keeps), "a rejected command wrote more than timer cleanup: {:?}", out.writes);
+            out.writes.retain(keeps);
             out.effects.clear();
             out.reply = Reply::Rejected(rejection);
         }

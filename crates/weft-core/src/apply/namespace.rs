@@ -26,7 +26,7 @@ pub(super) fn create(state: &mut ShardState, now: u64, name: &str, description: 
 #[cfg(test)]
 mod tests {
     use crate::apply::Write;
-    use crate::apply::harness::{Harness, rejected};
+    use crate::apply::harness::{Harness, domain_writes, rejected};
     use crate::command::CommandKind;
     use crate::model::{ErrorCode, Reply};
 
@@ -35,7 +35,7 @@ mod tests {
         let mut h = Harness::default();
         let created = h.run(CommandKind::CreateNamespace { name: "payments".into(), description: String::new() });
         assert!(matches!(created.reply, Reply::NamespaceCreated(_)));
-        assert!(matches!(created.writes.as_slice(), [Write::PutNamespace(_)]));
+        assert!(matches!(domain_writes(&created).as_slice(), [Write::PutNamespace(_)]));
         assert!(created.effects.is_empty());
         assert_eq!(
             rejected(

@@ -185,9 +185,13 @@ fn command_for(h: &Harness, action: &Action) -> Option<CommandKind> {
         Action::Heartbeat { wf, pick } => {
             CommandKind::RecordHeartbeat { token: activity_token(*wf, *pick)?, details: json("7") }
         }
-        Action::Signal { wf, name } => {
-            CommandKind::Signal { key: wf_key(*wf), run_id: String::new(), name: signal_name(*name), input: json("1") }
-        }
+        Action::Signal { wf, name } => CommandKind::Signal {
+            key: wf_key(*wf),
+            run_id: String::new(),
+            name: signal_name(*name),
+            input: json("1"),
+            request_id: if *name == 0 { format!("sig-{}", h.next_run % 3) } else { String::new() },
+        },
         Action::Cancel { wf } => {
             CommandKind::RequestCancel { key: wf_key(*wf), run_id: String::new(), reason: "r".into() }
         }
@@ -209,7 +213,7 @@ fn drive(h: &mut Harness, actions: &[Action]) -> Vec<Command> {
             let due: Vec<DueTimer> = h.timers.iter().filter(|t| t.due_ms <= up_to).cloned().collect();
             for timer in due {
                 h.now_ms = h.now_ms.max(timer.due_ms);
-                let kind = CommandKind::FireTimer { timer, attempt_dispatched: false };
+                let kind = CommandKind::FireTimer { timer };
                 applied.push(Command { now_ms: h.now_ms + 10, kind: kind.clone() });
                 h.run(kind);
             }
@@ -267,6 +271,6 @@ proptest! {
         h.run(CommandKind::CompleteActivity { token: token.clone(), result: json("1") });
         h.run(CommandKind::FailActivity { token: token.clone(), failure: Failure::new("E", id.clone()) });
         h.run(CommandKind::RecordHeartbeat { token, details: json("1") });
-        h.run(CommandKind::Signal { key: WorkflowKey::new("default", id.clone()), run_id: String::new(), name: id, input: json("1") });
+        h.run(CommandKind::Signal { key: WorkflowKey::new("default", id.clone()), run_id: String::new(), name: id.clone(), input: json("1"), request_id: id });
     }
 }

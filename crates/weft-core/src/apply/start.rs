@@ -8,11 +8,11 @@ use crate::ids::WorkflowKey;
 use crate::limits;
 use crate::model::{DEFAULT_WORKFLOW_TASK_TIMEOUT_MS, ErrorCode, Rejection, Reply, RunStatus};
 use crate::payload::Payload;
-use crate::state::{Execution, RunState, ShardState};
+use crate::state::{Execution, RunState, ShardState, StartRequest};
 
 use super::{Handled, Outcome, RunCtx, Write, invalid};
 
-pub(super) struct StartRequest<'a> {
+pub(super) struct StartCommand<'a> {
     pub key: &'a WorkflowKey,
     pub run_id: &'a str,
     pub workflow_type: &'a str,
@@ -22,7 +22,7 @@ pub(super) struct StartRequest<'a> {
     pub workflow_task_timeout_ms: u64,
 }
 
-fn check(request: &StartRequest<'_>) -> Result<(), Rejection> {
+fn check(request: &StartCommand<'_>) -> Result<(), Rejection> {
     let key = request.key;
     limits::check_name("namespace", &key.namespace)?;
     limits::check_name("workflow id", &key.workflow_id)?;
@@ -38,16 +38,19 @@ fn check(request: &StartRequest<'_>) -> Result<(), Rejection> {
 pub(super) fn start_workflow(
     state: &mut ShardState,
     now: u64,
-    request: StartRequest<'_>,
+    request: StartCommand<'_>,
     out: &mut Outcome,
 ) -> Handled {
     check(&request)?;
     let key = request.key;
     if let Some(execution) = state.executions.get(key) {
-        let run = &execution.run;
-        if !request.request_id.is_empty() && run.start_request_id == request.request_id {
-            return Ok(Reply::Started { run_id: run.run_id.clone(), started: false });
+        if !request.request_id.is_empty()
+            && let Some(earlier) = execution.start_requests.iter().find(|s| s.request_id == request.request_id)
+        {
+            // A retry (its reply was lost): the run it created, wherever its chain is now.
+            return Ok(Reply::Started { run_id: earlier.run_id.clone(), started: false });
         }
+        let run = &execution.run;
         if run.status.is_open() {
             return Err(Rejection::new(
                 ErrorCode::AlreadyExists,
@@ -69,7 +72,15 @@ pub(super) fn start_workflow(
         },
         out,
     );
-    state.executions.insert(key.clone(), Execution { run });
+    let mut start_requests = state.executions.remove(key).map(|e| e.start_requests).unwrap_or_default();
+    if !request.request_id.is_empty() {
+        if start_requests.len() >= limits::START_REQUESTS_KEPT {
+            start_requests.pop_front();
+        }
+        start_requests
+            .push_back(StartRequest { request_id: request.request_id.to_string(), run_id: request.run_id.to_string() });
+    }
+    state.executions.insert(key.clone(), Execution { run, start_requests });
     out.writes.push(Write::PutExecution { key: key.clone() });
     Ok(Reply::Started { run_id: request.run_id.to_string(), started: true })
 }
@@ -108,6 +119,8 @@ pub(super) fn new_run(key: &WorkflowKey, now: u64, spec: NewRun<'_>, out: &mut O
         timers: Default::default(),
         signal_waits: Default::default(),
         buffered_signals: Default::default(),
+        signals_delivered_unseen: Vec::new(),
+        signal_request_ids: Default::default(),
         cancel_requested: false,
         continued_as_run_id: String::new(),
         close_event_id: 0,
@@ -130,7 +143,7 @@ pub(super) fn new_run(key: &WorkflowKey, now: u64, spec: NewRun<'_>, out: &mut O
 
 #[cfg(test)]
 mod tests {
-    use crate::apply::harness::{Harness, json, key, rejected};
+    use crate::apply::harness::{Harness, domain_writes, json, key, rejected};
     use crate::apply::{Effect, Write};
     use crate::command::{CommandKind, WorkflowCommand};
     use crate::model::{ErrorCode, Reply, RunStatus, TaskKind};
@@ -160,7 +173,7 @@ mod tests {
         h.start("order-1", "req-1");
         let retried = h.start_outcome("order-1", "req-1");
         assert_eq!(retried.reply, Reply::Started { run_id: "run-1".into(), started: false });
-        assert!(retried.writes.is_empty() && retried.effects.is_empty(), "a retried start changes nothing");
+        assert!(domain_writes(&retried).is_empty() && retried.effects.is_empty(), "a retried start changes nothing");
         assert_eq!(rejected(&h.start("order-1", "req-2")), ErrorCode::AlreadyExists);
         h.complete_task("order-1", vec![WorkflowCommand::CompleteWorkflow { result: json("1") }]);
         assert_eq!(h.state.run(&key("order-1")).map(|r| r.status), Some(RunStatus::Completed));
@@ -170,6 +183,33 @@ mod tests {
             "same request id after close"
         );
         assert!(matches!(h.start("order-1", "req-3"), Reply::Started { started: true, .. }), "id reuse after close");
+    }
+
+    #[test]
+    fn a_retried_start_is_answered_with_its_run_across_continue_as_new() {
+        let mut h = Harness::default();
+        h.start("w", "req-1");
+        let next = WorkflowCommand::ContinueAsNew {
+            input: json("2"),
+            workflow_type: String::new(),
+            task_queue: String::new(),
+        };
+        h.complete_task("w", vec![next]);
+        assert_eq!(
+            h.start("w", "req-1"),
+            Reply::Started { run_id: "run-1".into(), started: false },
+            "while the chain runs"
+        );
+        h.complete_task("w", vec![WorkflowCommand::CompleteWorkflow { result: json("1") }]);
+        assert_eq!(h.start("w", "req-1"), Reply::Started { run_id: "run-1".into(), started: false }, "after it closed");
+        // The bound: only the last START_REQUESTS_KEPT client starts of an id are remembered.
+        for i in 0..crate::limits::START_REQUESTS_KEPT {
+            assert!(matches!(h.start("w", &format!("later-{i}")), Reply::Started { started: true, .. }));
+            h.complete_task("w", vec![WorkflowCommand::CompleteWorkflow { result: json("1") }]);
+        }
+        assert!(matches!(h.start("w", "req-1"), Reply::Started { started: true, .. }), "forgotten past the bound");
+        let execution = &h.state.executions[&key("w")];
+        assert_eq!(execution.start_requests.len(), crate::limits::START_REQUESTS_KEPT);
     }
 
     #[test]

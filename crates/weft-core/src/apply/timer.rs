@@ -23,12 +23,19 @@ pub(super) fn check_cancel(index: usize, seq: u32, last_seq: u32) -> Result<Chec
     Ok(Checked::default())
 }
 
-pub(super) fn start(cx: &mut RunCtx<'_>, seq: u32, duration_ms: u64) {
+/// Starts a timer. After a cancel request it resolves as canceled at once instead (returns
+/// true: the code learns it with the next task): a cancel request sticks to every later wait.
+pub(super) fn start(cx: &mut RunCtx<'_>, seq: u32, duration_ms: u64) -> bool {
     let fire_ms = cx.now.saturating_add(duration_ms);
     cx.record(EventKind::TimerStarted { seq, duration_ms, fire_ms });
+    if cx.run.cancel_requested {
+        cx.record(EventKind::TimerCanceled { seq });
+        return true;
+    }
     cx.run.timers.insert(seq, TimerState { fire_ms });
     let timer = cx.timer(fire_ms, TimerKind::User { seq });
     cx.arm_timer(timer);
+    false
 }
 
 /// Cancels a pending timer; returns whether one was (the code then learns it at once).
@@ -88,5 +95,32 @@ mod tests {
         assert_eq!(history.iter().filter(|t| **t == "TimerFired").count(), 1);
         assert_eq!(history.iter().filter(|t| **t == "TimerCanceled").count(), 1);
         assert!(h.timers.is_empty(), "the canceled timer fired into a no-op and was deleted");
+    }
+
+    #[test]
+    fn a_timer_started_after_a_cancel_request_resolves_as_canceled() {
+        use crate::apply::harness::key;
+        use crate::command::CommandKind;
+        use crate::model::Reply;
+        let mut h = Harness::default();
+        h.start("w", "");
+        // The request arrives while the task runs: the code has not seen it and starts a timer.
+        let token = h.workflow_token("w");
+        h.run(CommandKind::RequestCancel { key: key("w"), run_id: String::new(), reason: "stop".into() });
+        let outcome = h.run(h.completion(
+            token,
+            vec![WorkflowCommand::StartTimer { seq: 1, duration_ms: 3_600_000 }],
+            true,
+            true,
+        ));
+        assert!(
+            matches!(outcome.reply, Reply::WorkflowTaskCompleted { next_task: Some(_), .. }),
+            "{:?}",
+            outcome.reply
+        );
+        assert!(!outcome.effects.iter().any(|e| matches!(e, Effect::TimerArmed(_))), "no timer is armed");
+        let history = h.history("w");
+        assert_eq!(&history[history.len() - 3..], ["TimerStarted", "TimerCanceled", "WorkflowTaskScheduled"]);
+        assert!(h.state.run(&key("w")).expect("run").timers.is_empty());
     }
 }

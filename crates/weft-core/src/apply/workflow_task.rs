@@ -17,7 +17,7 @@ use crate::ids::TaskToken;
 use crate::limits;
 use crate::model::{ErrorCode, Failure, Rejection, Reply, TimerKind};
 use crate::retry::workflow_task_retry_delay_ms;
-use crate::state::{Execution, RunState, ShardState, WorkflowTaskState};
+use crate::state::{RunState, ShardState, WorkflowTaskState};
 
 use super::context::{sanitize_failure, workflow_token_run};
 use super::{Effect, Handled, Outcome, RunCtx, Write, activity, close, invalid, signal, step, timer};
@@ -77,9 +77,12 @@ fn apply_command(cx: &mut RunCtx<'_>, completion: &Completion<'_>, command: &Wor
             applied.resolved_now |= !completion.steps_observed;
         }
         WorkflowCommand::ScheduleActivity { seq, activity_type, task_queue, input, retry_policy, options } => {
-            activity::schedule(cx, *seq, activity_type, task_queue, input, retry_policy, options)
+            applied.resolved_now |=
+                activity::schedule(cx, *seq, activity_type, task_queue, input, retry_policy, options)
         }
-        WorkflowCommand::StartTimer { seq, duration_ms } => timer::start(cx, *seq, *duration_ms),
+        WorkflowCommand::StartTimer { seq, duration_ms } => {
+            applied.resolved_now |= timer::start(cx, *seq, *duration_ms)
+        }
         WorkflowCommand::CancelTimer { seq } => applied.resolved_now |= timer::cancel(cx, *seq),
         WorkflowCommand::WaitSignal { seq, name, timeout_ms } => {
             applied.resolved_now |= signal::wait(cx, *seq, name, *timeout_ms)
@@ -165,6 +168,8 @@ pub(super) fn complete(state: &mut ShardState, now: u64, completion: Completion<
     // Events the code must see arrived while the task ran: it needs the next task at once.
     // (Informational ones, like a retried activity attempt, wait for the next real task.)
     let had_unseen_events = cx.run.last_wake_event_id > seen_event_id;
+    // The code has now seen every signal delivered up to what this task was shown.
+    cx.run.signals_delivered_unseen.retain(|signal| signal.event_id > seen_event_id);
     let task = end_task(&mut cx, seen_event_id);
     cx.record(EventKind::WorkflowTaskCompleted { scheduled_event_id: task.scheduled_event_id });
 
@@ -187,8 +192,10 @@ pub(super) fn complete(state: &mut ShardState, now: u64, completion: Completion<
         }
     }
     cx.put_execution();
-    if let Some(next) = applied.continued {
-        state.executions.insert(key.clone(), Execution { run: next });
+    if let Some(next) = applied.continued
+        && let Some(execution) = state.executions.get_mut(key)
+    {
+        execution.run = next;
     }
     Ok(Reply::WorkflowTaskCompleted { next_task, appended })
 }
@@ -260,7 +267,7 @@ pub(super) fn fire_retry(cx: &mut RunCtx<'_>, attempt: u32, due_ms: u64) -> bool
 
 #[cfg(test)]
 mod tests {
-    use crate::apply::harness::{Harness, activity, json, key, rejected, step};
+    use crate::apply::harness::{Harness, activity, domain_writes, json, key, rejected, step};
     use crate::apply::{Effect, Write};
     use crate::command::{CommandKind, WorkflowCommand};
     use crate::event::EventKind;
@@ -377,7 +384,7 @@ mod tests {
         assert!(matches!(first.reply, Reply::WorkflowTaskCompleted { .. }));
         let again = h.run(h.completion(token, commands, false, false));
         assert_eq!(rejected(&again.reply), ErrorCode::FailedPrecondition);
-        assert!(again.writes.is_empty() && again.effects.is_empty(), "a rejected command writes nothing");
+        assert!(domain_writes(&again).is_empty() && again.effects.is_empty(), "a rejected command writes nothing");
         assert_eq!(h.history("w").iter().filter(|t| **t == "StepCompleted").count(), 1, "recorded exactly once");
     }
 

@@ -10,15 +10,18 @@ use std::time::Duration;
 use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
-use weft_core::{CommandKind, EventKind, Payload, Reply, RunStatus, WorkflowKey, limits};
+use weft_core::{CommandKind, ErrorCode, EventKind, Payload, Reply, RunStatus, WorkflowKey, limits};
+use weft_proto::errors::TERMINATED_ERROR_TYPE;
 use weft_proto::v1 as pb;
 use weft_proto::v1::workflow_service_server::WorkflowService;
-use weft_storage::{codec, shard_store};
+use weft_storage::codec;
 
 use super::session::{self, CallKind, SessionApi, call_error};
-use super::{namespace_or_default, observe};
+use super::{LongWait, client_deadline, namespace_or_default, observe, rejection_status};
 use crate::convert::{event_to_proto, failure_to_proto, status_from_proto, status_to_proto, summary_to_proto};
-use crate::node::{LONG_POLL_MAX, Node, rejection_status, storage_status};
+use crate::node::Node;
+use crate::route::RouteError;
+use crate::shard_store::ListCursor;
 
 /// Most events one history page returns.
 pub const HISTORY_PAGE_EVENTS_MAX: u32 = 10_000;
@@ -86,20 +89,16 @@ impl ClientService {
 
     async fn describe(&self, request: pb::DescribeWorkflowRequest) -> Result<pb::DescribeWorkflowResponse, Status> {
         let (key, shard) = self.key(request.namespace, request.workflow_id)?;
-        self.node.linearizable(shard).await?;
-        let execution = shard_store::read_execution(&self.node.db, shard, &key)
-            .map_err(storage_status)?
-            .ok_or_else(|| Status::not_found(format!("workflow {key} not found")))?;
-        let run = &execution.run;
-        if !request.run_id.is_empty() && request.run_id != run.run_id {
-            let summary = shard_store::read_run_summary(&self.node.db, shard, &key, &request.run_id)
-                .map_err(storage_status)?
-                .ok_or_else(|| Status::not_found(format!("run {} of workflow {key} not found", request.run_id)))?;
+        let view = self.node.read_run(shard, &key, &request.run_id).await?;
+        let info = Some(summary_to_proto(&view.summary, shard));
+        let Some(run) = view.current else {
+            // A closed run of the past: its summary is all that is kept.
             return Ok(pb::DescribeWorkflowResponse {
-                info: Some(summary_to_proto(&summary, shard)),
+                info,
+                continued_as_run_id: view.summary.continued_as_run_id,
                 ..Default::default()
             });
-        }
+        };
         let pending_activities = run
             .activities
             .iter()
@@ -108,7 +107,13 @@ impl ClientService {
                 activity_type: activity.activity_type.clone(),
                 task_queue: activity.task_queue.clone(),
                 attempt: activity.attempt,
-                state: if activity.is_ready() { "scheduled".into() } else { "backing_off".into() },
+                state: if !activity.is_ready() {
+                    "backing_off".into()
+                } else if activity.attempt_started_ms > 0 {
+                    "started".into()
+                } else {
+                    "scheduled".into()
+                },
                 last_failure: activity.last_failure.as_ref().map(failure_to_proto),
                 next_attempt_time_ms: activity.backoff_until_ms,
                 heartbeat_details: activity.heartbeat_details.0.clone(),
@@ -122,7 +127,7 @@ impl ClientService {
             last_failure: task.last_failure.as_ref().map(failure_to_proto),
         });
         Ok(pb::DescribeWorkflowResponse {
-            info: Some(summary_to_proto(&run.summary(&key), shard)),
+            info,
             pending_activities,
             pending_timers,
             pending_workflow_task,
@@ -135,105 +140,95 @@ impl ClientService {
 
     async fn history(&self, request: pb::GetWorkflowHistoryRequest) -> Result<pb::GetWorkflowHistoryResponse, Status> {
         let (key, shard) = self.key(request.namespace, request.workflow_id)?;
-        self.node.linearizable(shard).await?;
-        let run_id = if request.run_id.is_empty() {
-            shard_store::read_execution(&self.node.db, shard, &key)
-                .map_err(storage_status)?
-                .ok_or_else(|| Status::not_found(format!("workflow {key} not found")))?
-                .run
-                .run_id
-        } else {
-            request.run_id
-        };
         let max = match request.max_events {
             0 => HISTORY_PAGE_EVENTS_DEFAULT,
             n => n.min(HISTORY_PAGE_EVENTS_MAX),
         } as usize;
-        let events = shard_store::read_history(&self.node.db, shard, &key, &run_id, request.from_event_id.max(1), max)
-            .map_err(storage_status)?;
-        if events.is_empty()
-            && shard_store::read_run_summary(&self.node.db, shard, &key, &run_id).map_err(storage_status)?.is_none()
-        {
-            return Err(Status::not_found(format!("run {run_id} of workflow {key} not found")));
-        }
-        let next_event_id = if events.len() == max { events.last().map_or(0, |e| e.event_id + 1) } else { 0 };
+        let page = self.node.history_page(shard, &key, &request.run_id, request.from_event_id, max).await?;
         Ok(pb::GetWorkflowHistoryResponse {
-            run_id,
-            events: events.iter().map(event_to_proto).collect(),
-            next_event_id,
+            run_id: page.run_id,
+            events: page.events.iter().map(event_to_proto).collect(),
+            next_event_id: page.next_event_id,
         })
     }
 
-    async fn result(&self, request: pb::GetWorkflowResultRequest) -> Result<pb::GetWorkflowResultResponse, Status> {
+    async fn result(
+        &self,
+        request: pb::GetWorkflowResultRequest,
+        deadline: Option<Duration>,
+    ) -> Result<pb::GetWorkflowResultResponse, Status> {
         let (key, shard) = self.key(request.namespace, request.workflow_id)?;
-        let wait = Duration::from_millis(request.wait_ms);
+        let wait = LongWait::new(Duration::from_millis(request.wait_ms), deadline);
         self.wait_result(&key, shard, request.run_id, wait, request.follow_runs, false).await
     }
 
     /// StartWorkflow, then GetWorkflowResult of its run.
-    async fn execute(&self, request: pb::ExecuteWorkflowRequest) -> Result<pb::ExecuteWorkflowResponse, Status> {
+    async fn execute(
+        &self,
+        request: pb::ExecuteWorkflowRequest,
+        deadline: Option<Duration>,
+    ) -> Result<pb::ExecuteWorkflowResponse, Status> {
         let mut start =
             request.start.ok_or_else(|| Status::invalid_argument("execute_workflow has no start request"))?;
         let (key, shard) = self.key(std::mem::take(&mut start.namespace), std::mem::take(&mut start.workflow_id))?;
+        let wait = LongWait::new(Duration::from_millis(request.wait_ms), deadline);
         let started = self.start_keyed(key.clone(), shard, start).await?;
-        let wait = Duration::from_millis(request.wait_ms);
         // The start was just applied on this node, the shard's leader: its state is current.
         let result = self.wait_result(&key, shard, started.run_id.clone(), wait, false, true).await?;
         Ok(pb::ExecuteWorkflowResponse { run_id: started.run_id, started: started.started, result: Some(result) })
     }
 
-    /// Waits up to `wait` (capped at [`LONG_POLL_MAX`]) for run `run_id` of `key` (empty: the
-    /// current run) to close, and returns its result. `state_current`: this node's state of the
-    /// shard is known to be linearizable now, so the first read needs no read-index round.
+    /// Waits (as `wait` allows) for run `run_id` of `key` (empty: the current run) to close,
+    /// and returns its result. `state_current`: this node's state of the shard is known to be
+    /// linearizable now, so the first read needs no read-index round.
     async fn wait_result(
         &self,
         key: &WorkflowKey,
         shard: u32,
         mut run_id: String,
-        wait: Duration,
+        wait: LongWait,
         follow_runs: bool,
         state_current: bool,
     ) -> Result<pb::GetWorkflowResultResponse, Status> {
-        let deadline = tokio::time::Instant::now() + wait.min(LONG_POLL_MAX);
         // Woken by this node's apply of the run's close: the local state already holds it, and a
         // closed run never changes, so the read needs no new read-index round.
         let mut woken_by_close = state_current;
         loop {
+            // Registered before the run is read, so a close applied in between fires it; dropped
+            // (which removes it) when this round ends, whichever way it ends.
             let closed = self.node.watch_close(key);
-            if !std::mem::take(&mut woken_by_close) {
-                self.node.linearizable(shard).await?;
-            }
-            let execution = shard_store::read_execution(&self.node.db, shard, key)
-                .map_err(storage_status)?
-                .ok_or_else(|| Status::not_found(format!("workflow {key} not found")))?;
-            let (this_run, status, close_event_id) = if run_id.is_empty() || run_id == execution.run.run_id {
-                let run = &execution.run;
-                (run.run_id.clone(), run.status, run.close_event_id)
+            let view = if std::mem::take(&mut woken_by_close) {
+                self.node.read_run_applied(shard, key, &run_id)?
             } else {
-                let summary = shard_store::read_run_summary(&self.node.db, shard, key, &run_id)
-                    .map_err(storage_status)?
-                    .ok_or_else(|| Status::not_found(format!("run {run_id} of workflow {key} not found")))?;
-                (summary.run_id, summary.status, summary.history_length)
+                self.node.read_run(shard, key, &run_id).await?
             };
-            if status == RunStatus::Running {
-                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-                if remaining.is_zero() {
-                    return Ok(pb::GetWorkflowResultResponse { closed: false, run_id: this_run, ..Default::default() });
-                }
-                let wait = async { Ok(tokio::time::timeout(remaining, closed).await) };
-                woken_by_close = matches!(self.node.unless_stopping(wait).await?, Ok(Ok(())));
-                run_id = this_run;
+            let summary = view.summary;
+            if summary.status == RunStatus::Running {
+                let Some(remaining) = wait.remaining() else {
+                    return match wait.deadline_passed() {
+                        true => Err(Status::deadline_exceeded(format!(
+                            "workflow {key} run {} is still running at the call's deadline",
+                            summary.run_id
+                        ))),
+                        false => Ok(pb::GetWorkflowResultResponse {
+                            closed: false,
+                            run_id: summary.run_id,
+                            status: status_to_proto(RunStatus::Running) as i32,
+                            ..Default::default()
+                        }),
+                    };
+                };
+                let waited = async { Ok(tokio::time::timeout(remaining, closed.wait()).await) };
+                woken_by_close = matches!(self.node.unless_stopping(waited).await?, Ok(true));
+                run_id = summary.run_id;
                 continue;
             }
-            let event = shard_store::read_event(&self.node.db, shard, key, &this_run, close_event_id)
-                .map_err(storage_status)?
-                .ok_or_else(|| {
-                    Status::internal(format!("closed run {this_run} has no closing event {close_event_id}"))
-                })?;
+            let this_run = summary.run_id;
+            let event = self.node.closing_event(shard, key, &this_run, summary.history_length)?;
             let mut response = pb::GetWorkflowResultResponse {
                 closed: true,
                 run_id: this_run,
-                status: status_to_proto(status) as i32,
+                status: status_to_proto(summary.status) as i32,
                 ..Default::default()
             };
             match event.kind {
@@ -244,7 +239,7 @@ impl ClientService {
                 EventKind::WorkflowTerminated { reason } => {
                     response.failure = Some(pb::Failure {
                         message: if reason.is_empty() { "terminated".into() } else { reason },
-                        error_type: "Terminated".into(),
+                        error_type: TERMINATED_ERROR_TYPE.into(),
                         non_retryable: true,
                         details: Vec::new(),
                     })
@@ -262,6 +257,28 @@ impl ClientService {
         }
     }
 
+    /// Proposes a client command naming a run (`run_id`, empty: the current run). A run id
+    /// that is not the current run's gets NOT_FOUND if it never existed, FAILED_PRECONDITION
+    /// if it is closed.
+    async fn run_command(
+        &self,
+        key: &WorkflowKey,
+        shard: u32,
+        run_id: &str,
+        command: CommandKind,
+    ) -> Result<Reply, Status> {
+        match self.node.propose(shard, command).await {
+            Err(RouteError::Rejected(rejection)) if rejection.code == ErrorCode::NotCurrentRun => {
+                if self.node.run_exists(shard, key, run_id)? {
+                    Err(Status::failed_precondition(format!("{}; it is closed", rejection.message)))
+                } else {
+                    Err(Status::not_found(format!("run {run_id} of workflow {key} not found")))
+                }
+            }
+            other => Ok(other?),
+        }
+    }
+
     async fn list(&self, request: pb::ListWorkflowsRequest) -> Result<pb::ListWorkflowsResponse, Status> {
         let namespace = namespace_or_default(request.namespace);
         self.node.require_namespace(&namespace)?;
@@ -269,7 +286,7 @@ impl ClientService {
             0 => LIST_PAGE_SIZE_DEFAULT,
             n => n.min(LIST_PAGE_SIZE_MAX),
         } as usize;
-        let cursor: Option<shard_store::ListCursor> = if request.next_page_token.is_empty() {
+        let cursor: Option<ListCursor> = if request.next_page_token.is_empty() {
             None
         } else {
             Some(
@@ -288,8 +305,7 @@ impl ClientService {
         let mut rows = Vec::new();
         let mut more = false;
         for shard in 0..self.node.shard_count() {
-            let page = shard_store::list_runs(&self.node.db, shard, &namespace, cursor.as_ref(), page_size, &keep)
-                .map_err(storage_status)?;
+            let page = self.node.list_runs(shard, &namespace, cursor.as_ref(), page_size, &keep)?;
             more |= page.len() == page_size;
             rows.extend(page.into_iter().map(|summary| (shard, summary)));
         }
@@ -333,12 +349,13 @@ impl WorkflowService for ClientService {
             let request = request.into_inner();
             let (key, shard) = self.key(request.namespace, request.workflow_id)?;
             let command = CommandKind::Signal {
-                key,
-                run_id: request.run_id,
+                key: key.clone(),
+                run_id: request.run_id.clone(),
                 name: request.signal_name,
                 input: Payload(request.input),
+                request_id: request.request_id,
             };
-            self.node.propose(shard, command).await?;
+            self.run_command(&key, shard, &request.run_id, command).await?;
             Ok(pb::SignalWorkflowResponse {})
         })
         .await
@@ -351,9 +368,9 @@ impl WorkflowService for ClientService {
         observe("RequestCancelWorkflow", async {
             let request = request.into_inner();
             let (key, shard) = self.key(request.namespace, request.workflow_id)?;
-            self.node
-                .propose(shard, CommandKind::RequestCancel { key, run_id: request.run_id, reason: request.reason })
-                .await?;
+            let command =
+                CommandKind::RequestCancel { key: key.clone(), run_id: request.run_id.clone(), reason: request.reason };
+            self.run_command(&key, shard, &request.run_id, command).await?;
             Ok(pb::RequestCancelWorkflowResponse {})
         })
         .await
@@ -366,9 +383,9 @@ impl WorkflowService for ClientService {
         observe("TerminateWorkflow", async {
             let request = request.into_inner();
             let (key, shard) = self.key(request.namespace, request.workflow_id)?;
-            self.node
-                .propose(shard, CommandKind::Terminate { key, run_id: request.run_id, reason: request.reason })
-                .await?;
+            let command =
+                CommandKind::Terminate { key: key.clone(), run_id: request.run_id.clone(), reason: request.reason };
+            self.run_command(&key, shard, &request.run_id, command).await?;
             Ok(pb::TerminateWorkflowResponse {})
         })
         .await
@@ -392,7 +409,8 @@ impl WorkflowService for ClientService {
         &self,
         request: Request<pb::GetWorkflowResultRequest>,
     ) -> Result<Response<pb::GetWorkflowResultResponse>, Status> {
-        observe("GetWorkflowResult", self.result(request.into_inner())).await
+        let deadline = client_deadline(&request);
+        observe("GetWorkflowResult", self.result(request.into_inner(), deadline)).await
     }
 
     async fn list_workflows(
@@ -406,7 +424,8 @@ impl WorkflowService for ClientService {
         &self,
         request: Request<pb::ExecuteWorkflowRequest>,
     ) -> Result<Response<pb::ExecuteWorkflowResponse>, Status> {
-        observe("ExecuteWorkflow", self.execute(request.into_inner())).await
+        let deadline = client_deadline(&request);
+        observe("ExecuteWorkflow", self.execute(request.into_inner(), deadline)).await
     }
 
     type ClientSessionStream = Pin<Box<dyn Stream<Item = Result<pb::ClientSessionResponse, Status>> + Send>>;
@@ -445,10 +464,10 @@ impl SessionApi for ClientService {
             Some(Call::StartWorkflow(call)) => observe("StartWorkflow", self.start(call))
                 .await
                 .map(|response| CallResult::StartWorkflow(response.into_inner())),
-            Some(Call::GetWorkflowResult(call)) => observe("GetWorkflowResult", self.result(call))
+            Some(Call::GetWorkflowResult(call)) => observe("GetWorkflowResult", self.result(call, None))
                 .await
                 .map(|response| CallResult::GetWorkflowResult(response.into_inner())),
-            Some(Call::ExecuteWorkflow(call)) => observe("ExecuteWorkflow", self.execute(call))
+            Some(Call::ExecuteWorkflow(call)) => observe("ExecuteWorkflow", self.execute(call, None))
                 .await
                 .map(|response| CallResult::ExecuteWorkflow(response.into_inner())),
             Some(Call::Cancel(_)) => Err(Status::internal("a cancel request reached the call handler")),

@@ -16,14 +16,16 @@ use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 use weft_core::ids::TokenTask;
-use weft_core::{CommandKind, Payload, Reply, TaskToken, limits};
+use weft_core::{CommandKind, ErrorCode, Payload, Reply, TaskToken, limits};
 use weft_proto::v1 as pb;
 use weft_proto::v1::worker_service_server::WorkerService;
 
 use super::session::{self, CallKind, SessionApi, call_error};
-use super::{namespace_or_default, observe};
+use super::{LongWait, client_deadline, namespace_or_default, observe};
 use crate::convert::{commands_from_proto, failure_from_proto};
-use crate::node::{LONG_POLL_MAX, Node, rejection_status};
+use crate::node::{LONG_POLL_MAX, Node};
+use crate::route::RouteError;
+use crate::service::rejection_status;
 
 #[derive(Clone)]
 pub struct WorkerApi {
@@ -35,8 +37,8 @@ fn poll_wait(wait_ms: u64) -> Duration {
 }
 
 /// Whether a failed completion means the token's attempt is over for good.
-fn ends_attempt(status: &Status) -> bool {
-    matches!(status.code(), tonic::Code::FailedPrecondition | tonic::Code::NotFound)
+fn ends_attempt(error: &RouteError) -> bool {
+    error.rejection().is_some_and(|r| matches!(r.code, ErrorCode::FailedPrecondition | ErrorCode::NotFound))
 }
 
 impl WorkerApi {
@@ -50,10 +52,16 @@ impl WorkerApi {
     async fn poll_workflow_task(
         &self,
         request: pb::PollWorkflowTaskRequest,
+        deadline: Option<Duration>,
     ) -> Result<pb::PollWorkflowTaskResponse, Status> {
         let namespace = self.queue(request.namespace, &request.task_queue)?;
-        let wait = self.node.poll_workflow_task(&namespace, &request.task_queue, poll_wait(request.wait_ms));
-        let task = self.node.unless_stopping(wait).await?;
+        let wait = LongWait::new(poll_wait(request.wait_ms), deadline);
+        let polled =
+            self.node.poll_workflow_task(&namespace, &request.task_queue, wait.remaining().unwrap_or_default());
+        let task = self.node.unless_stopping(polled).await?;
+        if task.is_none() && wait.deadline_passed() {
+            return Err(LongWait::deadline_exceeded("no workflow task was ready"));
+        }
         Ok(pb::PollWorkflowTaskResponse { task })
     }
 
@@ -82,10 +90,10 @@ impl WorkerApi {
         let result = self.node.propose(token.shard, command).instrument(span).await;
         match &result {
             Ok(_) => self.node.task_finished(token),
-            Err(status) if ends_attempt(status) => self.node.task_finished(token),
+            Err(error) if ends_attempt(error) => self.node.task_finished(token),
             Err(_) => {}
         }
-        result
+        Ok(result?)
     }
 
     async fn complete_workflow_task(
@@ -152,7 +160,7 @@ impl SessionApi for WorkerApi {
             Some(Call::FailWorkflowTask(call)) => observe("FailWorkflowTask", self.fail_workflow_task(call))
                 .await
                 .map(|response| CallResult::FailWorkflowTask(response.into_inner())),
-            Some(Call::PollWorkflowTask(call)) => observe("PollWorkflowTask", self.poll_workflow_task(call))
+            Some(Call::PollWorkflowTask(call)) => observe("PollWorkflowTask", self.poll_workflow_task(call, None))
                 .await
                 .map(|response| CallResult::PollWorkflowTask(response.into_inner())),
             Some(Call::CancelPoll(_)) => Err(Status::internal("a cancel request reached the call handler")),
@@ -172,7 +180,8 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<pb::PollWorkflowTaskRequest>,
     ) -> Result<Response<pb::PollWorkflowTaskResponse>, Status> {
-        observe("PollWorkflowTask", self.poll_workflow_task(request.into_inner())).await
+        let deadline = client_deadline(&request);
+        observe("PollWorkflowTask", self.poll_workflow_task(request.into_inner(), deadline)).await
     }
 
     async fn complete_workflow_task(
@@ -203,11 +212,17 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<pb::PollActivityTaskRequest>,
     ) -> Result<Response<pb::PollActivityTaskResponse>, Status> {
+        let deadline = client_deadline(&request);
         observe("PollActivityTask", async {
             let request = request.into_inner();
             let namespace = self.queue(request.namespace, &request.task_queue)?;
-            let wait = self.node.poll_activity_task(&namespace, &request.task_queue, poll_wait(request.wait_ms));
-            let task = self.node.unless_stopping(async { Ok(wait.await) }).await?;
+            let wait = LongWait::new(poll_wait(request.wait_ms), deadline);
+            let polled =
+                self.node.poll_activity_task(&namespace, &request.task_queue, wait.remaining().unwrap_or_default());
+            let task = self.node.unless_stopping(polled).await?;
+            if task.is_none() && wait.deadline_passed() {
+                return Err(LongWait::deadline_exceeded("no activity task was ready"));
+            }
             Ok(pb::PollActivityTaskResponse { task })
         })
         .await

@@ -6,43 +6,7 @@ use std::time::Duration;
 use tonic::Code;
 use weft_proto::v1 as pb;
 
-use crate::support::{TestNode, json};
-
-fn start_request(workflow_id: &str, task_queue: &str, input: Vec<u8>) -> pb::StartWorkflowRequest {
-    pb::StartWorkflowRequest {
-        namespace: String::new(),
-        workflow_id: workflow_id.into(),
-        workflow_type: "order".into(),
-        task_queue: task_queue.into(),
-        input,
-        request_id: String::new(),
-        workflow_task_timeout_ms: 0,
-    }
-}
-
-fn poll_request(task_queue: &str, wait_ms: u64) -> pb::PollWorkflowTaskRequest {
-    pb::PollWorkflowTaskRequest {
-        namespace: String::new(),
-        task_queue: task_queue.into(),
-        identity: "t".into(),
-        wait_ms,
-    }
-}
-
-/// Completes workflow task `task_token` with one command.
-fn completion(
-    task_token: Vec<u8>,
-    command: pb::workflow_command::Command,
-    return_next_task: bool,
-) -> pb::CompleteWorkflowTaskRequest {
-    pb::CompleteWorkflowTaskRequest {
-        task_token,
-        commands: vec![pb::WorkflowCommand { command: Some(command) }],
-        return_next_task,
-        identity: "t".into(),
-        steps_observed: false,
-    }
-}
+use crate::support::{TestNode, completion, json, poll_request, start_request};
 
 /// Completes a workflow task by recording step 1 (`"a"`, result `1`).
 fn step_completion(task_token: Vec<u8>, return_next_task: bool) -> pb::CompleteWorkflowTaskRequest {

@@ -5,11 +5,15 @@
 //! - `cli`: the `weft` binary's commands, output and exit codes against a
 //!   spawned node.
 //! - `workflows`: a node and SDK workers in this process, on 127.0.0.1 port 0.
+//! - `semantics`: what a review and outside testing found, each pinned by a test:
+//!   idempotent retries, answers naming the right run and status, cancels and signals never
+//!   lost, timeouts decided from durable state, state a restart keeps.
 //! - `crash`: real `weft` processes killed with SIGKILL at random moments,
 //!   restarted, and checked for what survived.
 
 mod bad_input;
 mod cli;
 mod crash;
+mod semantics;
 mod support;
 mod workflows;

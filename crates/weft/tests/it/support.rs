@@ -193,3 +193,40 @@ impl RunningWorker {
         tokio::time::timeout(Duration::from_secs(30), self.task).await.expect("worker stops").expect("joined");
     }
 }
+
+/// A start of workflow type `order` with no request id.
+pub fn start_request(workflow_id: &str, task_queue: &str, input: Vec<u8>) -> pb::StartWorkflowRequest {
+    pb::StartWorkflowRequest {
+        namespace: String::new(),
+        workflow_id: workflow_id.into(),
+        workflow_type: "order".into(),
+        task_queue: task_queue.into(),
+        input,
+        request_id: String::new(),
+        workflow_task_timeout_ms: 0,
+    }
+}
+
+pub fn poll_request(task_queue: &str, wait_ms: u64) -> pb::PollWorkflowTaskRequest {
+    pb::PollWorkflowTaskRequest {
+        namespace: String::new(),
+        task_queue: task_queue.into(),
+        identity: "t".into(),
+        wait_ms,
+    }
+}
+
+/// Completes workflow task `task_token` with one command.
+pub fn completion(
+    task_token: Vec<u8>,
+    command: pb::workflow_command::Command,
+    return_next_task: bool,
+) -> pb::CompleteWorkflowTaskRequest {
+    pb::CompleteWorkflowTaskRequest {
+        task_token,
+        commands: vec![pb::WorkflowCommand { command: Some(command) }],
+        return_next_task,
+        identity: "t".into(),
+        steps_observed: false,
+    }
+}

@@ -12,6 +12,7 @@
 //! | `VISIBILITY` 0x14 | namespace, u64::MAX - start ms, workflow id, run id | `RunSummary` |
 //! | `RUN` 0x15 | namespace, workflow id, run id | `RunSummary` (finds closed runs by id) |
 //! | `NAMESPACE` 0x16 | name | `NamespaceRecord` |
+//! | `CLOCK` 0x17 | (none) | `u64`: the shard's clock floor (`ShardState::clock_floor_ms`) |
 //!
 //! Invariants:
 //! - Every write of an outcome goes into the caller's one batch, so events,
@@ -30,9 +31,9 @@ use weft_core::{
     WorkflowKey,
 };
 
-use crate::codec::{decode, encode};
-use crate::db::{Db, Result, ScanDirection, StateBatch, StateEntry, StorageError};
-use crate::keys::{KeyBuilder, kind_range};
+use weft_storage::codec::{decode, encode};
+use weft_storage::db::{Db, Result, ScanDirection, StateBatch, StateEntry, StorageError};
+use weft_storage::keys::{KeyBuilder, KeyReader, kind_range};
 
 pub const KIND_EXECUTION: u8 = 0x10;
 pub const KIND_HISTORY: u8 = 0x11;
@@ -41,6 +42,7 @@ pub const KIND_TIMER: u8 = 0x13;
 pub const KIND_VISIBILITY: u8 = 0x14;
 pub const KIND_RUN: u8 = 0x15;
 pub const KIND_NAMESPACE: u8 = 0x16;
+pub const KIND_CLOCK: u8 = 0x17;
 
 fn execution_key(shard: u32, key: &WorkflowKey) -> Vec<u8> {
     KeyBuilder::new(shard, KIND_EXECUTION).str(&key.namespace).str(&key.workflow_id).finish()
@@ -99,6 +101,10 @@ fn namespace_key(shard: u32, name: &str) -> Vec<u8> {
     KeyBuilder::new(shard, KIND_NAMESPACE).str(name).finish()
 }
 
+fn clock_key(shard: u32) -> Vec<u8> {
+    KeyBuilder::new(shard, KIND_CLOCK).finish()
+}
+
 /// Adds every write of `outcome` to `batch`. `state` is the shard state after apply.
 pub fn write_outcome(shard: u32, state: &ShardState, outcome: &Outcome, batch: &mut StateBatch) {
     for write in &outcome.writes {
@@ -122,6 +128,7 @@ pub fn write_outcome(shard: u32, state: &ShardState, outcome: &Outcome, batch: &
                 batch.put(&run_key(shard, &summary.key, &summary.run_id), &value);
             }
             Write::PutNamespace(record) => batch.put(&namespace_key(shard, &record.name), &encode(record)),
+            Write::PutClockFloor { now_ms } => batch.put(&clock_key(shard), &encode(now_ms)),
         }
     }
 }
@@ -144,7 +151,7 @@ pub fn load_shard_state(db: &Db, shard: u32) -> Result<ShardState> {
     let mut state = ShardState::default();
     for entry in db.iter_state_range(Bound::Included(&start), Bound::Excluded(&end), ScanDirection::Forward) {
         let (raw_key, value) = entry?;
-        let mut reader = crate::keys::KeyReader::new(&raw_key).map_err(key_error)?;
+        let mut reader = KeyReader::new(&raw_key).map_err(key_error)?;
         let namespace = reader.str().map_err(key_error)?;
         let workflow_id = reader.str().map_err(key_error)?;
         let execution: Execution = decode_as("load execution", &value)?;
@@ -152,6 +159,9 @@ pub fn load_shard_state(db: &Db, shard: u32) -> Result<ShardState> {
     }
     for record in scan_kind::<NamespaceRecord>(db, shard, KIND_NAMESPACE, "load namespace")? {
         state.namespaces.insert(record.name.clone(), record);
+    }
+    if let Some(raw) = db.get_state(&clock_key(shard))? {
+        state.clock_floor_ms = decode_as("load clock floor", &raw)?;
     }
     Ok(state)
 }
@@ -316,6 +326,7 @@ mod tests {
         db.write_state(batch).expect("write");
 
         assert_eq!(load_shard_state(&db, 3).expect("load"), state);
+        assert_eq!(load_shard_state(&db, 3).expect("load").clock_floor_ms, 1_000, "the clock floor is stored");
         assert_eq!(load_shard_state(&db, 4).expect("load"), ShardState::default(), "shards do not mix");
         let history = read_history(&db, 3, &key, "run-1", 1, 100).expect("history");
         assert_eq!(history.len(), 2);
