@@ -89,3 +89,19 @@ mod tests {
         assert!(err.message.contains("2 MiB"), "{}", err.message);
     }
 }
+
+#[cfg(test)]
+mod build_tests {
+    /// The shipped build keeps assertions and overflow checks (per-package profile settings in
+    /// the workspace manifest); this test runs in that same profile.
+    #[test]
+    fn assertions_and_overflow_checks_are_on_in_this_build() {
+        let debug_assertions_on = std::hint::black_box(cfg!(debug_assertions));
+        assert!(debug_assertions_on, "debug assertions are compiled out of weft-core");
+        let overflowed = std::panic::catch_unwind(|| {
+            let byte: u8 = std::hint::black_box(255);
+            byte + 1
+        });
+        assert!(overflowed.is_err(), "overflow checks are off in weft-core");
+    }
+}

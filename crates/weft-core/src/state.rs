@@ -3,7 +3,9 @@
 //! This is what apply reads and changes; the history itself is written out as
 //! events and never read back by apply. Invariants (`RunState::validate`): a
 //! closed run has no pending operations and no workflow task; seqs of pending
-//! operations are at most `last_seq`; `next_event_id` is one past the last event.
+//! operations are at most `last_seq`; `next_event_id` is one past the last event; every
+//! event id the state names is within the history; times never go backwards; every
+//! remembered set is within its bound.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -33,6 +35,17 @@ impl ShardState {
 
     pub fn open_runs(&self) -> usize {
         self.executions.values().filter(|e| e.run.status.is_open()).count()
+    }
+}
+
+impl Execution {
+    /// Checks the execution's invariants: its run's, and the bound on remembered starts.
+    pub fn validate(&self) -> Result<(), String> {
+        self.run.validate()?;
+        if self.start_requests.len() > crate::limits::START_REQUESTS_KEPT {
+            return Err(format!("{} start requests remembered, above the bound", self.start_requests.len()));
+        }
+        Ok(())
     }
 }
 
@@ -111,7 +124,8 @@ impl RunState {
         }
     }
 
-    /// Checks the ordering invariants; used by tests after every apply.
+    /// Checks the run's invariants. Apply asserts them for the run every command touches (in
+    /// every build), storage checks them before a record goes to disk and after it comes back.
     pub fn validate(&self) -> Result<(), String> {
         if self.next_event_id < 2 {
             return Err("a run has at least its WorkflowStarted event".into());
@@ -146,6 +160,38 @@ impl RunState {
             if task.scheduled_event_id >= self.next_event_id {
                 return Err("workflow task scheduled after the last event".into());
             }
+            if task.is_ready() == (task.backoff_until_ms != 0) {
+                return Err("a workflow task is either scheduled or backing off".into());
+            }
+        }
+        if let Some((seq, activity)) = self.activities.iter().find(|(_, a)| a.attempt == 0) {
+            return Err(format!("activity seq {seq} ({}) has attempt 0; attempts start at 1", activity.activity_type));
+        }
+        if let Some((seq, _)) = self.activities.iter().find(|(_, a)| a.scheduled_event_id >= self.next_event_id) {
+            return Err(format!("activity seq {seq} was scheduled after the last event"));
+        }
+        if let Some((seq, _)) = self.activities.iter().find(|(_, a)| !a.is_ready() && a.attempt_started_ms != 0) {
+            return Err(format!("activity seq {seq} is backing off but its attempt is recorded as started"));
+        }
+        if self.last_wake_event_id >= self.next_event_id || self.close_event_id >= self.next_event_id {
+            return Err("a wake or close event id is beyond the last event".into());
+        }
+        if self.last_event_ms < self.start_ms || (!self.status.is_open() && self.close_ms < self.start_ms) {
+            return Err("the run's times go backwards".into());
+        }
+        let delivered = &self.signals_delivered_unseen;
+        if delivered.windows(2).any(|pair| pair[0].event_id >= pair[1].event_id)
+            || delivered.last().is_some_and(|signal| signal.event_id >= self.next_event_id)
+        {
+            return Err("delivered signals are not in event order within the history".into());
+        }
+        if self.buffered_signals.len() > crate::limits::BUFFERED_SIGNALS_MAX
+            || self.signal_request_ids.len() > crate::limits::SIGNAL_REQUEST_IDS_KEPT
+        {
+            return Err("a signal bound is exceeded".into());
+        }
+        if self.status.is_open() && !self.continued_as_run_id.is_empty() {
+            return Err("an open run names a run it continued as".into());
         }
         Ok(())
     }

@@ -259,6 +259,12 @@ impl RaftHost {
         }
     }
 
+    /// The leader of `shard` as its Raft group knows it now (`None` while it elects one, and
+    /// for unknown shards). Cheaper than [`RaftHost::status`]: reads one field.
+    pub fn current_leader(&self, shard: u32) -> Option<u64> {
+        self.group(shard).ok().and_then(|group| group.raft.metrics().borrow().current_leader)
+    }
+
     /// Whether this node currently leads `shard` (false for unknown shards).
     pub fn is_leader(&self, shard: u32) -> bool {
         self.group(shard).is_ok_and(|group| *group.leader_rx.borrow())

@@ -191,6 +191,7 @@ pub async fn start_node(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     for shard in 0..node.shard_count() {
         background.push(tokio::spawn(node.clone().follow_leadership(shard)));
     }
+    wait_for_leaders(&node).await?;
     ensure_default_namespace(&node).await?;
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -217,6 +218,25 @@ pub async fn start_node(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     });
     tracing::info!(%addr, node_id = node.node_id, shards = node.shard_count(), "weft node serving");
     Ok(NodeHandle { addr, node, stop: Some(stop_tx), served, background })
+}
+
+/// How long a starting node waits for every shard to have a leader.
+pub const LEADERS_WAIT_S: u64 = 30;
+
+/// Waits until every shard of this node has a leader, so the node answers requests once it
+/// serves (a one-node cluster elects itself in about one election timeout).
+async fn wait_for_leaders(node: &Node) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(LEADERS_WAIT_S);
+    for shard in 0..node.shard_count() {
+        let mut leading = node.raft.leader_watch(shard);
+        while node.raft.current_leader(shard).is_none() {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            anyhow::ensure!(!remaining.is_zero(), "shard {shard} elected no leader within {LEADERS_WAIT_S} s");
+            let wait = std::time::Duration::from_millis(50).min(remaining);
+            let _ = tokio::time::timeout(wait, leading.changed()).await;
+        }
+    }
+    Ok(())
 }
 
 /// Creates the `default` namespace on a new cluster (waits for shard 0's leader).

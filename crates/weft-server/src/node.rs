@@ -184,8 +184,9 @@ impl Node {
     /// shard answers `NotLeader` without stamping; the leader stamps its clock into the command.
     /// A deterministic refusal comes back as `RouteError::Rejected`.
     pub async fn propose(&self, shard: u32, kind: CommandKind) -> Result<Reply, RouteError> {
-        if !self.raft.is_leader(shard) {
-            return Err(RouteError::NotLeader { shard, leader: self.raft.status(shard).leader });
+        let leader = self.raft.current_leader(shard);
+        if leader != Some(self.node_id) {
+            return Err(RouteError::NotLeader { shard, leader });
         }
         let name = kind.name();
         let command = Command { now_ms: self.stamp(shard), kind };

@@ -155,6 +155,14 @@ pub fn load_shard_state(db: &Db, shard: u32) -> Result<ShardState> {
         let namespace = reader.str().map_err(key_error)?;
         let workflow_id = reader.str().map_err(key_error)?;
         let execution: Execution = decode_as("load execution", &value)?;
+        // Checked after it comes back from disk: a record that breaks the run's invariants is
+        // corrupt, and apply must not start from it.
+        if let Err(detail) = execution.validate() {
+            return Err(StorageError::Corrupt {
+                op: "load execution",
+                detail: format!("workflow {namespace}/{workflow_id}: {detail}"),
+            });
+        }
         state.executions.insert(WorkflowKey { namespace, workflow_id }, execution);
     }
     for record in scan_kind::<NamespaceRecord>(db, shard, KIND_NAMESPACE, "load namespace")? {
@@ -218,8 +226,9 @@ pub fn read_history(
     };
     let end = history_prefix(shard, key, run_id).u64(u64::MAX).finish();
     for entry in db.iter_state_range(Bound::Included(&start), Bound::Included(&end), ScanDirection::Forward) {
-        let (_, value) = entry?;
+        let (chunk_key, value) = entry?;
         let chunk: Vec<HistoryEvent> = decode_as("read history events", &value)?;
+        check_chunk(&chunk_key, &chunk, events.last().map(|e: &HistoryEvent| e.event_id))?;
         for event in chunk.into_iter().filter(|event| event.event_id >= from) {
             events.push(event);
             if events.len() >= max {
@@ -228,6 +237,31 @@ pub fn read_history(
         }
     }
     Ok(events)
+}
+
+/// Checks a history chunk read back from disk: its events are consecutive, the first is the
+/// one its key names, and it continues the events read before it.
+fn check_chunk(chunk_key: &[u8], chunk: &[HistoryEvent], previous: Option<u64>) -> Result<()> {
+    let corrupt = |detail: String| StorageError::Corrupt { op: "read history events", detail };
+    let first = chunk.first().ok_or_else(|| corrupt("an empty history chunk".into()))?;
+    let key_first = chunk_key
+        .len()
+        .checked_sub(8)
+        .and_then(|at| chunk_key.get(at..))
+        .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
+        .map(u64::from_be_bytes);
+    if key_first != Some(first.event_id) {
+        return Err(corrupt(format!("a chunk keyed {key_first:?} starts with event {}", first.event_id)));
+    }
+    if chunk.windows(2).any(|pair| pair[1].event_id != pair[0].event_id + 1) {
+        return Err(corrupt(format!("the chunk at event {} has a gap", first.event_id)));
+    }
+    if let Some(previous) = previous
+        && first.event_id != previous + 1
+    {
+        return Err(corrupt(format!("event {} follows event {previous}", first.event_id)));
+    }
+    Ok(())
 }
 
 /// One event of a run.

@@ -168,6 +168,7 @@ pub fn apply(state: &mut ShardState, command: &Command) -> Outcome {
         }
         CommandKind::Terminate { key, run_id, reason } => close::terminate(state, now, key, run_id, reason, &mut out),
     };
+    check_postconditions(state, command, &out, result.is_ok());
     match result {
         Ok(reply) => out.reply = reply,
         Err(rejection) => {
@@ -179,6 +180,50 @@ pub fn apply(state: &mut ShardState, command: &Command) -> Outcome {
         }
     }
     out
+}
+
+/// The workflow a command is about, if it names one.
+fn command_key(kind: &CommandKind) -> Option<&WorkflowKey> {
+    match kind {
+        CommandKind::CreateNamespace { .. } => None,
+        CommandKind::StartWorkflow { key, .. }
+        | CommandKind::Signal { key, .. }
+        | CommandKind::RequestCancel { key, .. }
+        | CommandKind::Terminate { key, .. } => Some(key),
+        CommandKind::CompleteWorkflowTask { token, .. }
+        | CommandKind::FailWorkflowTask { token, .. }
+        | CommandKind::WorkflowTaskTimedOut { token }
+        | CommandKind::CompleteActivity { token, .. }
+        | CommandKind::FailActivity { token, .. }
+        | CommandKind::ActivityAttemptTimedOut { token, .. }
+        | CommandKind::RecordHeartbeat { token, .. }
+        | CommandKind::ActivityAttemptStarted { token } => Some(&token.key),
+        CommandKind::FireTimer { timer } => Some(&timer.key),
+    }
+}
+
+/// Asserts (in every build: a violation is a bug that must stop the replica before it writes)
+/// what every transition guarantees: the touched execution keeps its invariants, appended
+/// events continue its history with consecutive ids, and a refusal appended nothing.
+fn check_postconditions(state: &ShardState, command: &Command, out: &Outcome, applied: bool) {
+    assert!(state.clock_floor_ms >= command.now_ms, "the clock floor went below a command's time");
+    let Some(key) = command_key(&command.kind) else { return };
+    if let Some(execution) = state.executions.get(key)
+        && let Err(violation) = execution.validate()
+    {
+        panic!("{} left workflow {key} invalid: {violation}", command.kind.name());
+    }
+    for write in &out.writes {
+        if let Write::AppendEvents { key: written, run_id, events } = write {
+            assert!(applied, "a refused {} appended events", command.kind.name());
+            assert!(written == key, "{} appended to workflow {written}, not {key}", command.kind.name());
+            assert!(
+                events.windows(2).all(|pair| pair[1].event_id == pair[0].event_id + 1),
+                "{} appended non-consecutive events to run {run_id}",
+                command.kind.name()
+            );
+        }
+    }
 }
 
 /// Shorthand for a refusal of a command with `InvalidArgument`.
