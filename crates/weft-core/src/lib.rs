@@ -18,6 +18,8 @@ pub mod model;
 pub mod payload;
 pub mod retry;
 pub mod state;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use apply::{Outcome, apply};
 pub use command::{Command, CommandKind, WorkflowCommand};

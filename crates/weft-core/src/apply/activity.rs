@@ -283,11 +283,11 @@ pub(super) fn fire_schedule_to_close(cx: &mut RunCtx<'_>, seq: u32, due_ms: u64)
 
 #[cfg(test)]
 mod tests {
-    use crate::apply::harness::{Harness, activity, json, key, rejected};
     use crate::apply::{Effect, Write};
     use crate::command::CommandKind;
     use crate::model::{ErrorCode, Failure, Reply, TaskKind, TimeoutKind};
     use crate::retry::RetryPolicy;
+    use crate::testing::{Harness, activity, json, key, rejected};
 
     #[test]
     fn scheduling_indexes_the_first_attempt_and_offers_it() {

@@ -52,11 +52,11 @@ pub(super) fn request(
 
 #[cfg(test)]
 mod tests {
-    use crate::apply::harness::{Harness, activity, domain_writes, key, step};
     use crate::apply::{Effect, Write};
     use crate::command::{CommandKind, WorkflowCommand};
     use crate::model::{Failure, RunStatus};
     use crate::retry::RetryPolicy;
+    use crate::testing::{Harness, activity, domain_writes, key, step};
 
     #[test]
     fn cancel_resolves_waiting_operations_and_the_code_decides() {

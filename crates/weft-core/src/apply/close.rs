@@ -110,10 +110,10 @@ pub(super) fn terminate(
 
 #[cfg(test)]
 mod tests {
-    use crate::apply::harness::{Harness, json, key, rejected};
     use crate::apply::{Effect, Write};
     use crate::command::{CommandKind, WorkflowCommand};
     use crate::model::{ErrorCode, Failure, RunStatus};
+    use crate::testing::{Harness, json, key, rejected};
 
     #[test]
     fn completing_closes_the_run_and_tells_the_result_waiters() {

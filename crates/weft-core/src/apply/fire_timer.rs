@@ -36,9 +36,9 @@ pub(super) fn fire(state: &mut ShardState, now: u64, due: &DueTimer, out: &mut O
 
 #[cfg(test)]
 mod tests {
-    use crate::apply::harness::{Harness, key};
     use crate::command::CommandKind;
     use crate::model::{DueTimer, Reply, TimerKind};
+    use crate::testing::{Harness, key};
 
     #[test]
     fn timer_kinds_cover_every_reason() {
@@ -57,7 +57,7 @@ mod tests {
             let run_id = h.state.run(&key("w")).expect("exists").run_id.clone();
             let outcome = h.run(CommandKind::FireTimer { timer: DueTimer { due_ms: 1, key: key("w"), run_id, kind } });
             assert_eq!(outcome.reply, Reply::Done, "an irrelevant timer is a no-op");
-            assert_eq!(crate::apply::harness::domain_writes(&outcome).len(), 1, "it only deletes itself");
+            assert_eq!(crate::testing::domain_writes(&outcome).len(), 1, "it only deletes itself");
             assert!(outcome.effects.is_empty());
         }
     }

@@ -40,8 +40,6 @@ mod timer;
 mod workflow_task;
 
 #[cfg(test)]
-mod harness;
-#[cfg(test)]
 mod properties;
 
 use crate::command::{Command, CommandKind};

@@ -26,9 +26,9 @@ pub(super) fn create(state: &mut ShardState, now: u64, name: &str, description: 
 #[cfg(test)]
 mod tests {
     use crate::apply::Write;
-    use crate::apply::harness::{Harness, domain_writes, rejected};
     use crate::command::CommandKind;
     use crate::model::{ErrorCode, Reply};
+    use crate::testing::{Harness, domain_writes, rejected};
 
     #[test]
     fn namespaces_are_unique() {

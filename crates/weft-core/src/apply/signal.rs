@@ -146,10 +146,10 @@ pub(super) fn fire_timeout(cx: &mut RunCtx<'_>, seq: u32) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use crate::apply::harness::{Harness, key, rejected};
     use crate::command::{CommandKind, WorkflowCommand};
     use crate::model::{ErrorCode, Reply};
     use crate::payload::Payload;
+    use crate::testing::{Harness, key, rejected};
 
     #[test]
     fn signals_are_buffered_until_consumed() {
@@ -192,13 +192,13 @@ mod tests {
             key: key("w"),
             run_id: String::new(),
             name: "s".into(),
-            input: crate::apply::harness::json("1"),
+            input: crate::testing::json("1"),
             request_id: request_id.into(),
         };
         h.run(signal("r-1"));
         let retried = h.run(signal("r-1"));
         assert_eq!(retried.reply, Reply::Done);
-        assert!(crate::apply::harness::domain_writes(&retried).is_empty(), "nothing recorded");
+        assert!(crate::testing::domain_writes(&retried).is_empty(), "nothing recorded");
         h.run(signal(""));
         h.run(signal(""));
         assert_eq!(
@@ -209,7 +209,7 @@ mod tests {
         h.complete_task(
             "w",
             vec![WorkflowCommand::ContinueAsNew {
-                input: crate::apply::harness::json("2"),
+                input: crate::testing::json("2"),
                 workflow_type: String::new(),
                 task_queue: String::new(),
             }],
@@ -236,7 +236,7 @@ mod tests {
         h.signal("w", "a", "1");
         h.signal("w", "b", "2");
         let next = WorkflowCommand::ContinueAsNew {
-            input: crate::apply::harness::json("0"),
+            input: crate::testing::json("0"),
             workflow_type: String::new(),
             task_queue: String::new(),
         };

@@ -143,11 +143,11 @@ pub(super) fn new_run(key: &WorkflowKey, now: u64, spec: NewRun<'_>, out: &mut O
 
 #[cfg(test)]
 mod tests {
-    use crate::apply::harness::{Harness, domain_writes, json, key, rejected};
     use crate::apply::{Effect, Write};
     use crate::command::{CommandKind, WorkflowCommand};
     use crate::model::{ErrorCode, Reply, RunStatus, TaskKind};
     use crate::payload::Payload;
+    use crate::testing::{Harness, domain_writes, json, key, rejected};
 
     #[test]
     fn start_schedules_a_workflow_task_and_indexes_it() {

@@ -44,11 +44,11 @@ pub(super) fn record(cx: &mut RunCtx<'_>, seq: u32, name: &str, outcome: &StepOu
 
 #[cfg(test)]
 mod tests {
-    use crate::apply::harness::{Harness, key, rejected, step};
     use crate::command::{StepOutcome, WorkflowCommand};
     use crate::event::EventKind;
     use crate::model::{ErrorCode, Failure};
     use crate::payload::Payload;
+    use crate::testing::{Harness, key, rejected, step};
 
     #[test]
     fn a_failed_step_is_recorded_with_its_failure_cut_to_the_limit() {

@@ -63,9 +63,9 @@ pub(super) fn fire(cx: &mut RunCtx<'_>, seq: u32, due_ms: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use crate::apply::Effect;
-    use crate::apply::harness::Harness;
     use crate::command::WorkflowCommand;
     use crate::model::TimerKind;
+    use crate::testing::Harness;
 
     #[test]
     fn timers_fire_once_and_canceled_timers_do_not_fire() {
@@ -99,9 +99,9 @@ mod tests {
 
     #[test]
     fn a_timer_started_after_a_cancel_request_resolves_as_canceled() {
-        use crate::apply::harness::key;
         use crate::command::CommandKind;
         use crate::model::Reply;
+        use crate::testing::key;
         let mut h = Harness::default();
         h.start("w", "");
         // The request arrives while the task runs: the code has not seen it and starts a timer.

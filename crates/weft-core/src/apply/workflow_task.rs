@@ -267,12 +267,12 @@ pub(super) fn fire_retry(cx: &mut RunCtx<'_>, attempt: u32, due_ms: u64) -> bool
 
 #[cfg(test)]
 mod tests {
-    use crate::apply::harness::{Harness, activity, domain_writes, json, key, rejected, step};
     use crate::apply::{Effect, Write};
     use crate::command::{CommandKind, WorkflowCommand};
     use crate::event::EventKind;
     use crate::model::{ErrorCode, Failure, Reply, RunStatus, TaskKind};
     use crate::retry::RetryPolicy;
+    use crate::testing::{Harness, activity, domain_writes, json, key, rejected, step};
 
     #[test]
     fn steps_complete_one_task_and_schedule_the_next() {
