@@ -36,6 +36,11 @@ pub const UNKNOWN_ACTIVITY_TYPE_ERROR_TYPE: &str = "UnknownActivityType";
 pub const INVALID_HISTORY_ERROR_TYPE: &str = "InvalidHistory";
 /// A worker could not fetch the history it needed to replay a run.
 pub const HISTORY_FETCH_FAILED_ERROR_TYPE: &str = "HistoryFetchFailed";
+/// Workflow code asked to continue as a new run (how the SDK reports it when it shows the
+/// request as an error; a run that continues as new is not failed).
+pub const CONTINUE_AS_NEW_ERROR_TYPE: &str = "ContinueAsNew";
+/// An activity timed out and its history event does not say which timeout.
+pub const TIMEOUT_ERROR_TYPE: &str = "Timeout";
 /// The server refused a workflow task's completion (a command over a limit, an invalid
 /// duration); the message is the server's.
 pub const COMPLETION_REJECTED_ERROR_TYPE: &str = "CompletionRejected";
@@ -60,6 +65,27 @@ pub const ALL: &[&str] = &[
     UNKNOWN_ACTIVITY_TYPE_ERROR_TYPE,
     INVALID_HISTORY_ERROR_TYPE,
     HISTORY_FETCH_FAILED_ERROR_TYPE,
+    CONTINUE_AS_NEW_ERROR_TYPE,
+    TIMEOUT_ERROR_TYPE,
     COMPLETION_REJECTED_ERROR_TYPE,
     RESULT_REJECTED_ERROR_TYPE,
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::ALL;
+
+    #[test]
+    fn every_error_type_is_documented_once_and_distinct() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/errors.md");
+        let docs = std::fs::read_to_string(path).expect("docs/errors.md");
+        for error_type in ALL {
+            let row = format!("| `{error_type}` |");
+            assert_eq!(docs.matches(&row).count(), 1, "docs/errors.md has one row for {error_type}");
+        }
+        let mut sorted = ALL.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), ALL.len(), "error types are distinct");
+    }
+}

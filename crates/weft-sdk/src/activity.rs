@@ -179,7 +179,7 @@ pub(crate) async fn run_activity_task(
     let outcome = match factory {
         None => {
             let mut failure = Failure::new(
-                "UnknownActivityType",
+                weft_proto::errors::UNKNOWN_ACTIVITY_TYPE_ERROR_TYPE,
                 format!(
                     "activity type {:?} is not registered on this worker (it has: {})",
                     task.activity_type,

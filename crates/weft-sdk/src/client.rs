@@ -64,10 +64,20 @@ pub struct StartWorkflowOptions {
     pub workflow_type: String,
     pub workflow_id: String,
     pub task_queue: String,
-    /// Idempotency key: a repeated start with the same key returns the same run.
+    /// Idempotency key: a repeated start with the same key returns the same run (the server
+    /// remembers the last 64 keys of a workflow id across continue-as-new). A fresh one when `None`.
     pub request_id: Option<String>,
     /// Timeout of each workflow task; `None` means the server's default (10 s).
     pub workflow_task_timeout: Option<Duration>,
+}
+
+/// Everything [`Client::signal_workflow_with`] can set.
+#[derive(Clone, Debug, Default)]
+pub struct SignalOptions {
+    /// The run to signal; the current run of the workflow id when `None`.
+    pub run_id: Option<String>,
+    /// Idempotency key; a fresh one when `None`.
+    pub request_id: Option<String>,
 }
 
 /// Filter and page of [`Client::list_workflows`].
@@ -184,25 +194,39 @@ impl Client {
             workflow_type: options.workflow_type,
             task_queue: options.task_queue,
             input: encode(input, "workflow input")?,
-            request_id: options.request_id.unwrap_or_default(),
+            // A fresh key when none is given: a retried start then returns the run it made.
+            request_id: options.request_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
             workflow_task_timeout_ms: options.workflow_task_timeout.map(duration_ms).unwrap_or(0),
         })
     }
 
-    /// Sends signal `signal_name` to the current run of `workflow_id`.
+    /// Sends signal `signal_name` to the current run of `workflow_id`, once: the call
+    /// carries a fresh request id, so a retry of it is recorded once.
     pub async fn signal_workflow<T: Serialize>(
         &self,
         workflow_id: &str,
         signal_name: &str,
         payload: &T,
     ) -> Result<(), tonic::Status> {
+        self.signal_workflow_with(workflow_id, signal_name, payload, SignalOptions::default()).await
+    }
+
+    /// [`Client::signal_workflow`] with a chosen run and request id. Signals with the same
+    /// request id to one run are recorded once (the server remembers the last 1,000 of a run).
+    pub async fn signal_workflow_with<T: Serialize>(
+        &self,
+        workflow_id: &str,
+        signal_name: &str,
+        payload: &T,
+        options: SignalOptions,
+    ) -> Result<(), tonic::Status> {
         let request = pb::SignalWorkflowRequest {
             namespace: self.namespace.clone(),
             workflow_id: workflow_id.to_string(),
-            run_id: String::new(),
+            run_id: options.run_id.unwrap_or_default(),
             signal_name: signal_name.to_string(),
             input: encode(payload, "signal payload")?,
-            request_id: String::new(),
+            request_id: options.request_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         };
         self.clients.workflow.clone().signal_workflow(request).await?;
         Ok(())

@@ -10,16 +10,11 @@ use std::fmt;
 
 use weft_proto::v1 as pb;
 
-/// The error type the server matches to close a run as canceled instead of failed.
-pub const CANCELED_ERROR_TYPE: &str = "Canceled";
-/// Error type of a workflow task failed because the code diverged from its history.
-pub const NON_DETERMINISM_ERROR_TYPE: &str = "NonDeterminism";
-/// Error type of a workflow task or activity attempt whose code panicked.
-pub const PANIC_ERROR_TYPE: &str = "Panic";
-/// Error type of a payload that could not be encoded or decoded as JSON.
-pub const PAYLOAD_ERROR_TYPE: &str = "PayloadError";
-/// Error type of failures made from a plain `anyhow::Error`.
-pub const GENERIC_ERROR_TYPE: &str = "Error";
+// The stable error types, defined once in `weft_proto::errors` (listed in docs/errors.md).
+pub use weft_proto::errors::{
+    CANCELED_ERROR_TYPE, CONTINUE_AS_NEW_ERROR_TYPE, GENERIC_ERROR_TYPE, NON_DETERMINISM_ERROR_TYPE, PANIC_ERROR_TYPE,
+    PAYLOAD_ERROR_TYPE,
+};
 
 /// Why an activity, a step or a workflow failed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -164,7 +159,9 @@ impl WorkflowError {
                 ..failure.clone()
             },
             WorkflowError::NonDeterminism(message) => Failure::new(NON_DETERMINISM_ERROR_TYPE, message.clone()),
-            WorkflowError::ContinueAsNew(_) => Failure::new("ContinueAsNew", "the workflow continues as a new run"),
+            WorkflowError::ContinueAsNew(_) => {
+                Failure::new(CONTINUE_AS_NEW_ERROR_TYPE, "the workflow continues as a new run")
+            }
             WorkflowError::Payload(message) => Failure::new(PAYLOAD_ERROR_TYPE, message.clone()),
             WorkflowError::Application(failure) => failure.clone(),
         }

@@ -44,7 +44,9 @@ mod worker;
 mod workflow;
 
 pub use activity::{ActivityContext, ActivityInfo};
-pub use client::{Client, DEFAULT_NAMESPACE, ListWorkflowsOptions, RawClients, StartWorkflowOptions, WorkflowRun};
+pub use client::{
+    Client, DEFAULT_NAMESPACE, ListWorkflowsOptions, RawClients, SignalOptions, StartWorkflowOptions, WorkflowRun,
+};
 pub use error::{
     ActivityError, CANCELED_ERROR_TYPE, ContinueAsNewRequest, Failure, NON_DETERMINISM_ERROR_TYPE, PANIC_ERROR_TYPE,
     WorkflowError, WorkflowResultError,

@@ -183,7 +183,9 @@ impl ActivationError {
             ActivationError::Panic(message) => {
                 Failure::new(PANIC_ERROR_TYPE, format!("workflow code panicked: {message}"))
             }
-            ActivationError::InvalidHistory(message) => Failure::new("InvalidHistory", message.clone()),
+            ActivationError::InvalidHistory(message) => {
+                Failure::new(weft_proto::errors::INVALID_HISTORY_ERROR_TYPE, message.clone())
+            }
         }
     }
 }
@@ -527,7 +529,7 @@ fn resolution_of(event: &pb::HistoryEvent) -> Option<Outcome> {
         EventType::ActivityTimedOut => {
             let mut failure = failure();
             if failure.message.is_empty() {
-                failure = Failure::new("Timeout", "the activity timed out");
+                failure = Failure::new(weft_proto::errors::TIMEOUT_ERROR_TYPE, "the activity timed out");
             }
             Outcome::ActivityFailed(failure)
         }

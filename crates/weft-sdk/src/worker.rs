@@ -488,16 +488,18 @@ async fn prepare_machine(
     } else {
         // A gap: fetch everything, up to what the task saw.
         let last_event_id = first_event_id + events.len() as u64 - 1;
-        let mut history =
-            shared.client.history_from(&task.workflow_id, &task.run_id, 1).await.map_err(|status| {
-                Failure::new("HistoryFetchFailed", format!("fetch the history to replay: {status}"))
-            })?;
+        let mut history = shared.client.history_from(&task.workflow_id, &task.run_id, 1).await.map_err(|status| {
+            Failure::new(
+                weft_proto::errors::HISTORY_FETCH_FAILED_ERROR_TYPE,
+                format!("fetch the history to replay: {status}"),
+            )
+        })?;
         history.truncate(usize::try_from(last_event_id).unwrap_or(usize::MAX));
         history
     };
     let Some(factory) = shared.workflows.get(&task.workflow_type) else {
         return Err(Failure::new(
-            "UnknownWorkflowType",
+            weft_proto::errors::UNKNOWN_WORKFLOW_TYPE_ERROR_TYPE,
             format!(
                 "workflow type {:?} is not registered on worker {} (it has: {})",
                 task.workflow_type,

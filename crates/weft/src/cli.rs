@@ -187,6 +187,10 @@ pub struct SignalArgs {
     /// Run to signal; the current run when absent.
     #[arg(long)]
     pub run_id: Option<String>,
+    /// Idempotency key: a signal repeated with the same key (to the same run) is recorded
+    /// once. A fresh one is made when absent and printed, so a retry can reuse it.
+    #[arg(long)]
+    pub request_id: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -61,19 +61,21 @@ fn start_request(context: &Context, args: &StartArgs) -> Result<StartWorkflowReq
         workflow_type: args.workflow_type.clone(),
         task_queue: args.task_queue.clone(),
         input: json_input("--input", args.input.as_deref())?,
-        request_id: args.request_id.clone().unwrap_or_default(),
+        // A fresh key when none is given, so the retry of a lost reply is safe to repeat.
+        request_id: args.request_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         workflow_task_timeout_ms: 0,
     })
 }
 
 async fn start(context: &mut Context, args: StartArgs) -> Result<ExitCode, CliError> {
     let request = start_request(context, &args)?;
-    let response = context.workflows().await?.start_workflow(request).await?.into_inner();
+    let response = context.workflows().await?.start_workflow(request.clone()).await?.into_inner();
     let json = json!({
         "namespace": context.namespace,
         "workflow_id": args.id,
         "run_id": response.run_id,
         "started": response.started,
+        "request_id": request.request_id,
     });
     output::print(context.output, json, || {
         output::key_values(&[
@@ -113,6 +115,7 @@ async fn execute(context: &mut Context, args: ExecuteArgs) -> Result<ExitCode, C
 }
 async fn signal(context: &mut Context, args: SignalArgs) -> Result<ExitCode, CliError> {
     let input = json_input("--input", args.input.as_deref())?;
+    let request_id = args.request_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     context
         .workflows()
         .await?
@@ -122,10 +125,16 @@ async fn signal(context: &mut Context, args: SignalArgs) -> Result<ExitCode, Cli
             run_id: args.run_id.clone().unwrap_or_default(),
             signal_name: args.name.clone(),
             input,
-            request_id: String::new(),
+            request_id: request_id.clone(),
         })
         .await?;
-    let json = json!({ "workflow_id": args.id, "run_id": args.run_id, "signal": args.name, "delivered": true });
+    let json = json!({
+        "workflow_id": args.id,
+        "run_id": args.run_id,
+        "signal": args.name,
+        "request_id": request_id,
+        "delivered": true,
+    });
     output::print(context.output, json, || format!("signal {:?} delivered to workflow {}", args.name, args.id));
     Ok(ExitCode::SUCCESS)
 }

@@ -117,7 +117,9 @@ async fn the_cli_drives_workflows_namespaces_and_the_cluster() {
     assert_eq!(described["info"]["workflow_type"], json!("greet"));
 
     let signal = ["workflow", "signal", "g-1", "name", "--input", "\"weft\""];
-    assert_eq!(weft(server, true, &signal).await.ok()["delivered"], json!(true));
+    let signaled = weft(server, true, &signal).await.ok();
+    assert_eq!(signaled["delivered"], json!(true));
+    assert!(signaled["request_id"].as_str().is_some_and(|id| !id.is_empty()), "a fresh request id: {signaled}");
     let result = weft(server, true, &["workflow", "result", "g-1"]).await.ok();
     assert_eq!((result["status"].clone(), result["result"].clone()), (json!("completed"), json!("hello weft")));
     // The table output of a completed result is the result JSON alone, for pipes.
@@ -158,6 +160,16 @@ async fn the_cli_drives_workflows_namespaces_and_the_cluster() {
     assert!(waiting.stderr.contains("deadline_exceeded"), "{}", waiting.stderr);
     let described = weft(server, true, &["workflow", "describe", "g-4"]).await.ok();
     assert_eq!(described["info"]["status"], json!("running"));
+
+    // A signal repeated with the same --request-id (a retry) is recorded once.
+    let retried = ["workflow", "signal", "g-4", "other", "--request-id", "s-1"];
+    for _ in 0..2 {
+        assert_eq!(weft(server, true, &retried).await.ok()["request_id"], json!("s-1"));
+    }
+    weft(server, true, &["workflow", "signal", "g-4", "other", "--request-id", "s-2"]).await.ok();
+    let history = weft(server, true, &["workflow", "history", "g-4"]).await.ok();
+    let received = event_types(&history).iter().filter(|t| *t == "SignalReceived").count();
+    assert_eq!(received, 2, "s-1 once and s-2 once: {history}");
 
     // Cancel reaches the code (its signal wait ends canceled); terminate needs no code.
     weft(server, true, &["workflow", "cancel", "g-4", "--reason", "changed my mind"]).await.ok();

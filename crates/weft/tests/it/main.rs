@@ -1,5 +1,7 @@
 //! Weft's integration tests: one binary (fast to link), one module per area.
 //!
+//! - `architecture`: the crate edges in `ARCHITECTURE.md` are the ones `cargo metadata`
+//!   reports, and the layering rules hold.
 //! - `bad_input`: every limit and malformed request gets the right status, and
 //!   garbage on the gRPC port does not stop the node.
 //! - `cli`: the `weft` binary's commands, output and exit codes against a
@@ -11,6 +13,7 @@
 //! - `crash`: real `weft` processes killed with SIGKILL at random moments,
 //!   restarted, and checked for what survived.
 
+mod architecture;
 mod bad_input;
 mod cli;
 mod crash;
