@@ -1,8 +1,9 @@
 //! Opaque user payloads (inputs, results, signal and heartbeat details).
 //!
-//! Stored as bytes (SDKs put UTF-8 JSON in them). In human-readable formats
-//! (the `details_json` of history events) a payload that holds JSON is shown as
-//! that JSON value, anything else as a lossy string; binary formats store bytes.
+//! Stored as bytes (SDKs put UTF-8 JSON in them). In human-readable formats a
+//! payload that holds JSON is shown as that JSON value, anything else as a lossy
+//! string; binary formats store bytes. (The `details_json` of wire history events
+//! shows payloads by size only: the server renders them, see `weft-server`'s `convert`.)
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 

@@ -19,8 +19,9 @@ use crate::session::{ClientCalls, Session};
 /// Namespace used unless [`Client::with_namespace`] says otherwise.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-/// Largest message the client sends or accepts: a full history may reach
-/// 50 MiB, and tonic's default of 4 MiB would refuse it.
+/// Largest message the client sends or accepts, as the server does. Messages of history (a
+/// workflow task, a history page) stay within about 4 MiB, the server pages them; a completion
+/// carrying several 2 MiB payloads needs more than tonic's default of 4 MiB.
 const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// How long one `GetWorkflowResult` call waits; the server caps it at 60 s.
@@ -271,26 +272,53 @@ impl Client {
         workflow_id: &str,
         run_id: Option<&str>,
     ) -> Result<Vec<pb::HistoryEvent>, tonic::Status> {
-        self.history_from(workflow_id, run_id.unwrap_or_default(), 1).await
+        self.history_pages(workflow_id, run_id.unwrap_or_default(), 1, None).await
     }
 
-    /// The events of a run from `from_event_id` on.
-    pub(crate) async fn history_from(
+    /// Events `from_event_id` to `to_event_id` of run `run_id`, fetched page by page (the
+    /// server bounds each page by bytes as well as events). A history that ends before
+    /// `to_event_id` is an error: the caller was told those events exist.
+    pub(crate) async fn history_range(
         &self,
         workflow_id: &str,
         run_id: &str,
         from_event_id: u64,
+        to_event_id: u64,
+    ) -> Result<Vec<pb::HistoryEvent>, tonic::Status> {
+        let events = self.history_pages(workflow_id, run_id, from_event_id, Some(to_event_id)).await?;
+        let last = events.last().map_or(from_event_id.saturating_sub(1), |event| event.event_id);
+        if last < to_event_id {
+            return Err(tonic::Status::data_loss(format!(
+                "the history of run {run_id} of workflow {workflow_id} ends at event {last}, before event \
+                 {to_event_id} that the workflow task named"
+            )));
+        }
+        Ok(events)
+    }
+
+    /// The events of a run from `from_event_id` on, up to `to_event_id` when given.
+    async fn history_pages(
+        &self,
+        workflow_id: &str,
+        run_id: &str,
+        from_event_id: u64,
+        to_event_id: Option<u64>,
     ) -> Result<Vec<pb::HistoryEvent>, tonic::Status> {
         let mut events: Vec<pb::HistoryEvent> = Vec::new();
-        let mut next = from_event_id;
+        let mut next = from_event_id.max(1);
         let mut run_id = run_id.to_string();
         loop {
+            let wanted = match to_event_id {
+                Some(to) if to < next => return Ok(events),
+                Some(to) => to - next + 1,
+                None => u64::MAX,
+            };
             let request = pb::GetWorkflowHistoryRequest {
                 namespace: self.namespace.clone(),
                 workflow_id: workflow_id.to_string(),
                 run_id: run_id.clone(),
                 from_event_id: next,
-                max_events: HISTORY_PAGE_EVENTS,
+                max_events: u32::try_from(wanted).unwrap_or(u32::MAX).min(HISTORY_PAGE_EVENTS),
             };
             let page = self.clients.workflow.clone().get_workflow_history(request).await?.into_inner();
             // Later pages must come from the same run even if it continues as new meanwhile.
@@ -298,8 +326,10 @@ impl Client {
                 run_id = page.run_id.clone();
             }
             let got = page.events.len();
-            events.extend(page.events);
-            if page.next_event_id == 0 || got == 0 || page.next_event_id <= next {
+            let until = to_event_id.unwrap_or(u64::MAX);
+            events.extend(page.events.into_iter().filter(|event| event.event_id <= until));
+            let reached = events.last().is_some_and(|event| event.event_id >= until);
+            if reached || page.next_event_id == 0 || got == 0 || page.next_event_id <= next {
                 return Ok(events);
             }
             next = page.next_event_id;

@@ -459,13 +459,30 @@ async fn process_workflow_task(shared: Arc<WorkerShared>, mut task: pb::Workflow
 
 /// The run's machine with the task's events added: the cached one when the
 /// task continues what it saw, else a fresh one replaying the full history.
+///
+/// A task's reply holds its events up to a byte budget; the rest, up to the task's last event,
+/// is read with `GetWorkflowHistory` first ([`task_events`]).
 async fn prepare_machine(
     shared: &WorkerShared,
     cached: Option<RunMachine>,
     task: &mut pb::WorkflowTask,
 ) -> Result<RunMachine, Failure> {
-    let events = std::mem::take(&mut task.history);
     let first_event_id = task.first_event_id.max(1);
+    let continues_cache =
+        first_event_id == 1 || cached.as_ref().is_some_and(|machine| first_event_id == machine.known_events() + 1);
+    let (first_event_id, events) = if continues_cache {
+        (first_event_id, task_events(&shared.client, task).await?)
+    } else {
+        // A gap: fetch everything, up to what the task saw.
+        let last_event_id = task_last_event_id(task);
+        task.history = Vec::new();
+        let history = shared
+            .client
+            .history_range(&task.workflow_id, &task.run_id, 1, last_event_id)
+            .await
+            .map_err(history_fetch_failed)?;
+        (1, history)
+    };
     if let Some(mut machine) = cached {
         let continues = if first_event_id == 1 {
             machine.is_prefix_of(&events)
@@ -483,20 +500,7 @@ async fn prepare_machine(
             "cached run does not match the task; replaying"
         );
     }
-    let history = if first_event_id == 1 {
-        events
-    } else {
-        // A gap: fetch everything, up to what the task saw.
-        let last_event_id = first_event_id + events.len() as u64 - 1;
-        let mut history = shared.client.history_from(&task.workflow_id, &task.run_id, 1).await.map_err(|status| {
-            Failure::new(
-                weft_proto::errors::HISTORY_FETCH_FAILED_ERROR_TYPE,
-                format!("fetch the history to replay: {status}"),
-            )
-        })?;
-        history.truncate(usize::try_from(last_event_id).unwrap_or(usize::MAX));
-        history
-    };
+    let history = events;
     let Some(factory) = shared.workflows.get(&task.workflow_type) else {
         return Err(Failure::new(
             weft_proto::errors::UNKNOWN_WORKFLOW_TYPE_ERROR_TYPE,
@@ -516,6 +520,35 @@ async fn prepare_machine(
         task_queue: task.task_queue.clone(),
     };
     RunMachine::new(info, history, factory).map_err(|error| error.to_failure())
+}
+
+/// The id of the task's last event: its `last_event_id`, or (from a server that does not page
+/// tasks) the last event it carries.
+fn task_last_event_id(task: &pb::WorkflowTask) -> u64 {
+    let carried = task.first_event_id.max(1) + task.history.len() as u64 - 1;
+    task.last_event_id.max(carried)
+}
+
+/// The task's events from its `first_event_id` to its last event: those its reply carries,
+/// then the rest, read from the server page by page when the reply was cut short to stay
+/// within the message limit.
+async fn task_events(client: &Client, task: &mut pb::WorkflowTask) -> Result<Vec<pb::HistoryEvent>, Failure> {
+    let last_event_id = task_last_event_id(task);
+    let mut events = std::mem::take(&mut task.history);
+    let next_event_id = task.first_event_id.max(1) + events.len() as u64;
+    if next_event_id <= last_event_id {
+        tracing::debug!(next_event_id, last_event_id, "reading the rest of the workflow task's history");
+        let rest = client
+            .history_range(&task.workflow_id, &task.run_id, next_event_id, last_event_id)
+            .await
+            .map_err(history_fetch_failed)?;
+        events.extend(rest);
+    }
+    Ok(events)
+}
+
+fn history_fetch_failed(status: tonic::Status) -> Failure {
+    Failure::new(weft_proto::errors::HISTORY_FETCH_FAILED_ERROR_TYPE, format!("fetch the history to replay: {status}"))
 }
 
 async fn fail_workflow_task(shared: &WorkerShared, task_token: Vec<u8>, failure: Failure) {

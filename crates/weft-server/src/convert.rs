@@ -143,6 +143,72 @@ fn event_type(kind: &EventKind) -> pb::EventType {
     }
 }
 
+/// Bytes of history events one message carries at most (a workflow task, a history page),
+/// unless its first event alone is larger (at most one payload, 2 MiB, plus its names and
+/// details): far under the 64 MiB message limit ([`crate::GRPC_MESSAGE_BYTES_MAX`]), and
+/// small enough that a worker replaying 50 MiB of history reads it in a dozen calls.
+pub const HISTORY_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Builds the events of one message from a run's history, in order, within an event count
+/// and a byte budget measured on the wire. The first event offered is always taken, so a
+/// reader always moves forward; the first event that does not fit is left for the next
+/// message, and [`HistoryPager::next_event_id`] names it.
+#[derive(Debug)]
+pub struct HistoryPager {
+    events: Vec<pb::HistoryEvent>,
+    bytes: usize,
+    events_max: usize,
+    bytes_max: usize,
+    next_event_id: Option<u64>,
+}
+
+impl HistoryPager {
+    pub fn new(events_max: usize, bytes_max: usize) -> Self {
+        HistoryPager { events: Vec::new(), bytes: 0, events_max: events_max.max(1), bytes_max, next_event_id: None }
+    }
+
+    /// Takes `event` if it fits; breaks once the page is full (`event` is then left out).
+    pub fn offer(&mut self, event: &HistoryEvent) -> std::ops::ControlFlow<()> {
+        if self.next_event_id.is_some() {
+            return std::ops::ControlFlow::Break(());
+        }
+        let wire = event_to_proto(event);
+        let bytes = weft_proto::repeated_field_bytes(&wire);
+        let full = self.events.len() >= self.events_max || self.bytes + bytes > self.bytes_max;
+        if full && !self.events.is_empty() {
+            self.next_event_id = Some(event.event_id);
+            return std::ops::ControlFlow::Break(());
+        }
+        self.bytes += bytes;
+        self.events.push(wire);
+        std::ops::ControlFlow::Continue(())
+    }
+
+    /// The first event offered and left out: the page was full before it. `None` while every
+    /// event offered was taken.
+    pub fn next_event_id(&self) -> Option<u64> {
+        self.next_event_id
+    }
+
+    /// The id of the last event taken.
+    pub fn last_event_id(&self) -> Option<u64> {
+        self.events.last().map(|event| event.event_id)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// The wire size of the events taken, as fields of a repeated message field.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn into_events(self) -> Vec<pb::HistoryEvent> {
+        self.events
+    }
+}
+
 /// A history event on the wire: typed fields for replay, all attributes as JSON for people.
 pub fn event_to_proto(event: &HistoryEvent) -> pb::HistoryEvent {
     let mut out = pb::HistoryEvent {
@@ -228,16 +294,72 @@ pub fn event_to_proto(event: &HistoryEvent) -> pb::HistoryEvent {
     out
 }
 
-/// Every attribute of the event as JSON (payloads shown as the JSON they hold).
+/// The attributes of the event as JSON, for people and tools, without the payload bytes: a
+/// payload (an input, a result, a signal's payload, a failure's details) travels once, in the
+/// event's typed `payload` or `failure.details`, and appears here as its size,
+/// `{"size_bytes": N}` (null when empty). A history of 2 MiB results would otherwise carry
+/// each result twice, and up to six times its size for bytes that JSON must escape.
 fn details_json(kind: &EventKind) -> String {
+    let mut attributes = kind.clone();
+    let (payload, failure) = payload_attributes(&mut attributes);
+    let payload = payload.map(|(name, payload)| (name, std::mem::take(payload).len()));
+    let failure_details = failure.map(|failure| std::mem::take(&mut failure.details).len());
     // Externally tagged enum: {"StepCompleted": {...}}; show only the attributes.
-    match serde_json::to_value(kind) {
-        Ok(serde_json::Value::Object(map)) => match map.into_iter().next() {
-            Some((_, attributes)) => attributes.to_string(),
-            None => "{}".into(),
-        },
-        Ok(other) => other.to_string(),
-        Err(_) => "{}".into(),
+    let mut value = match serde_json::to_value(&attributes) {
+        Ok(serde_json::Value::Object(map)) => map.into_iter().next().map_or(serde_json::Value::Null, |(_, a)| a),
+        Ok(other) => other,
+        Err(_) => return "{}".into(),
+    };
+    if let serde_json::Value::Object(map) = &mut value {
+        if let Some((name, len)) = payload {
+            map.insert(name.into(), payload_size_json(len));
+        }
+        if let (Some(len), Some(serde_json::Value::Object(failure))) = (failure_details, map.get_mut("failure")) {
+            failure.insert("details".into(), payload_size_json(len));
+        }
+    }
+    value.to_string()
+}
+
+/// How `details_json` shows a payload of `len` bytes.
+fn payload_size_json(len: usize) -> serde_json::Value {
+    if len == 0 { serde_json::Value::Null } else { serde_json::json!({ "size_bytes": len }) }
+}
+
+/// The event's payload attribute (its name and value) and its failure, the attributes whose
+/// bytes the typed fields of the wire event carry.
+fn payload_attributes(kind: &mut EventKind) -> (Option<(&'static str, &mut Payload)>, Option<&mut Failure>) {
+    match kind {
+        EventKind::WorkflowStarted { input, .. }
+        | EventKind::ActivityScheduled { input, .. }
+        | EventKind::WorkflowContinuedAsNew { input, .. } => (Some(("input", input)), None),
+        EventKind::StepCompleted { result, .. }
+        | EventKind::ActivityCompleted { result, .. }
+        | EventKind::WorkflowCompleted { result } => (Some(("result", result)), None),
+        EventKind::SignalReceived { payload, .. } | EventKind::SignalConsumed { payload, .. } => {
+            (Some(("payload", payload)), None)
+        }
+        EventKind::WorkflowTaskFailed { failure, .. }
+        | EventKind::StepFailed { failure, .. }
+        | EventKind::ActivityAttemptFailed { failure, .. }
+        | EventKind::ActivityFailed { failure, .. }
+        | EventKind::WorkflowFailed { failure }
+        | EventKind::WorkflowCanceled { failure } => (None, Some(failure)),
+        EventKind::WorkflowTaskScheduled { .. }
+        | EventKind::WorkflowTaskStarted { .. }
+        | EventKind::WorkflowTaskCompleted { .. }
+        | EventKind::WorkflowTaskTimedOut { .. }
+        | EventKind::ActivityStarted { .. }
+        | EventKind::ActivityTimedOut { .. }
+        | EventKind::ActivityCanceled { .. }
+        | EventKind::TimerStarted { .. }
+        | EventKind::TimerFired { .. }
+        | EventKind::TimerCanceled { .. }
+        | EventKind::SignalWaitStarted { .. }
+        | EventKind::SignalWaitTimedOut { .. }
+        | EventKind::SignalWaitCanceled { .. }
+        | EventKind::CancelRequested { .. }
+        | EventKind::WorkflowTerminated { .. } => (None, None),
     }
 }
 
@@ -291,4 +413,172 @@ pub fn commands_from_proto(commands: Vec<pb::WorkflowCommand>) -> Result<Vec<Wor
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use weft_proto::Message;
+
+    use super::*;
+
+    fn event(event_id: u64, kind: EventKind) -> HistoryEvent {
+        HistoryEvent { event_id, time_ms: 1_000 + event_id, kind }
+    }
+
+    /// A JSON string payload of `len` bytes, quotes included.
+    fn text_payload(letter: char, len: usize) -> Payload {
+        Payload(format!("\"{}\"", std::iter::repeat_n(letter, len - 2).collect::<String>()).into_bytes())
+    }
+
+    fn failure(details: Payload) -> Failure {
+        Failure { message: "it broke".into(), error_type: "Broken".into(), non_retryable: false, details }
+    }
+
+    /// Every kind of event that holds a payload, holding `payload`.
+    fn payload_events(payload: &Payload) -> Vec<EventKind> {
+        vec![
+            EventKind::WorkflowStarted {
+                workflow_type: "order".into(),
+                task_queue: "orders".into(),
+                input: payload.clone(),
+                request_id: "r-1".into(),
+                continued_from_run_id: None,
+                workflow_task_timeout_ms: 5_000,
+            },
+            EventKind::StepCompleted { seq: 1, name: "reserve".into(), result: payload.clone(), attempts: 1 },
+            EventKind::StepFailed { seq: 1, name: "reserve".into(), failure: failure(payload.clone()), attempts: 2 },
+            EventKind::ActivityScheduled {
+                seq: 2,
+                activity_type: "charge".into(),
+                task_queue: "orders".into(),
+                input: payload.clone(),
+                retry_policy: RetryPolicy::default(),
+                options: ActivityOptions::default(),
+            },
+            EventKind::ActivityCompleted { seq: 2, attempt: 1, result: payload.clone() },
+            EventKind::ActivityAttemptFailed {
+                seq: 2,
+                attempt: 1,
+                failure: failure(payload.clone()),
+                next_attempt_ms: 9,
+            },
+            EventKind::ActivityFailed { seq: 2, attempt: 3, failure: failure(payload.clone()) },
+            EventKind::WorkflowTaskFailed { scheduled_event_id: 2, attempt: 1, failure: failure(payload.clone()) },
+            EventKind::SignalReceived { name: "approve".into(), payload: payload.clone() },
+            EventKind::SignalConsumed { seq: 3, name: "approve".into(), payload: payload.clone() },
+            EventKind::WorkflowCompleted { result: payload.clone() },
+            EventKind::WorkflowFailed { failure: failure(payload.clone()) },
+            EventKind::WorkflowCanceled { failure: failure(payload.clone()) },
+            EventKind::WorkflowContinuedAsNew { new_run_id: "run-2".into(), input: payload.clone() },
+        ]
+    }
+
+    #[test]
+    fn a_wire_event_carries_its_payload_once() {
+        // A JSON text payload and bytes that are not JSON (each shown as a 3-byte U+FFFD,
+        // escaped in JSON: the rendering that made details up to 6x the payload).
+        for payload in [text_payload('x', 100_000), Payload(vec![0xff; 100_000])] {
+            for kind in payload_events(&payload) {
+                let name = kind.type_name();
+                let wire = event_to_proto(&event(4, kind));
+                let typed = wire.failure.as_ref().map_or(&wire.payload, |failure| &failure.details);
+                assert_eq!(typed, &payload.0, "{name}: the typed field carries the payload");
+                assert!(wire.details_json.len() < 1_000, "{name}: details_json is {} bytes", wire.details_json.len());
+                assert!(
+                    wire.encoded_len() < payload.len() + 1_000,
+                    "{name}: the event is {} bytes on the wire for a payload of {}",
+                    wire.encoded_len(),
+                    payload.len()
+                );
+                let details: serde_json::Value = serde_json::from_str(&wire.details_json).expect("details are JSON");
+                let shown = if wire.failure.is_some() {
+                    details["failure"].get("details")
+                } else {
+                    ["input", "result", "payload"].iter().find_map(|field| details.get(*field))
+                };
+                assert_eq!(shown, Some(&serde_json::json!({ "size_bytes": payload.len() })), "{name}: {details}");
+            }
+        }
+    }
+
+    #[test]
+    fn details_json_keeps_the_attributes_replay_reads() {
+        let started = event_to_proto(&event(1, payload_events(&text_payload('x', 10))[0].clone()));
+        let details: serde_json::Value = serde_json::from_str(&started.details_json).expect("JSON");
+        assert_eq!(details["workflow_task_timeout_ms"], 5_000);
+        assert_eq!(details["request_id"], "r-1");
+        let task_started = event_to_proto(&event(
+            3,
+            EventKind::WorkflowTaskStarted { scheduled_event_id: 2, attempt: 1, seen_event_id: 2 },
+        ));
+        let details: serde_json::Value = serde_json::from_str(&task_started.details_json).expect("JSON");
+        assert_eq!(details, serde_json::json!({"scheduled_event_id": 2, "attempt": 1, "seen_event_id": 2}));
+        let empty = event_to_proto(&event(9, EventKind::WorkflowCompleted { result: Payload::default() }));
+        assert_eq!(empty.details_json, r#"{"result":null}"#);
+        let failed = event_to_proto(&event(9, EventKind::WorkflowFailed { failure: failure(Payload::default()) }));
+        let details: serde_json::Value = serde_json::from_str(&failed.details_json).expect("JSON");
+        assert_eq!(details["failure"]["message"], "it broke");
+        assert_eq!(details["failure"]["details"], serde_json::Value::Null);
+    }
+
+    fn completed(event_id: u64, payload_bytes: usize) -> HistoryEvent {
+        event(event_id, EventKind::ActivityCompleted { seq: 1, attempt: 1, result: text_payload('y', payload_bytes) })
+    }
+
+    #[test]
+    fn a_page_is_cut_by_bytes_and_always_takes_one_event() {
+        const MIB: usize = 1024 * 1024;
+        let mut page = HistoryPager::new(1_000, 4 * MIB);
+        let events: Vec<HistoryEvent> = (1..=6).map(|id| completed(id, MIB)).collect();
+        let taken = events.iter().take_while(|event| page.offer(event).is_continue()).count();
+        assert_eq!(taken, 3, "three 1 MiB events fit in 4 MiB, four do not");
+        assert_eq!(page.next_event_id(), Some(4));
+        assert_eq!(page.last_event_id(), Some(3));
+        assert!(page.offer(&events[4]).is_break(), "a full page takes nothing more");
+        assert_eq!(page.next_event_id(), Some(4), "and still names the first event it left out");
+
+        let mut page = HistoryPager::new(1_000, MIB);
+        assert!(page.offer(&completed(1, 2 * MIB)).is_continue(), "an event larger than the page is taken alone");
+        assert!(page.offer(&completed(2, 10)).is_break());
+        assert_eq!((page.last_event_id(), page.next_event_id()), (Some(1), Some(2)));
+
+        let mut page = HistoryPager::new(2, MIB);
+        let taken = (1..=5).map(|id| completed(id, 10)).take_while(|event| page.offer(event).is_continue()).count();
+        assert_eq!((taken, page.next_event_id()), (2, Some(3)), "the event count is a limit too");
+
+        let mut page = HistoryPager::new(10, MIB);
+        assert!((1..=4).all(|id| page.offer(&completed(id, 10)).is_continue()));
+        assert_eq!(page.next_event_id(), None, "everything offered fit");
+    }
+
+    #[test]
+    fn pages_hold_every_event_once_in_order_within_their_bytes() {
+        const BUDGET: usize = 300_000;
+        // Sizes from tiny to larger than a page, in an order that cuts pages unevenly.
+        let sizes = [10, 250_000, 40_000, 40_000, 400_000, 10, 10, 299_000, 120_000, 120_000, 120_000, 5];
+        let events: Vec<HistoryEvent> =
+            sizes.iter().enumerate().map(|(i, &len)| completed(i as u64 + 1, len)).collect();
+        let mut from = 1;
+        let mut seen = Vec::new();
+        loop {
+            let mut page = HistoryPager::new(1_000, BUDGET);
+            for event in events.iter().skip(from as usize - 1) {
+                if page.offer(event).is_break() {
+                    break;
+                }
+            }
+            let bytes = page.bytes();
+            let next = page.next_event_id();
+            let wire = page.into_events();
+            let response = pb::GetWorkflowHistoryResponse { run_id: String::new(), events: wire, next_event_id: 0 };
+            assert_eq!(bytes, response.encoded_len(), "the page measures its events as they are encoded");
+            assert!(bytes <= BUDGET || response.events.len() == 1, "page from {from}: {bytes} bytes");
+            seen.extend(response.events.iter().map(|e| e.event_id));
+            match next {
+                Some(next) => from = next,
+                None => break,
+            }
+        }
+        assert_eq!(seen, (1..=sizes.len() as u64).collect::<Vec<_>>());
+    }
 }

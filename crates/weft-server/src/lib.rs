@@ -44,8 +44,9 @@ pub const DEFAULT_SHARDS: u32 = 16;
 pub const DEFAULT_WAL_PREWRITE_MIB: u64 = 64;
 /// Largest `--wal-prewrite-mib`.
 pub const WAL_PREWRITE_MIB_MAX: u64 = 4096;
-/// Largest gRPC message the node accepts or sends: a full history page of
-/// payload-heavy events fits.
+/// Largest gRPC message the node accepts or sends. Messages of history (a workflow task, a
+/// history page) hold at most [`convert::HISTORY_MESSAGE_BYTES_MAX`] of events, or one larger
+/// event; requests carrying several payloads (a completion's commands) may need more.
 pub const GRPC_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Most shards a cluster may have.
 pub const SHARDS_MAX: u32 = 4096;

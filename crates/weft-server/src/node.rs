@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 use tracing::Instrument;
 use weft_core::ids::TokenTask;
+use weft_core::limits::HISTORY_EVENTS_MAX;
 use weft_core::{
     Command, CommandKind, HistoryEvent, ReadyTask, Reply, TaskKind, TaskToken, TimeoutKind, WorkflowKey, shard_for,
 };
@@ -27,11 +28,17 @@ use weft_storage::{ClusterMeta, Db, StorageError, codec};
 
 use crate::alarms::{Alarm, AlarmKey, Alarms};
 use crate::applier::{ShardEffects, ShardSlots};
-use crate::convert::event_to_proto;
+use crate::convert::{HISTORY_MESSAGE_BYTES_MAX, HistoryPager};
 use crate::dispatch::{AttemptKey, Dispatcher, QueueKey};
 use crate::route::RouteError;
 use crate::service::{rejection_status, storage_status};
 use crate::shard_store;
+
+/// A workflow task's events: those its reply carries, and the id of its last one.
+struct TaskHistory {
+    page: HistoryPager,
+    last_event_id: u64,
+}
 
 /// Longest a single long-poll (task poll, result wait) waits.
 pub const LONG_POLL_MAX: Duration = Duration::from_secs(60);
@@ -270,6 +277,11 @@ impl Node {
     /// start at `from_event_id` they are the task's history and storage is not read. Events
     /// appended after them are then left for the next task, exactly as if they had arrived
     /// just after this hand-out; the task's `seen_event_id` says where it stopped.
+    ///
+    /// The task's events go in the reply up to [`HISTORY_MESSAGE_BYTES_MAX`]; the task still
+    /// extends to the last event (its `last_event_id`, the token's `seen_event_id`), and the
+    /// worker reads the rest with `GetWorkflowHistory`. Those events are in storage: they are
+    /// read from it, or they are a completion's, whose reply comes after its batch is written.
     pub fn hand_out_workflow_task(
         &self,
         shard: u32,
@@ -295,25 +307,14 @@ impl Node {
         if !self.dispatch.start(attempt.clone()) {
             return Ok(None);
         }
-        let history = if appended.first().is_some_and(|event| event.event_id == from_event_id) {
-            appended
-        } else {
-            match shard_store::read_history(
-                &self.db,
-                shard,
-                &ready.key,
-                &ready.run_id,
-                from_event_id,
-                weft_core::limits::HISTORY_EVENTS_MAX as usize,
-            ) {
-                Ok(history) => history,
-                Err(error) => {
-                    self.dispatch.finish(&attempt);
-                    return Err(storage_status(error));
-                }
+        let history = match self.task_history(shard, ready, from_event_id, appended) {
+            Ok(history) => history,
+            Err(error) => {
+                self.dispatch.finish(&attempt);
+                return Err(storage_status(error));
             }
         };
-        let seen_event_id = history.last().map_or(from_event_id.saturating_sub(1), |e| e.event_id);
+        let seen_event_id = history.last_event_id;
         let now = wall_clock_ms();
         let token = TaskToken {
             shard,
@@ -334,9 +335,40 @@ impl Node {
             task_queue: ready.task_queue.clone(),
             attempt: ready.attempt,
             first_event_id: from_event_id,
-            history: history.iter().map(event_to_proto).collect(),
+            history: history.page.into_events(),
             started_time_ms: now,
+            last_event_id: seen_event_id,
         }))
+    }
+
+    /// The events of a workflow task from `from_event_id`: those that fit in one message, and
+    /// the id of the task's last event (`from_event_id - 1` when it has none).
+    fn task_history(
+        &self,
+        shard: u32,
+        ready: &ReadyTask,
+        from_event_id: u64,
+        appended: Vec<HistoryEvent>,
+    ) -> Result<TaskHistory, StorageError> {
+        let mut page = HistoryPager::new(HISTORY_EVENTS_MAX as usize, HISTORY_MESSAGE_BYTES_MAX);
+        if appended.first().is_some_and(|event| event.event_id == from_event_id) {
+            let last_event_id = appended.last().map_or(from_event_id - 1, |event| event.event_id);
+            for event in &appended {
+                if page.offer(event).is_break() {
+                    break;
+                }
+            }
+            return Ok(TaskHistory { page, last_event_id });
+        }
+        shard_store::visit_history(&self.db, shard, &ready.key, &ready.run_id, from_event_id, |event| {
+            page.offer(&event)
+        })?;
+        let last_event_id = match page.next_event_id() {
+            // Cut short: the task goes on to the last event stored now (a history only grows).
+            Some(_) => shard_store::last_event_id(&self.db, shard, &ready.key, &ready.run_id)?,
+            None => page.last_event_id(),
+        };
+        Ok(TaskHistory { last_event_id: last_event_id.unwrap_or(from_event_id.saturating_sub(1)), page })
     }
 
     /// Long-polls a task queue for an activity task.

@@ -1,10 +1,12 @@
 //! Reads of workflow state, for the services: every read of a shard's records that answers a
 //! client goes through here and comes back as a domain value (a run's summary and state, a
-//! page of history, a run's closing event, a page of the listing), or a [`RouteError`].
+//! run's history (handed to a visitor that bounds the page), a run's closing event, a page of the listing), or a [`RouteError`].
 //!
 //! Invariants: a read that must be linearizable waits for the shard's read index first
 //! ([`Node::linearizable`]); a run that does not exist is `Rejected` with `NotFound` and a
 //! message naming it; the record layout stays in [`crate::shard_store`].
+
+use std::ops::ControlFlow;
 
 use weft_core::{ErrorCode, HistoryEvent, Rejection, RunState, RunSummary, WorkflowKey};
 
@@ -18,15 +20,6 @@ pub struct RunView {
     pub summary: RunSummary,
     /// The run's full state, when it is the workflow's current run.
     pub current: Option<RunState>,
-}
-
-/// A page of a run's history.
-#[derive(Clone, Debug)]
-pub struct HistoryPage {
-    pub run_id: String,
-    pub events: Vec<HistoryEvent>,
-    /// The id of the next event to read, 0 when the page reached the end of the history.
-    pub next_event_id: u64,
 }
 
 fn not_found(message: String) -> RouteError {
@@ -61,16 +54,17 @@ impl Node {
         Ok(shard_store::read_run_summary(&self.db, shard, key, run_id)?.is_some())
     }
 
-    /// Up to `max_events` events of run `run_id` (empty: the current run) from `from_event_id`:
-    /// linearizable.
-    pub async fn history_page(
+    /// Hands the events of run `run_id` (empty: the current run) from `from_event_id` on to
+    /// `visit`, in order, until it breaks or the history ends: linearizable. Returns the run's
+    /// id. The caller bounds the page (events, bytes); storage reads stop where it breaks.
+    pub async fn visit_history(
         &self,
         shard: u32,
         key: &WorkflowKey,
         run_id: &str,
         from_event_id: u64,
-        max_events: usize,
-    ) -> Result<HistoryPage, RouteError> {
+        mut visit: impl FnMut(HistoryEvent) -> ControlFlow<()>,
+    ) -> Result<String, RouteError> {
         self.linearizable(shard).await?;
         let run_id = if run_id.is_empty() {
             shard_store::read_execution(&self.db, shard, key)?
@@ -80,12 +74,15 @@ impl Node {
         } else {
             run_id.to_string()
         };
-        let events = shard_store::read_history(&self.db, shard, key, &run_id, from_event_id.max(1), max_events)?;
-        if events.is_empty() && !self.run_exists(shard, key, &run_id)? {
+        let mut visited = false;
+        shard_store::visit_history(&self.db, shard, key, &run_id, from_event_id.max(1), |event| {
+            visited = true;
+            visit(event)
+        })?;
+        if !visited && !self.run_exists(shard, key, &run_id)? {
             return Err(not_found(format!("run {run_id} of workflow {key} not found")));
         }
-        let next_event_id = if events.len() == max_events { events.last().map_or(0, |e| e.event_id + 1) } else { 0 };
-        Ok(HistoryPage { run_id, events, next_event_id })
+        Ok(run_id)
     }
 
     /// The event that closed run `run_id`: event `close_event_id` of its history.

@@ -23,7 +23,7 @@
 //!   (One key per command instead of one per event: a W3 workflow writes 4
 //!   history keys instead of 14, each repeating the ~90-byte run prefix.)
 
-use std::ops::Bound;
+use std::ops::{Bound, ControlFlow};
 
 use weft_core::apply::{Outcome, Write};
 use weft_core::{
@@ -215,28 +215,54 @@ pub fn read_history(
     from: u64,
     max: usize,
 ) -> Result<Vec<HistoryEvent>> {
-    let from = from.max(1);
     let mut events = Vec::new();
     if max == 0 {
         return Ok(events);
     }
+    visit_history(db, shard, key, run_id, from, |event| {
+        events.push(event);
+        if events.len() >= max { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    })?;
+    Ok(events)
+}
+
+/// Hands the events of a run from event id `from` to `visit`, in order, until it breaks or
+/// the history ends; reads no chunk past the one holding the event it broke at.
+pub fn visit_history(
+    db: &Db,
+    shard: u32,
+    key: &WorkflowKey,
+    run_id: &str,
+    from: u64,
+    mut visit: impl FnMut(HistoryEvent) -> ControlFlow<()>,
+) -> Result<()> {
+    let from = from.max(1);
     let start = match chunk_at(db, shard, key, run_id, from)? {
         Some((chunk_key, _)) => chunk_key.into_vec(),
         None => history_prefix(shard, key, run_id).u64(from).finish(),
     };
     let end = history_prefix(shard, key, run_id).u64(u64::MAX).finish();
+    let mut previous = None;
     for entry in db.iter_state_range(Bound::Included(&start), Bound::Included(&end), ScanDirection::Forward) {
         let (chunk_key, value) = entry?;
         let chunk: Vec<HistoryEvent> = decode_as("read history events", &value)?;
-        check_chunk(&chunk_key, &chunk, events.last().map(|e: &HistoryEvent| e.event_id))?;
+        check_chunk(&chunk_key, &chunk, previous)?;
+        previous = chunk.last().map(|e| e.event_id);
         for event in chunk.into_iter().filter(|event| event.event_id >= from) {
-            events.push(event);
-            if events.len() >= max {
-                return Ok(events);
+            if visit(event).is_break() {
+                return Ok(());
             }
         }
     }
-    Ok(events)
+    Ok(())
+}
+
+/// The id of the last event stored for a run; `None` when it has none.
+pub fn last_event_id(db: &Db, shard: u32, key: &WorkflowKey, run_id: &str) -> Result<Option<u64>> {
+    let Some((chunk_key, value)) = chunk_at(db, shard, key, run_id, u64::MAX)? else { return Ok(None) };
+    let chunk: Vec<HistoryEvent> = decode_as("read history events", &value)?;
+    check_chunk(&chunk_key, &chunk, None)?;
+    Ok(chunk.last().map(|event| event.event_id))
 }
 
 /// Checks a history chunk read back from disk: its events are consecutive, the first is the
@@ -469,6 +495,17 @@ mod tests {
         assert!(read_history(&db, 0, &key, "run-1", 1, 0).expect("read").is_empty());
         assert_eq!(ids(read_history(&db, 0, &key, "run-2", 1, 100).expect("read")), vec![1, 2, 3]);
         assert!(read_history(&db, 0, &key, "run-3", 1, 100).expect("read").is_empty());
+        assert_eq!(last_event_id(&db, 0, &key, "run-1").expect("read"), Some(7));
+        assert_eq!(last_event_id(&db, 0, &key, "run-2").expect("read"), Some(3));
+        assert_eq!(last_event_id(&db, 0, &key, "run-3").expect("read"), None);
+        // A visitor that breaks stops the read at that event.
+        let mut visited = Vec::new();
+        visit_history(&db, 0, &key, "run-1", 2, |event| {
+            visited.push(event.event_id);
+            if event.event_id == 4 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        })
+        .expect("visit");
+        assert_eq!(visited, vec![2, 3, 4]);
         for event_id in 1..=7 {
             assert_eq!(read_event(&db, 0, &key, "run-1", event_id).expect("read"), Some(event(event_id)));
         }

@@ -18,12 +18,15 @@ use weft_storage::codec;
 
 use super::session::{self, CallKind, SessionApi, call_error};
 use super::{LongWait, client_deadline, namespace_or_default, observe, rejection_status};
-use crate::convert::{event_to_proto, failure_to_proto, status_from_proto, status_to_proto, summary_to_proto};
+use crate::convert::{
+    HISTORY_MESSAGE_BYTES_MAX, HistoryPager, failure_to_proto, status_from_proto, status_to_proto, summary_to_proto,
+};
 use crate::node::Node;
 use crate::route::RouteError;
 use crate::shard_store::ListCursor;
 
-/// Most events one history page returns.
+/// Most events one history page returns (it also holds at most
+/// [`HISTORY_MESSAGE_BYTES_MAX`] of them).
 pub const HISTORY_PAGE_EVENTS_MAX: u32 = 10_000;
 pub const HISTORY_PAGE_EVENTS_DEFAULT: u32 = 1_000;
 pub const LIST_PAGE_SIZE_MAX: u32 = 1_000;
@@ -144,11 +147,15 @@ impl ClientService {
             0 => HISTORY_PAGE_EVENTS_DEFAULT,
             n => n.min(HISTORY_PAGE_EVENTS_MAX),
         } as usize;
-        let page = self.node.history_page(shard, &key, &request.run_id, request.from_event_id, max).await?;
+        let mut page = HistoryPager::new(max, HISTORY_MESSAGE_BYTES_MAX);
+        let run_id = self
+            .node
+            .visit_history(shard, &key, &request.run_id, request.from_event_id, |event| page.offer(&event))
+            .await?;
         Ok(pb::GetWorkflowHistoryResponse {
-            run_id: page.run_id,
-            events: page.events.iter().map(event_to_proto).collect(),
-            next_event_id: page.next_event_id,
+            run_id,
+            next_event_id: page.next_event_id().unwrap_or(0),
+            events: page.into_events(),
         })
     }
 

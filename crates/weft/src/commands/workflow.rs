@@ -334,6 +334,7 @@ fn event_json(event: &HistoryEvent) -> Value {
     } else {
         serde_json::from_str(&event.details_json).unwrap_or_else(|_| Value::String(event.details_json.clone()))
     };
+    let details = with_payloads(details, event);
     json!({
         "event_id": event.event_id,
         "time_ms": event.time_ms,
@@ -346,6 +347,29 @@ fn event_json(event: &HistoryEvent) -> Value {
         "attempt": event.attempt,
         "details": details,
     })
+}
+
+/// `details` with the payloads put back: the server sends each payload once, in the event's
+/// typed fields, and shows it in `details_json` only as its size (`{"size_bytes": N}`); a
+/// person reading the details sees the payload itself, as the JSON it holds.
+fn with_payloads(mut details: Value, event: &HistoryEvent) -> Value {
+    let Value::Object(attributes) = &mut details else { return details };
+    for value in attributes.values_mut() {
+        if is_payload_size(value) {
+            *value = output::payload_json(&event.payload);
+        }
+    }
+    if let (Some(Value::Object(failure)), Some(typed)) = (attributes.get_mut("failure"), &event.failure)
+        && failure.get("details").is_some_and(is_payload_size)
+    {
+        failure.insert("details".into(), output::payload_json(&typed.details));
+    }
+    details
+}
+
+/// Whether `value` is how `details_json` shows a payload: `{"size_bytes": N}`.
+fn is_payload_size(value: &Value) -> bool {
+    matches!(value, Value::Object(map) if map.len() == 1 && map.get("size_bytes").is_some_and(Value::is_u64))
 }
 
 /// The details column of the history table: only the attributes the event has.
@@ -630,5 +654,39 @@ mod tests {
             ..event
         };
         assert_eq!(event_details_text(&failed), "seq=2 name=s2 attempt=3 failure=Io: boom");
+    }
+
+    #[test]
+    fn event_details_show_payloads_from_the_typed_fields() {
+        let completed = HistoryEvent {
+            event_id: 7,
+            time_ms: 1,
+            event_type: EventType::ActivityCompleted as i32,
+            seq: 3,
+            name: String::new(),
+            payload: br#"{"charge_id":"ch_1"}"#.to_vec(),
+            failure: None,
+            attempt: 1,
+            details_json: r#"{"seq":3,"attempt":1,"result":{"size_bytes":20}}"#.into(),
+        };
+        let json = event_json(&completed);
+        assert_eq!(json["details"]["result"]["charge_id"], "ch_1");
+        assert_eq!(json["details"]["seq"], 3);
+
+        let failed = HistoryEvent {
+            event_type: EventType::ActivityFailed as i32,
+            payload: Vec::new(),
+            failure: Some(Failure {
+                message: "boom".into(),
+                error_type: "Io".into(),
+                non_retryable: true,
+                details: br#"[1,2]"#.to_vec(),
+            }),
+            details_json: r#"{"seq":3,"attempt":1,"failure":{"message":"boom","error_type":"Io","non_retryable":true,"details":{"size_bytes":5}}}"#.into(),
+            ..completed
+        };
+        let json = event_json(&failed);
+        assert_eq!(json["details"]["failure"]["details"], serde_json::json!([1, 2]));
+        assert_eq!(json["details"]["failure"]["message"], "boom");
     }
 }

@@ -10,6 +10,7 @@
 //! - `semantics`: what a review and outside testing found, each pinned by a test:
 //!   idempotent retries, answers naming the right run and status, cancels and signals never
 //!   lost, timeouts decided from durable state, state a restart keeps.
+//! - `large_history`: histories larger than one gRPC message, against a real `weft dev`.
 //! - `crash`: real `weft` processes killed with SIGKILL at random moments,
 //!   restarted, and checked for what survived.
 
@@ -17,6 +18,7 @@ mod architecture;
 mod bad_input;
 mod cli;
 mod crash;
+mod large_history;
 mod semantics;
 mod support;
 mod workflows;
