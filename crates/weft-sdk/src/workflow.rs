@@ -146,7 +146,7 @@ impl WorkflowContext {
         &self,
         name: &str,
         body: F,
-    ) -> impl Future<Output = Result<T, WorkflowError>> + Send + 'static
+    ) -> impl Future<Output = Result<T, WorkflowError>> + Send + 'static + use<T, F, Fut>
     where
         T: Serialize + DeserializeOwned + 'static,
         F: FnMut() -> Fut + Send + 'static,
@@ -163,7 +163,7 @@ impl WorkflowContext {
         name: &str,
         policy: RetryPolicy,
         mut body: F,
-    ) -> impl Future<Output = Result<T, WorkflowError>> + Send + 'static
+    ) -> impl Future<Output = Result<T, WorkflowError>> + Send + 'static + use<T, F, Fut>
     where
         T: Serialize + DeserializeOwned + 'static,
         F: FnMut() -> Fut + Send + 'static,
@@ -220,7 +220,7 @@ impl WorkflowContext {
         activity_type: &str,
         input: &I,
         options: ActivityOptions,
-    ) -> impl Future<Output = Result<O, WorkflowError>> + Send + 'static
+    ) -> impl Future<Output = Result<O, WorkflowError>> + Send + 'static + use<I, O>
     where
         I: Serialize,
         O: DeserializeOwned + 'static,
@@ -260,7 +260,7 @@ impl WorkflowContext {
     /// Waits `duration` on a durable timer. Dropping the future before it
     /// fires cancels the timer. Returns `Err(Canceled)` when the workflow is
     /// asked to cancel while it sleeps.
-    pub fn sleep(&self, duration: Duration) -> impl Future<Output = Result<(), WorkflowError>> + Send + 'static {
+    pub fn sleep(&self, duration: Duration) -> impl Future<Output = Result<(), WorkflowError>> + Send + 'static + use<> {
         let duration_ms = duration_ms(duration);
         let begun = self.begin(OpKind::Timer, "", |seq| Some(Command::StartTimer(pb::StartTimer { seq, duration_ms })));
         // Made now, not at the first poll: a sleep dropped unpolled cancels its timer too.
@@ -287,7 +287,7 @@ impl WorkflowContext {
         &self,
         name: &str,
         timeout: Option<Duration>,
-    ) -> impl Future<Output = Result<Option<T>, WorkflowError>> + Send + 'static
+    ) -> impl Future<Output = Result<Option<T>, WorkflowError>> + Send + 'static + use<T>
     where
         T: DeserializeOwned + 'static,
     {
@@ -544,4 +544,71 @@ where
             })
         }) as WorkflowFuture
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! Compile tests of the operation futures' captures: they hold nothing of their arguments,
+    //! so a helper may build an input and return the future, and a closure may name a step
+    //! with a temporary string. Before the futures were `use<..>` these failed to compile
+    //! (E0597 and E0515).
+
+    use std::future::Future;
+
+    use weft_proto::v1 as pb;
+    use weft_proto::v1::workflow_command::Command;
+
+    use super::{ActivityOptions, RunInfo, WorkflowContext, workflow_factory};
+    use crate::WorkflowError;
+    use crate::replay::RunMachine;
+
+    /// Builds the activity's input and returns the activity's future: the input is dropped here.
+    fn charge(ctx: &WorkflowContext, order: u32) -> impl Future<Output = Result<String, WorkflowError>> + Send + 'static {
+        let input = serde_json::json!({ "order": order });
+        ctx.activity("charge", &input, ActivityOptions::default())
+    }
+
+    /// Steps named by temporaries, made in a closure.
+    fn numbered_steps(
+        ctx: &WorkflowContext,
+        count: u32,
+    ) -> Vec<impl Future<Output = Result<u32, WorkflowError>> + Send + 'static> {
+        (0..count).map(|i| ctx.step(&format!("s{i}"), move || async move { Ok::<_, anyhow::Error>(i) })).collect()
+    }
+
+    #[tokio::test]
+    async fn operation_futures_outlive_their_arguments() {
+        let factory = workflow_factory("shapes", |ctx: WorkflowContext, (): ()| async move {
+            let numbers = futures::future::try_join_all(numbered_steps(&ctx, 3)).await?;
+            assert_eq!(numbers, [0, 1, 2]);
+            let sleep = ctx.sleep(std::time::Duration::from_secs(1));
+            let signal = ctx.signal::<u32>(&String::from("go"), None);
+            drop((sleep, signal));
+            charge(&ctx, 7).await
+        });
+        let started = |event_id: u64, event_type: pb::EventType| pb::HistoryEvent {
+            event_id,
+            time_ms: 1_000,
+            event_type: event_type as i32,
+            payload: b"null".to_vec(),
+            ..Default::default()
+        };
+        let history = vec![started(1, pb::EventType::WorkflowStarted), started(2, pb::EventType::WorkflowTaskScheduled)];
+        let info = RunInfo { workflow_type: "shapes".into(), ..RunInfo::default() };
+        let mut machine = RunMachine::new(info, history, &factory).expect("a valid history");
+        let activation = machine.advance().await.expect("no failure");
+        let kinds: Vec<String> = activation
+            .commands
+            .iter()
+            .map(|command| match &command.command {
+                Some(Command::RecordStep(step)) => step.name.clone(),
+                Some(Command::ScheduleActivity(activity)) => activity.activity_type.clone(),
+                Some(Command::StartTimer(_)) => "timer".into(),
+                Some(Command::CancelTimer(_)) => "cancel timer".into(),
+                Some(Command::WaitSignal(wait)) => wait.signal_name.clone(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(kinds, ["s0", "s1", "s2", "timer", "go", "cancel timer", "charge"]);
+    }
 }
