@@ -17,6 +17,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::Instrument;
+use weft_proto::errors;
 use weft_proto::v1 as pb;
 
 use crate::activity::{ActivityContext, ActivityFactory, activity_factory, run_activity_task};
@@ -422,6 +423,7 @@ async fn process_workflow_task(shared: Arc<WorkerShared>, mut task: pb::Workflow
             finished = activation.finished,
             "completing workflow task"
         );
+        let request_token = task_token.clone();
         let request = pb::CompleteWorkflowTaskRequest {
             task_token,
             commands: activation.commands,
@@ -447,6 +449,17 @@ async fn process_workflow_task(shared: Arc<WorkerShared>, mut task: pb::Workflow
             }
             Err(status) if matches!(status.code(), tonic::Code::FailedPrecondition | tonic::Code::NotFound) => {
                 tracing::info!("workflow task completion rejected ({}); dropping the cached run", status.message());
+                return;
+            }
+            Err(status) if refuses_for_good(&status) => {
+                // The same code would send the same commands again: fail the task, so the
+                // refusal is in the history and `describe`, instead of timing out silently.
+                tracing::error!("the server refused the workflow task's completion: {}", status.message());
+                let failure = Failure::new(
+                    errors::COMPLETION_REJECTED_ERROR_TYPE,
+                    format!("the server refused the workflow task's commands: {}", status.message()),
+                );
+                fail_workflow_task(&shared, request_token, failure).await;
                 return;
             }
             Err(status) => {
@@ -514,6 +527,12 @@ async fn prepare_machine(
         task_queue: task.task_queue.clone(),
     };
     RunMachine::new(info, history, factory).map_err(|error| error.to_failure())
+}
+
+/// Whether the server refused a completion for what it holds, not for when it came: sending
+/// it again cannot succeed (a command over a limit, an invalid duration, too many commands).
+pub(crate) fn refuses_for_good(status: &tonic::Status) -> bool {
+    matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted | tonic::Code::OutOfRange)
 }
 
 async fn fail_workflow_task(shared: &WorkerShared, task_token: Vec<u8>, failure: Failure) {
