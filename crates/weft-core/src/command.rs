@@ -151,7 +151,9 @@ pub enum WorkflowCommand {
     WaitSignal {
         seq: u32,
         name: String,
-        timeout_ms: u64,
+        /// `None` waits for ever; `Some(0)` does not wait (it times out at once when nothing
+        /// of that name is buffered).
+        timeout_ms: Option<u64>,
     },
     CompleteWorkflow {
         result: Payload,

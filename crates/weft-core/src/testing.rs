@@ -215,7 +215,8 @@ pub enum Op {
     Activity,
     Timer(u32),
     CancelTimer,
-    WaitSignal(u8, u32),
+    /// A signal's name index and timeout: `None` waits for ever, `Some(0)` does not wait.
+    WaitSignal(u8, Option<u32>),
     Complete,
     Fail(bool),
     ContinueAsNew,
@@ -227,7 +228,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         2 => Just(Op::Activity),
         2 => (0u32..5_000).prop_map(Op::Timer),
         1 => Just(Op::CancelTimer),
-        2 => (0u8..2, 0u32..5_000).prop_map(|(n, t)| Op::WaitSignal(n, t)),
+        2 => (0u8..2, proptest::option::of(prop_oneof![Just(0u32), 1u32..5_000])).prop_map(|(n, t)| Op::WaitSignal(n, t)),
         1 => Just(Op::Complete),
         1 => any::<bool>().prop_map(Op::Fail),
         1 => Just(Op::ContinueAsNew),
@@ -319,7 +320,7 @@ pub fn command_for(h: &Harness, action: &Action) -> Option<CommandKind> {
                     Op::Timer(ms) => WorkflowCommand::StartTimer { seq, duration_ms: u64::from(*ms) },
                     Op::CancelTimer => WorkflowCommand::CancelTimer { seq: seq.saturating_sub(1).max(1) },
                     Op::WaitSignal(n, ms) => {
-                        WorkflowCommand::WaitSignal { seq, name: signal_name(*n), timeout_ms: u64::from(*ms) }
+                        WorkflowCommand::WaitSignal { seq, name: signal_name(*n), timeout_ms: ms.map(u64::from) }
                     }
                     Op::Complete => WorkflowCommand::CompleteWorkflow { result: json("1") },
                     Op::Fail(canceled) => WorkflowCommand::FailWorkflow {

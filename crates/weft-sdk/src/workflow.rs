@@ -260,7 +260,10 @@ impl WorkflowContext {
     /// Waits `duration` on a durable timer. Dropping the future before it
     /// fires cancels the timer. Returns `Err(Canceled)` when the workflow is
     /// asked to cancel while it sleeps.
-    pub fn sleep(&self, duration: Duration) -> impl Future<Output = Result<(), WorkflowError>> + Send + 'static + use<> {
+    pub fn sleep(
+        &self,
+        duration: Duration,
+    ) -> impl Future<Output = Result<(), WorkflowError>> + Send + 'static + use<> {
         let duration_ms = duration_ms(duration);
         let begun = self.begin(OpKind::Timer, "", |seq| Some(Command::StartTimer(pb::StartTimer { seq, duration_ms })));
         // Made now, not at the first poll: a sleep dropped unpolled cancels its timer too.
@@ -282,7 +285,8 @@ impl WorkflowContext {
     }
 
     /// Waits for the signal `name` (the oldest buffered one, or the next to
-    /// arrive). `Ok(None)` when `timeout` passed first; `None` waits for ever.
+    /// arrive). `Ok(None)` when `timeout` passed first; `None` waits for ever, and
+    /// `Some(Duration::ZERO)` takes a buffered signal or returns `Ok(None)` at once.
     pub fn signal<T>(
         &self,
         name: &str,
@@ -291,7 +295,7 @@ impl WorkflowContext {
     where
         T: DeserializeOwned + 'static,
     {
-        let timeout_ms = timeout.map(duration_ms).unwrap_or(0);
+        let timeout_ms = timeout.map(duration_ms);
         let begun = self.begin(OpKind::SignalWait, name, |seq| {
             Some(Command::WaitSignal(pb::WaitSignal { seq, signal_name: name.to_string(), timeout_ms }))
         });
@@ -563,7 +567,10 @@ mod tests {
     use crate::replay::RunMachine;
 
     /// Builds the activity's input and returns the activity's future: the input is dropped here.
-    fn charge(ctx: &WorkflowContext, order: u32) -> impl Future<Output = Result<String, WorkflowError>> + Send + 'static {
+    fn charge(
+        ctx: &WorkflowContext,
+        order: u32,
+    ) -> impl Future<Output = Result<String, WorkflowError>> + Send + 'static {
         let input = serde_json::json!({ "order": order });
         ctx.activity("charge", &input, ActivityOptions::default())
     }
@@ -593,7 +600,8 @@ mod tests {
             payload: b"null".to_vec(),
             ..Default::default()
         };
-        let history = vec![started(1, pb::EventType::WorkflowStarted), started(2, pb::EventType::WorkflowTaskScheduled)];
+        let history =
+            vec![started(1, pb::EventType::WorkflowStarted), started(2, pb::EventType::WorkflowTaskScheduled)];
         let info = RunInfo { workflow_type: "shapes".into(), ..RunInfo::default() };
         let mut machine = RunMachine::new(info, history, &factory).expect("a valid history");
         let activation = machine.advance().await.expect("no failure");

@@ -561,3 +561,22 @@ async fn a_timed_out_activity_names_its_timeout_once() {
     worker.stop().await;
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_wait_with_a_zero_timeout_returns_at_once() {
+    async fn polls_for_a_signal(ctx: WorkflowContext, _: ()) -> Result<Option<u32>, WorkflowError> {
+        ctx.signal::<u32>("nothing-sent", Some(Duration::ZERO)).await
+    }
+    let node = TestNode::start().await;
+    let client = sdk_client(&node).await;
+    let worker = RunningWorker::start(
+        Worker::builder(client.clone(), "zero-q").register_workflow("poll", polls_for_a_signal).build(),
+    );
+    client.start_workflow("poll", "zero-1", "zero-q", &()).await.expect("start");
+    let result = tokio::time::timeout(Duration::from_secs(20), client.workflow_result::<Option<u32>>("zero-1"))
+        .await
+        .expect("a zero timeout does not wait for ever");
+    assert_eq!(result.expect("completed"), None);
+    worker.stop().await;
+    node.stop().await;
+}
