@@ -199,6 +199,7 @@ pub enum Action {
     CompleteTask { wf: u8, ops: Vec<Op>, stale: bool },
     FailTask { wf: u8 },
     TimeoutTask { wf: u8 },
+    HeartbeatTask { wf: u8 },
     CompleteActivity { wf: u8, pick: u8 },
     FailActivity { wf: u8, pick: u8, non_retryable: bool },
     TimeoutActivity { wf: u8, pick: u8 },
@@ -243,6 +244,7 @@ pub fn action_strategy() -> impl Strategy<Value = Action> {
             .prop_map(|(wf, ops, stale)| Action::CompleteTask { wf, ops, stale }),
         1 => wf.clone().prop_map(|wf| Action::FailTask { wf }),
         1 => wf.clone().prop_map(|wf| Action::TimeoutTask { wf }),
+        1 => wf.clone().prop_map(|wf| Action::HeartbeatTask { wf }),
         2 => (wf.clone(), any::<u8>()).prop_map(|(wf, pick)| Action::CompleteActivity { wf, pick }),
         2 => (wf.clone(), any::<u8>(), any::<bool>()).prop_map(|(wf, pick, non_retryable)| Action::FailActivity { wf, pick, non_retryable }),
         1 => (wf.clone(), any::<u8>()).prop_map(|(wf, pick)| Action::TimeoutActivity { wf, pick }),
@@ -351,6 +353,7 @@ pub fn command_for(h: &Harness, action: &Action) -> Option<CommandKind> {
             CommandKind::FailWorkflowTask { token: token_for(*wf)?, failure: Failure::new("E", "x") }
         }
         Action::TimeoutTask { wf } => CommandKind::WorkflowTaskTimedOut { token: token_for(*wf)? },
+        Action::HeartbeatTask { wf } => CommandKind::RecordWorkflowTaskHeartbeat { token: token_for(*wf)? },
         Action::CompleteActivity { wf, pick } => {
             CommandKind::CompleteActivity { token: activity_token(*wf, *pick)?, result: json("1") }
         }

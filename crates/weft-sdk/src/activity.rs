@@ -259,7 +259,11 @@ pub(crate) async fn run_activity_task(
                 format!("the server refused the activity's result: {}", status.message()),
             );
             failure.non_retryable = true;
-            let request = pb::FailActivityTaskRequest { task_token: refused_token, failure: Some(failure.into()), identity: refused_identity };
+            let request = pb::FailActivityTaskRequest {
+                task_token: refused_token,
+                failure: Some(failure.into()),
+                identity: refused_identity,
+            };
             worker.fail_activity_task(request).await.map(|_| ())
         }
         other => other,

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use weft_proto::errors;
 use weft_proto::v1 as pb;
 use weft_proto::v1::workflow_command::Command;
 
@@ -142,6 +143,10 @@ impl WorkflowContext {
     /// retried in the worker per [`RetryPolicy::step_default`] (3 attempts);
     /// the final failure is recorded and returned as [`WorkflowError::Step`].
     /// Return an [`ActivityError::non_retryable`] (through anyhow) to stop retrying.
+    /// While a body runs the worker keeps the workflow task alive (it heartbeats the task), so
+    /// a body may outlast the workflow task timeout; an attempt that outlasts the worker's
+    /// [maximum step duration](crate::WorkerBuilder::max_step_duration) (5 minutes by default)
+    /// fails with error type `StepTimeout`. Long work belongs in an activity.
     pub fn step<T, F, Fut>(
         &self,
         name: &str,
@@ -180,8 +185,11 @@ impl WorkflowContext {
             ctx.earlier_steps_durable(earlier_unfed).await;
             if is_new {
                 let running = StepRunning::enter(&ctx.state);
-                let budget = ctx.state.lock().workflow_task_timeout / 2;
-                let (outcome, attempts) = run_step_body(&name, &policy, budget, &mut body).await;
+                let (budget, attempt_max) = {
+                    let state = ctx.state.lock();
+                    (state.workflow_task_timeout / 2, state.max_step_duration)
+                };
+                let (outcome, attempts) = run_step_body(&name, &policy, budget, attempt_max, &mut body).await;
                 // The code gets the value decoded from the very bytes that are recorded, as a
                 // replay will; decoding first lets the bytes move into the command uncopied.
                 let (result, failure, output) = match outcome {
@@ -473,11 +481,14 @@ impl Drop for TimerGuard {
     }
 }
 
-/// Runs a step body with retries; returns its JSON result or final failure, and the attempts made.
+/// Runs a step body with retries, each attempt at most `attempt_max` (the worker keeps the
+/// workflow task alive meanwhile); returns its JSON result or final failure, and the attempts
+/// made.
 async fn run_step_body<T, F, Fut>(
     name: &str,
     policy: &RetryPolicy,
     budget: Duration,
+    attempt_max: Duration,
     body: &mut F,
 ) -> (Result<Vec<u8>, Failure>, u32)
 where
@@ -488,8 +499,8 @@ where
     let started = tokio::time::Instant::now();
     let mut attempt = 1;
     loop {
-        let failure = match body().await {
-            Ok(value) => match serde_json::to_vec(&value) {
+        let failure = match tokio::time::timeout(attempt_max, body()).await {
+            Ok(Ok(value)) => match serde_json::to_vec(&value) {
                 Ok(result) => return (Ok(result), attempt),
                 Err(error) => {
                     let mut failure =
@@ -498,10 +509,17 @@ where
                     return (Err(failure), attempt);
                 }
             },
-            Err(error) => match error.downcast::<ActivityError>() {
+            Ok(Err(error)) => match error.downcast::<ActivityError>() {
                 Ok(activity_error) => activity_error.failure,
                 Err(error) => Failure::from_anyhow(&error),
             },
+            Err(_) => Failure::new(
+                errors::STEP_TIMEOUT_ERROR_TYPE,
+                format!(
+                    "attempt {attempt} of step {name:?} ran longer than {attempt_max:?}, the worker's maximum step \
+                     duration; run long work as an activity"
+                ),
+            ),
         };
         if !policy.allows_retry(attempt, &failure) {
             return (Err(failure), attempt);

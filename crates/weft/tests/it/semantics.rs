@@ -3,15 +3,15 @@
 //! signals that are never lost, timeouts decided from durable state, and state a restart must
 //! not forget.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tonic::Code;
 use weft_proto::v1 as pb;
 use weft_proto::v1::worker_service_client::WorkerServiceClient;
 use weft_sdk::{
-    ActivityContext, ActivityError, ActivityOptions, Client, RetryPolicy, Worker, WorkflowContext, WorkflowError,
-    WorkflowResultError,
+    ActivityContext, ActivityError, ActivityOptions, Client, RetryPolicy, StartWorkflowOptions, Worker,
+    WorkflowContext, WorkflowError, WorkflowResultError,
 };
 
 use crate::support::{RunningWorker, TestNode, completion, endpoint, json, poll_request, start_request, wait_for};
@@ -577,6 +577,45 @@ async fn a_signal_wait_with_a_zero_timeout_returns_at_once() {
         .await
         .expect("a zero timeout does not wait for ever");
     assert_eq!(result.expect("completed"), None);
+    worker.stop().await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_longer_than_the_workflow_task_timeout_runs_once() {
+    static BODY_RUNS: AtomicUsize = AtomicUsize::new(0);
+    async fn long_step(ctx: WorkflowContext, _: ()) -> Result<usize, WorkflowError> {
+        ctx.step("slow", || async {
+            BODY_RUNS.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            Ok::<_, anyhow::Error>(())
+        })
+        .await?;
+        Ok(BODY_RUNS.load(Ordering::SeqCst))
+    }
+    let node = TestNode::start().await;
+    let client = sdk_client(&node).await;
+    let worker =
+        RunningWorker::start(Worker::builder(client.clone(), "long-q").register_workflow("long", long_step).build());
+    let options = StartWorkflowOptions {
+        workflow_type: "long".into(),
+        workflow_id: "long-1".into(),
+        task_queue: "long-q".into(),
+        workflow_task_timeout: Some(Duration::from_secs(2)),
+        ..StartWorkflowOptions::default()
+    };
+    client.start_workflow_with(options, &()).await.expect("start");
+    let result = tokio::time::timeout(Duration::from_secs(30), client.workflow_result::<usize>("long-1"))
+        .await
+        .expect("the run completes");
+    assert_eq!(result.expect("completed"), 1, "the step body ran once");
+    assert_eq!(BODY_RUNS.load(Ordering::SeqCst), 1, "and never again");
+    let history = client.workflow_history("long-1", None).await.expect("history");
+    assert!(
+        !history.iter().any(|e| e.event_type() == pb::EventType::WorkflowTaskTimedOut),
+        "the heartbeating task did not time out: {:?}",
+        history_types(&history)
+    );
     worker.stop().await;
     node.stop().await;
 }
