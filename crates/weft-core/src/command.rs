@@ -99,6 +99,12 @@ pub enum CommandKind {
         run_id: RunId,
         reason: String,
     },
+    /// A worker's workflow task is still running (a long step): apply checks the token names
+    /// the run's pending task and answers the task timeout, which the leader's deadline for
+    /// the attempt starts again from. Writes nothing: task deadlines are leader-local.
+    RecordWorkflowTaskHeartbeat {
+        token: TaskToken,
+    },
 }
 
 impl CommandKind {
@@ -119,6 +125,7 @@ impl CommandKind {
             CommandKind::Signal { .. } => "signal",
             CommandKind::RequestCancel { .. } => "request_cancel",
             CommandKind::Terminate { .. } => "terminate",
+            CommandKind::RecordWorkflowTaskHeartbeat { .. } => "record_workflow_task_heartbeat",
         }
     }
 }
@@ -151,7 +158,9 @@ pub enum WorkflowCommand {
     WaitSignal {
         seq: u32,
         name: String,
-        timeout_ms: u64,
+        /// `None` waits for ever; `Some(0)` does not wait (it times out at once when nothing
+        /// of that name is buffered).
+        timeout_ms: Option<u64>,
     },
     CompleteWorkflow {
         result: Payload,

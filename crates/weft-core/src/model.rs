@@ -212,6 +212,10 @@ pub enum Reply {
     },
     NamespaceCreated(NamespaceRecord),
     Rejected(Rejection),
+    /// A workflow task heartbeat was accepted: the task's timeout starts again.
+    WorkflowTaskHeartbeat {
+        timeout_ms: u64,
+    },
 }
 
 impl From<Rejection> for Reply {

@@ -199,6 +199,7 @@ pub enum Action {
     CompleteTask { wf: u8, ops: Vec<Op>, stale: bool },
     FailTask { wf: u8 },
     TimeoutTask { wf: u8 },
+    HeartbeatTask { wf: u8 },
     CompleteActivity { wf: u8, pick: u8 },
     FailActivity { wf: u8, pick: u8, non_retryable: bool },
     TimeoutActivity { wf: u8, pick: u8 },
@@ -215,7 +216,8 @@ pub enum Op {
     Activity,
     Timer(u32),
     CancelTimer,
-    WaitSignal(u8, u32),
+    /// A signal's name index and timeout: `None` waits for ever, `Some(0)` does not wait.
+    WaitSignal(u8, Option<u32>),
     Complete,
     Fail(bool),
     ContinueAsNew,
@@ -227,7 +229,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         2 => Just(Op::Activity),
         2 => (0u32..5_000).prop_map(Op::Timer),
         1 => Just(Op::CancelTimer),
-        2 => (0u8..2, 0u32..5_000).prop_map(|(n, t)| Op::WaitSignal(n, t)),
+        2 => (0u8..2, proptest::option::of(prop_oneof![Just(0u32), 1u32..5_000])).prop_map(|(n, t)| Op::WaitSignal(n, t)),
         1 => Just(Op::Complete),
         1 => any::<bool>().prop_map(Op::Fail),
         1 => Just(Op::ContinueAsNew),
@@ -242,6 +244,7 @@ pub fn action_strategy() -> impl Strategy<Value = Action> {
             .prop_map(|(wf, ops, stale)| Action::CompleteTask { wf, ops, stale }),
         1 => wf.clone().prop_map(|wf| Action::FailTask { wf }),
         1 => wf.clone().prop_map(|wf| Action::TimeoutTask { wf }),
+        1 => wf.clone().prop_map(|wf| Action::HeartbeatTask { wf }),
         2 => (wf.clone(), any::<u8>()).prop_map(|(wf, pick)| Action::CompleteActivity { wf, pick }),
         2 => (wf.clone(), any::<u8>(), any::<bool>()).prop_map(|(wf, pick, non_retryable)| Action::FailActivity { wf, pick, non_retryable }),
         1 => (wf.clone(), any::<u8>()).prop_map(|(wf, pick)| Action::TimeoutActivity { wf, pick }),
@@ -319,7 +322,7 @@ pub fn command_for(h: &Harness, action: &Action) -> Option<CommandKind> {
                     Op::Timer(ms) => WorkflowCommand::StartTimer { seq, duration_ms: u64::from(*ms) },
                     Op::CancelTimer => WorkflowCommand::CancelTimer { seq: seq.saturating_sub(1).max(1) },
                     Op::WaitSignal(n, ms) => {
-                        WorkflowCommand::WaitSignal { seq, name: signal_name(*n), timeout_ms: u64::from(*ms) }
+                        WorkflowCommand::WaitSignal { seq, name: signal_name(*n), timeout_ms: ms.map(u64::from) }
                     }
                     Op::Complete => WorkflowCommand::CompleteWorkflow { result: json("1") },
                     Op::Fail(canceled) => WorkflowCommand::FailWorkflow {
@@ -350,6 +353,7 @@ pub fn command_for(h: &Harness, action: &Action) -> Option<CommandKind> {
             CommandKind::FailWorkflowTask { token: token_for(*wf)?, failure: Failure::new("E", "x") }
         }
         Action::TimeoutTask { wf } => CommandKind::WorkflowTaskTimedOut { token: token_for(*wf)? },
+        Action::HeartbeatTask { wf } => CommandKind::RecordWorkflowTaskHeartbeat { token: token_for(*wf)? },
         Action::CompleteActivity { wf, pick } => {
             CommandKind::CompleteActivity { token: activity_token(*wf, *pick)?, result: json("1") }
         }

@@ -47,6 +47,12 @@ pub const COMPLETION_REJECTED_ERROR_TYPE: &str = "CompletionRejected";
 /// The server refused an activity's result (over the payload limit); the message is the
 /// server's. Not retried.
 pub const RESULT_REJECTED_ERROR_TYPE: &str = "ResultRejected";
+/// A step attempt ran longer than the worker's maximum step duration (default 5 minutes);
+/// retried per the step's policy. Long work belongs in an activity.
+pub const STEP_TIMEOUT_ERROR_TYPE: &str = "StepTimeout";
+/// Workflow code ran longer than the worker's maximum step duration plus the workflow task
+/// timeout without waiting on the server (a workflow task failure).
+pub const WORKFLOW_TASK_TOO_LONG_ERROR_TYPE: &str = "WorkflowTaskTooLong";
 
 /// Every error type above, for documentation checks.
 pub const ALL: &[&str] = &[
@@ -69,6 +75,8 @@ pub const ALL: &[&str] = &[
     TIMEOUT_ERROR_TYPE,
     COMPLETION_REJECTED_ERROR_TYPE,
     RESULT_REJECTED_ERROR_TYPE,
+    STEP_TIMEOUT_ERROR_TYPE,
+    WORKFLOW_TASK_TOO_LONG_ERROR_TYPE,
 ];
 
 #[cfg(test)]

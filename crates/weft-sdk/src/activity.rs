@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use weft_proto::errors;
 use weft_proto::v1 as pb;
 
 use crate::client::Client;
@@ -226,6 +227,7 @@ pub(crate) async fn run_activity_task(
         }
     };
     let mut worker = client.raw().worker;
+    let (refused_token, refused_identity) = (task_token.clone(), identity.clone());
     let reported = match outcome {
         Ok(result) => {
             tracing::debug!("activity completed");
@@ -245,6 +247,26 @@ pub(crate) async fn run_activity_task(
                 .await
                 .map(|_| ())
         }
+    };
+    let reported = match reported {
+        Err(status) if crate::worker::refuses_for_good(&status) => {
+            // Sending it again cannot succeed (a result over the payload limit): end the
+            // activity with the server's reason instead of letting the attempt time out and
+            // retry for ever.
+            tracing::error!("the server refused the activity's result: {}", status.message());
+            let mut failure = Failure::new(
+                errors::RESULT_REJECTED_ERROR_TYPE,
+                format!("the server refused the activity's result: {}", status.message()),
+            );
+            failure.non_retryable = true;
+            let request = pb::FailActivityTaskRequest {
+                task_token: refused_token,
+                failure: Some(failure.into()),
+                identity: refused_identity,
+            };
+            worker.fail_activity_task(request).await.map(|_| ())
+        }
+        other => other,
     };
     match reported {
         Ok(()) => {}

@@ -50,6 +50,10 @@ pub(crate) type WorkflowFactory = Arc<dyn Fn(WorkflowContext, Vec<u8>) -> Workfl
 /// Workflow task timeout assumed when the history does not say (the server's default).
 const DEFAULT_WORKFLOW_TASK_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long one attempt of a step body may run unless the worker says otherwise
+/// ([`crate::WorkerBuilder::max_step_duration`]); a longer attempt fails with `StepTimeout`.
+pub(crate) const DEFAULT_MAX_STEP_DURATION: Duration = Duration::from_secs(300);
+
 /// Polls of the workflow future in a row, without yielding to the runtime, while
 /// the code keeps waking itself (its own channels, `yield_now`).
 const POLLS_PER_YIELD_MAX: usize = 64;
@@ -146,6 +150,8 @@ pub(crate) struct RunState {
     /// The machine is being dropped: dropped timers must not emit commands.
     pub(crate) closing: bool,
     pub(crate) workflow_task_timeout: Duration,
+    /// How long one attempt of a step body may run (the worker keeps the task alive meanwhile).
+    pub(crate) max_step_duration: Duration,
 }
 
 /// A waker that records that the workflow future woke itself, and forwards
@@ -254,6 +260,7 @@ impl RunMachine {
             nondeterminism: None,
             closing: false,
             workflow_task_timeout: workflow_task_timeout(first),
+            max_step_duration: DEFAULT_MAX_STEP_DURATION,
         };
         let state = Arc::new(Mutex::new(state));
         let context = WorkflowContext::new(state.clone());
@@ -279,6 +286,11 @@ impl RunMachine {
     /// The run's workflow task timeout, from its `WorkflowStarted` event.
     pub(crate) fn workflow_task_timeout(&self) -> Duration {
         self.state.lock().workflow_task_timeout
+    }
+
+    /// Bounds each attempt of a step body run from now on.
+    pub(crate) fn set_max_step_duration(&mut self, max: Duration) {
+        self.state.lock().max_step_duration = max;
     }
 
     /// Whether `history` (a full history from event 1) starts with exactly the events this machine knows.

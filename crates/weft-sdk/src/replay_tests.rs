@@ -179,7 +179,11 @@ async fn run_sample_live() -> (History, Value) {
     let activation = run.advance().await.expect("task 2");
     assert_eq!(
         activation.commands,
-        vec![cmd(Command::WaitSignal(pb::WaitSignal { seq: 3, signal_name: "approve".into(), timeout_ms: 3_600_000 }))]
+        vec![cmd(Command::WaitSignal(pb::WaitSignal {
+            seq: 3,
+            signal_name: "approve".into(),
+            timeout_ms: Some(3_600_000)
+        }))]
     );
 
     // Task 3: the signal was buffered and consumed at once; the code sleeps.
@@ -237,7 +241,11 @@ async fn replay_of_a_prefix_issues_only_the_next_command() {
     let activation = machine(&factory, prefix).advance().await.expect("replay");
     assert_eq!(
         activation.commands,
-        vec![cmd(Command::WaitSignal(pb::WaitSignal { seq: 3, signal_name: "approve".into(), timeout_ms: 3_600_000 }))]
+        vec![cmd(Command::WaitSignal(pb::WaitSignal {
+            seq: 3,
+            signal_name: "approve".into(),
+            timeout_ms: Some(3_600_000)
+        }))]
     );
 }
 
@@ -356,7 +364,7 @@ async fn dropped_sleep_cancels_its_timer_once() {
         activation.commands,
         vec![
             cmd(Command::StartTimer(pb::StartTimer { seq: 1, duration_ms: 3_600_000 })),
-            cmd(Command::WaitSignal(pb::WaitSignal { seq: 2, signal_name: "go".into(), timeout_ms: 0 })),
+            cmd(Command::WaitSignal(pb::WaitSignal { seq: 2, signal_name: "go".into(), timeout_ms: None })),
         ]
     );
     let from = history.last_id() + 1;

@@ -6,6 +6,12 @@
 //! task kind; a poller takes a slot before it polls, so the worker never holds
 //! a task it has no room to run. Workflow-task completions go over one
 //! long-lived session stream ([`crate::session`]).
+//!
+//! While a workflow task's code runs (step bodies do real work), the worker heartbeats the
+//! task about three times per workflow task timeout, so a step longer than that timeout runs
+//! once instead of timing out and running again on every attempt. The code of one task may
+//! run at most the maximum step duration plus the task timeout; past that the task is failed
+//! (`WorkflowTaskTooLong`), never silently dropped.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -15,14 +21,17 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
+use tonic::transport::Channel;
 use tracing::Instrument;
+use weft_proto::errors;
 use weft_proto::v1 as pb;
+use weft_proto::v1::worker_service_client::WorkerServiceClient;
 
 use crate::activity::{ActivityContext, ActivityFactory, activity_factory, run_activity_task};
 use crate::client::Client;
 use crate::error::{ActivityError, Failure, WorkflowError};
-use crate::replay::{RunMachine, WorkflowFactory};
+use crate::replay::{Activation, ActivationError, DEFAULT_MAX_STEP_DURATION, RunMachine, WorkflowFactory};
 use crate::session::{Session, WorkerCalls};
 use crate::workflow::{RunInfo, WorkflowContext, workflow_factory};
 
@@ -45,6 +54,7 @@ pub struct WorkerBuilder {
     cached_runs_max: usize,
     shutdown_grace: Duration,
     identity: String,
+    max_step_duration: Duration,
 }
 
 impl WorkerBuilder {
@@ -109,6 +119,13 @@ impl WorkerBuilder {
         self
     }
 
+    /// How long one attempt of a step body may run (default 5 minutes); a longer attempt
+    /// fails with error type `StepTimeout`. Meanwhile the worker keeps the workflow task alive.
+    pub fn max_step_duration(mut self, max: Duration) -> Self {
+        self.max_step_duration = max.max(Duration::from_millis(1));
+        self
+    }
+
     /// The name the server records for this worker (default "pid@host").
     pub fn identity(mut self, identity: impl Into<String>) -> Self {
         self.identity = identity.into();
@@ -132,6 +149,7 @@ impl WorkerBuilder {
                 activity_pollers: self.activity_pollers,
                 shutdown_grace: self.shutdown_grace,
                 identity: self.identity,
+                max_step_duration: self.max_step_duration,
             }),
         }
     }
@@ -156,6 +174,7 @@ struct WorkerShared {
     activity_pollers: usize,
     shutdown_grace: Duration,
     identity: String,
+    max_step_duration: Duration,
     cache: Mutex<RunCache>,
     /// Workflow-task completions and failures go over this stream.
     session: Session<WorkerCalls>,
@@ -176,6 +195,7 @@ impl Worker {
             cached_runs_max: 1_000,
             shutdown_grace: Duration::from_secs(30),
             identity: format!("{}@{host}", std::process::id()),
+            max_step_duration: DEFAULT_MAX_STEP_DURATION,
         }
     }
 
@@ -400,20 +420,27 @@ async fn process_workflow_task(shared: Arc<WorkerShared>, mut task: pb::Workflow
                 return;
             }
         };
-        let timeout = machine.workflow_task_timeout();
-        let activation = match tokio::time::timeout(timeout, machine.advance()).await {
-            Ok(Ok(activation)) => activation,
-            Ok(Err(error)) => {
+        machine.set_max_step_duration(shared.max_step_duration);
+        let activation = match advance_keeping_alive(&shared, &task_token, &mut machine).await {
+            Advanced::Done(Ok(activation)) => activation,
+            Advanced::Done(Err(error)) => {
                 tracing::error!(attempt = task.attempt, "workflow task failed: {error}");
                 fail_workflow_task(&shared, task_token, error.to_failure()).await;
                 return;
             }
-            Err(_) => {
-                // The server times the task out and schedules it again; the code restarts from history.
-                tracing::warn!(
-                    ?timeout,
-                    "workflow code ran longer than the workflow task timeout (a slow step?); dropped"
+            Advanced::TaskOver(why) => {
+                // The server timed the task out (or another worker has it): the work is not ours.
+                tracing::warn!("the workflow task ended while its code ran ({why}); dropping the run");
+                return;
+            }
+            Advanced::TooLong(limit) => {
+                let message = format!(
+                    "workflow code ran {limit:?} without waiting on the server (the worker's maximum step \
+                     duration plus the workflow task timeout)"
                 );
+                tracing::error!("{message}");
+                let failure = Failure::new(errors::WORKFLOW_TASK_TOO_LONG_ERROR_TYPE, message);
+                fail_workflow_task(&shared, task_token, failure).await;
                 return;
             }
         };
@@ -422,6 +449,7 @@ async fn process_workflow_task(shared: Arc<WorkerShared>, mut task: pb::Workflow
             finished = activation.finished,
             "completing workflow task"
         );
+        let request_token = task_token.clone();
         let request = pb::CompleteWorkflowTaskRequest {
             task_token,
             commands: activation.commands,
@@ -447,6 +475,17 @@ async fn process_workflow_task(shared: Arc<WorkerShared>, mut task: pb::Workflow
             }
             Err(status) if matches!(status.code(), tonic::Code::FailedPrecondition | tonic::Code::NotFound) => {
                 tracing::info!("workflow task completion rejected ({}); dropping the cached run", status.message());
+                return;
+            }
+            Err(status) if refuses_for_good(&status) => {
+                // The same code would send the same commands again: fail the task, so the
+                // refusal is in the history and `describe`, instead of timing out silently.
+                tracing::error!("the server refused the workflow task's completion: {}", status.message());
+                let failure = Failure::new(
+                    errors::COMPLETION_REJECTED_ERROR_TYPE,
+                    format!("the server refused the workflow task's commands: {}", status.message()),
+                );
+                fail_workflow_task(&shared, request_token, failure).await;
                 return;
             }
             Err(status) => {
@@ -549,6 +588,68 @@ async fn task_events(client: &Client, task: &mut pb::WorkflowTask) -> Result<Vec
 
 fn history_fetch_failed(status: tonic::Status) -> Failure {
     Failure::new(weft_proto::errors::HISTORY_FETCH_FAILED_ERROR_TYPE, format!("fetch the history to replay: {status}"))
+}
+
+/// How running a task's code ended.
+enum Advanced {
+    Done(Result<Activation, ActivationError>),
+    /// A heartbeat was refused: the task is no longer this worker's.
+    TaskOver(String),
+    /// The code ran past this limit.
+    TooLong(Duration),
+}
+
+/// Runs the task's code while heartbeating the task every third of its timeout, so a long
+/// step body does not let it time out; bounded by the maximum step duration plus the timeout.
+async fn advance_keeping_alive(shared: &WorkerShared, task_token: &[u8], machine: &mut RunMachine) -> Advanced {
+    let task_timeout = machine.workflow_task_timeout();
+    let limit = shared.max_step_duration.saturating_add(task_timeout);
+    let interval = (task_timeout / 3).max(Duration::from_millis(50));
+    let (over_tx, over_rx) = oneshot::channel();
+    let beats = tokio::spawn(heartbeat_task(
+        shared.client.raw().worker,
+        task_token.to_vec(),
+        shared.identity.clone(),
+        interval,
+        over_tx,
+    ));
+    let advanced = tokio::select! {
+        result = machine.advance() => Advanced::Done(result),
+        Ok(why) = over_rx => Advanced::TaskOver(why),
+        _ = tokio::time::sleep(limit) => Advanced::TooLong(limit),
+    };
+    beats.abort();
+    advanced
+}
+
+/// Heartbeats a workflow task every `interval` until aborted; reports a refusal (the task is
+/// over) on `over` and stops. Other errors are logged: the next beat may get through.
+async fn heartbeat_task(
+    mut worker: WorkerServiceClient<Channel>,
+    task_token: Vec<u8>,
+    identity: String,
+    interval: Duration,
+    over: oneshot::Sender<String>,
+) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let request =
+            pb::RecordWorkflowTaskHeartbeatRequest { task_token: task_token.clone(), identity: identity.clone() };
+        match worker.record_workflow_task_heartbeat(request).await {
+            Ok(_) => tracing::debug!("workflow task heartbeat"),
+            Err(status) if matches!(status.code(), tonic::Code::FailedPrecondition | tonic::Code::NotFound) => {
+                let _ = over.send(status.message().to_string());
+                return;
+            }
+            Err(status) => tracing::warn!("workflow task heartbeat failed: {status}"),
+        }
+    }
+}
+
+/// Whether the server refused a completion for what it holds, not for when it came: sending
+/// it again cannot succeed (a command over a limit, an invalid duration, too many commands).
+pub(crate) fn refuses_for_good(status: &tonic::Status) -> bool {
+    matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted | tonic::Code::OutOfRange)
 }
 
 async fn fail_workflow_task(shared: &WorkerShared, task_token: Vec<u8>, failure: Failure) {

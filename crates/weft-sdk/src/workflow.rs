@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use weft_proto::errors;
 use weft_proto::v1 as pb;
 use weft_proto::v1::workflow_command::Command;
 
@@ -142,11 +143,15 @@ impl WorkflowContext {
     /// retried in the worker per [`RetryPolicy::step_default`] (3 attempts);
     /// the final failure is recorded and returned as [`WorkflowError::Step`].
     /// Return an [`ActivityError::non_retryable`] (through anyhow) to stop retrying.
+    /// While a body runs the worker keeps the workflow task alive (it heartbeats the task), so
+    /// a body may outlast the workflow task timeout; an attempt that outlasts the worker's
+    /// [maximum step duration](crate::WorkerBuilder::max_step_duration) (5 minutes by default)
+    /// fails with error type `StepTimeout`. Long work belongs in an activity.
     pub fn step<T, F, Fut>(
         &self,
         name: &str,
         body: F,
-    ) -> impl Future<Output = Result<T, WorkflowError>> + Send + 'static
+    ) -> impl Future<Output = Result<T, WorkflowError>> + Send + 'static + use<T, F, Fut>
     where
         T: Serialize + DeserializeOwned + 'static,
         F: FnMut() -> Fut + Send + 'static,
@@ -163,7 +168,7 @@ impl WorkflowContext {
         name: &str,
         policy: RetryPolicy,
         mut body: F,
-    ) -> impl Future<Output = Result<T, WorkflowError>> + Send + 'static
+    ) -> impl Future<Output = Result<T, WorkflowError>> + Send + 'static + use<T, F, Fut>
     where
         T: Serialize + DeserializeOwned + 'static,
         F: FnMut() -> Fut + Send + 'static,
@@ -180,8 +185,11 @@ impl WorkflowContext {
             ctx.earlier_steps_durable(earlier_unfed).await;
             if is_new {
                 let running = StepRunning::enter(&ctx.state);
-                let budget = ctx.state.lock().workflow_task_timeout / 2;
-                let (outcome, attempts) = run_step_body(&name, &policy, budget, &mut body).await;
+                let (budget, attempt_max) = {
+                    let state = ctx.state.lock();
+                    (state.workflow_task_timeout / 2, state.max_step_duration)
+                };
+                let (outcome, attempts) = run_step_body(&name, &policy, budget, attempt_max, &mut body).await;
                 // The code gets the value decoded from the very bytes that are recorded, as a
                 // replay will; decoding first lets the bytes move into the command uncopied.
                 let (result, failure, output) = match outcome {
@@ -220,7 +228,7 @@ impl WorkflowContext {
         activity_type: &str,
         input: &I,
         options: ActivityOptions,
-    ) -> impl Future<Output = Result<O, WorkflowError>> + Send + 'static
+    ) -> impl Future<Output = Result<O, WorkflowError>> + Send + 'static + use<I, O>
     where
         I: Serialize,
         O: DeserializeOwned + 'static,
@@ -260,7 +268,10 @@ impl WorkflowContext {
     /// Waits `duration` on a durable timer. Dropping the future before it
     /// fires cancels the timer. Returns `Err(Canceled)` when the workflow is
     /// asked to cancel while it sleeps.
-    pub fn sleep(&self, duration: Duration) -> impl Future<Output = Result<(), WorkflowError>> + Send + 'static {
+    pub fn sleep(
+        &self,
+        duration: Duration,
+    ) -> impl Future<Output = Result<(), WorkflowError>> + Send + 'static + use<> {
         let duration_ms = duration_ms(duration);
         let begun = self.begin(OpKind::Timer, "", |seq| Some(Command::StartTimer(pb::StartTimer { seq, duration_ms })));
         // Made now, not at the first poll: a sleep dropped unpolled cancels its timer too.
@@ -282,16 +293,17 @@ impl WorkflowContext {
     }
 
     /// Waits for the signal `name` (the oldest buffered one, or the next to
-    /// arrive). `Ok(None)` when `timeout` passed first; `None` waits for ever.
+    /// arrive). `Ok(None)` when `timeout` passed first; `None` waits for ever, and
+    /// `Some(Duration::ZERO)` takes a buffered signal or returns `Ok(None)` at once.
     pub fn signal<T>(
         &self,
         name: &str,
         timeout: Option<Duration>,
-    ) -> impl Future<Output = Result<Option<T>, WorkflowError>> + Send + 'static
+    ) -> impl Future<Output = Result<Option<T>, WorkflowError>> + Send + 'static + use<T>
     where
         T: DeserializeOwned + 'static,
     {
-        let timeout_ms = timeout.map(duration_ms).unwrap_or(0);
+        let timeout_ms = timeout.map(duration_ms);
         let begun = self.begin(OpKind::SignalWait, name, |seq| {
             Some(Command::WaitSignal(pb::WaitSignal { seq, signal_name: name.to_string(), timeout_ms }))
         });
@@ -469,11 +481,14 @@ impl Drop for TimerGuard {
     }
 }
 
-/// Runs a step body with retries; returns its JSON result or final failure, and the attempts made.
+/// Runs a step body with retries, each attempt at most `attempt_max` (the worker keeps the
+/// workflow task alive meanwhile); returns its JSON result or final failure, and the attempts
+/// made.
 async fn run_step_body<T, F, Fut>(
     name: &str,
     policy: &RetryPolicy,
     budget: Duration,
+    attempt_max: Duration,
     body: &mut F,
 ) -> (Result<Vec<u8>, Failure>, u32)
 where
@@ -484,8 +499,8 @@ where
     let started = tokio::time::Instant::now();
     let mut attempt = 1;
     loop {
-        let failure = match body().await {
-            Ok(value) => match serde_json::to_vec(&value) {
+        let failure = match tokio::time::timeout(attempt_max, body()).await {
+            Ok(Ok(value)) => match serde_json::to_vec(&value) {
                 Ok(result) => return (Ok(result), attempt),
                 Err(error) => {
                     let mut failure =
@@ -494,10 +509,17 @@ where
                     return (Err(failure), attempt);
                 }
             },
-            Err(error) => match error.downcast::<ActivityError>() {
+            Ok(Err(error)) => match error.downcast::<ActivityError>() {
                 Ok(activity_error) => activity_error.failure,
                 Err(error) => Failure::from_anyhow(&error),
             },
+            Err(_) => Failure::new(
+                errors::STEP_TIMEOUT_ERROR_TYPE,
+                format!(
+                    "attempt {attempt} of step {name:?} ran longer than {attempt_max:?}, the worker's maximum step \
+                     duration; run long work as an activity"
+                ),
+            ),
         };
         if !policy.allows_retry(attempt, &failure) {
             return (Err(failure), attempt);
@@ -544,4 +566,75 @@ where
             })
         }) as WorkflowFuture
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! Compile tests of the operation futures' captures: they hold nothing of their arguments,
+    //! so a helper may build an input and return the future, and a closure may name a step
+    //! with a temporary string. Before the futures were `use<..>` these failed to compile
+    //! (E0597 and E0515).
+
+    use std::future::Future;
+
+    use weft_proto::v1 as pb;
+    use weft_proto::v1::workflow_command::Command;
+
+    use super::{ActivityOptions, RunInfo, WorkflowContext, workflow_factory};
+    use crate::WorkflowError;
+    use crate::replay::RunMachine;
+
+    /// Builds the activity's input and returns the activity's future: the input is dropped here.
+    fn charge(
+        ctx: &WorkflowContext,
+        order: u32,
+    ) -> impl Future<Output = Result<String, WorkflowError>> + Send + 'static {
+        let input = serde_json::json!({ "order": order });
+        ctx.activity("charge", &input, ActivityOptions::default())
+    }
+
+    /// Steps named by temporaries, made in a closure.
+    fn numbered_steps(
+        ctx: &WorkflowContext,
+        count: u32,
+    ) -> Vec<impl Future<Output = Result<u32, WorkflowError>> + Send + 'static> {
+        (0..count).map(|i| ctx.step(&format!("s{i}"), move || async move { Ok::<_, anyhow::Error>(i) })).collect()
+    }
+
+    #[tokio::test]
+    async fn operation_futures_outlive_their_arguments() {
+        let factory = workflow_factory("shapes", |ctx: WorkflowContext, (): ()| async move {
+            let numbers = futures::future::try_join_all(numbered_steps(&ctx, 3)).await?;
+            assert_eq!(numbers, [0, 1, 2]);
+            let sleep = ctx.sleep(std::time::Duration::from_secs(1));
+            let signal = ctx.signal::<u32>(&String::from("go"), None);
+            drop((sleep, signal));
+            charge(&ctx, 7).await
+        });
+        let started = |event_id: u64, event_type: pb::EventType| pb::HistoryEvent {
+            event_id,
+            time_ms: 1_000,
+            event_type: event_type as i32,
+            payload: b"null".to_vec(),
+            ..Default::default()
+        };
+        let history =
+            vec![started(1, pb::EventType::WorkflowStarted), started(2, pb::EventType::WorkflowTaskScheduled)];
+        let info = RunInfo { workflow_type: "shapes".into(), ..RunInfo::default() };
+        let mut machine = RunMachine::new(info, history, &factory).expect("a valid history");
+        let activation = machine.advance().await.expect("no failure");
+        let kinds: Vec<String> = activation
+            .commands
+            .iter()
+            .map(|command| match &command.command {
+                Some(Command::RecordStep(step)) => step.name.clone(),
+                Some(Command::ScheduleActivity(activity)) => activity.activity_type.clone(),
+                Some(Command::StartTimer(_)) => "timer".into(),
+                Some(Command::CancelTimer(_)) => "cancel timer".into(),
+                Some(Command::WaitSignal(wait)) => wait.signal_name.clone(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(kinds, ["s0", "s1", "s2", "timer", "go", "cancel timer", "charge"]);
+    }
 }

@@ -6,6 +6,8 @@
 //! up fires at once) and leader-local task deadlines (workflow task, activity
 //! start-to-close and heartbeat timeouts of handed-out attempts, which a
 //! restart forgets safely: the attempt is re-dispatched from the ready index).
+//! A heartbeat (of an activity attempt or a workflow task) moves its attempt's
+//! deadline; a workflow task heartbeat only moves one that is still set.
 //!
 //! One task sleeps until the earliest alarm; adding an earlier one wakes it. No
 //! polling loop: with nothing due it waits on a `Notify`.
@@ -52,6 +54,23 @@ struct Schedule {
     next_id: u64,
 }
 
+impl Schedule {
+    /// Sets (or moves) an alarm; true if it is now the earliest.
+    fn insert(&mut self, due_ms: u64, alarm: Alarm) -> bool {
+        let key = alarm.key();
+        if let Some(old) = self.by_key.remove(&key) {
+            self.by_due.remove(&old);
+        }
+        self.next_id += 1;
+        let slot = (due_ms, self.next_id);
+        let earliest = self.by_due.keys().next().is_none_or(|first| slot < *first);
+        self.by_due.insert(slot, alarm);
+        self.by_key.insert(key, slot);
+        metrics::gauge!("weft_alarms_pending").set(self.by_due.len() as f64);
+        earliest
+    }
+}
+
 #[derive(Default)]
 pub struct Alarms {
     schedule: Mutex<Schedule>,
@@ -61,21 +80,27 @@ pub struct Alarms {
 impl Alarms {
     /// Sets (or moves) an alarm to `due_ms`.
     pub fn set(&self, due_ms: u64, alarm: Alarm) {
-        let key = alarm.key();
         let mut schedule = self.schedule.lock();
-        if let Some(old) = schedule.by_key.remove(&key) {
-            schedule.by_due.remove(&old);
-        }
-        schedule.next_id += 1;
-        let slot = (due_ms, schedule.next_id);
-        let earliest = schedule.by_due.keys().next().is_none_or(|first| slot < *first);
-        schedule.by_due.insert(slot, alarm);
-        schedule.by_key.insert(key, slot);
-        metrics::gauge!("weft_alarms_pending").set(schedule.by_due.len() as f64);
+        let earliest = schedule.insert(due_ms, alarm);
         drop(schedule);
         if earliest {
             self.wake.notify_one();
         }
+    }
+
+    /// Moves an alarm that is still set to `due_ms`; false (and nothing set) if it is not: it
+    /// fired or was canceled meanwhile.
+    pub fn move_if_set(&self, due_ms: u64, alarm: Alarm) -> bool {
+        let mut schedule = self.schedule.lock();
+        if !schedule.by_key.contains_key(&alarm.key()) {
+            return false;
+        }
+        let earliest = schedule.insert(due_ms, alarm);
+        drop(schedule);
+        if earliest {
+            self.wake.notify_one();
+        }
+        true
     }
 
     pub fn cancel(&self, key: &AlarmKey) {
@@ -169,6 +194,18 @@ mod tests {
         alarms.set(9_000, timer(9_000, 4));
         let due = alarms.next_due(|| clock.load(Ordering::Relaxed)).await;
         assert_eq!(due.len(), 1, "the canceled alarm does not fire");
+    }
+
+    #[test]
+    fn only_an_alarm_still_set_is_moved() {
+        let alarms = Alarms::default();
+        assert!(!alarms.move_if_set(10, timer(10, 1)), "never set: not moved");
+        assert!(alarms.take_due(100).is_err(), "and not set either");
+        alarms.set(10, timer(10, 1));
+        assert!(alarms.move_if_set(500, timer(10, 1)));
+        assert!(alarms.take_due(100).is_err(), "moved later");
+        assert_eq!(alarms.take_due(500).map(|due| due.len()).ok(), Some(1));
+        assert!(!alarms.move_if_set(900, timer(10, 1)), "fired: not moved");
     }
 
     #[tokio::test]

@@ -259,7 +259,9 @@ pub fn event_to_proto(event: &HistoryEvent) -> pb::HistoryEvent {
         EventKind::ActivityTimedOut { attempt, timeout, .. } => {
             out.attempt = *attempt;
             out.failure = Some(pb::Failure {
-                message: format!("activity timed out ({})", timeout.error_type()),
+                // The type says which timeout; the message must not repeat it (a failure is
+                // shown as "message (type)").
+                message: format!("the activity timed out (attempt {attempt})"),
                 error_type: timeout.error_type().to_string(),
                 non_retryable: true,
                 details: Vec::new(),

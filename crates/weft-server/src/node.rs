@@ -464,6 +464,14 @@ impl Node {
         })
     }
 
+    /// A workflow task heartbeat was accepted: the attempt's timeout starts again. False when
+    /// this node no longer times the attempt (its deadline passed, or it was handed out by
+    /// another leader): the worker must stop working on it.
+    pub fn workflow_task_heartbeat_received(&self, token: &TaskToken, timeout_ms: u64) -> bool {
+        let alarm = Alarm::WorkflowTaskTimeout { token: token.clone() };
+        self.alarms.move_if_set(wall_clock_ms().saturating_add(timeout_ms), alarm)
+    }
+
     /// A heartbeat arrived: the attempt's heartbeat deadline moves.
     pub fn heartbeat_received(&self, token: &TaskToken, heartbeat_timeout_ms: u64) {
         if heartbeat_timeout_ms > 0 {

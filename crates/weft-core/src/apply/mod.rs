@@ -18,7 +18,7 @@
 //! | --- | --- |
 //! | [`namespace`] | `CreateNamespace` |
 //! | [`start`] | `StartWorkflow` |
-//! | [`workflow_task`] | `CompleteWorkflowTask` (dispatching each workflow command), `FailWorkflowTask`, `WorkflowTaskTimedOut`, the workflow-task retry timer |
+//! | [`workflow_task`] | `CompleteWorkflowTask` (dispatching each workflow command), `FailWorkflowTask`, `WorkflowTaskTimedOut`, `RecordWorkflowTaskHeartbeat`, the workflow-task retry timer |
 //! | [`step`] | `RecordStep` |
 //! | [`activity`] | `ScheduleActivity`, `CompleteActivity`, `FailActivity`, `ActivityAttemptTimedOut`, `RecordHeartbeat`, the activity retry and timeout timers |
 //! | [`timer`] | `StartTimer`, `CancelTimer`, the user timer |
@@ -165,6 +165,7 @@ pub fn apply(state: &mut ShardState, command: &Command) -> Outcome {
             cancel::request(state, now, key, run_id, reason, &mut out)
         }
         CommandKind::Terminate { key, run_id, reason } => close::terminate(state, now, key, run_id, reason, &mut out),
+        CommandKind::RecordWorkflowTaskHeartbeat { token } => workflow_task::heartbeat(state, token),
     };
     check_postconditions(state, command, &out, result.is_ok());
     match result {
@@ -191,6 +192,7 @@ fn command_key(kind: &CommandKind) -> Option<&WorkflowKey> {
         CommandKind::CompleteWorkflowTask { token, .. }
         | CommandKind::FailWorkflowTask { token, .. }
         | CommandKind::WorkflowTaskTimedOut { token }
+        | CommandKind::RecordWorkflowTaskHeartbeat { token }
         | CommandKind::CompleteActivity { token, .. }
         | CommandKind::FailActivity { token, .. }
         | CommandKind::ActivityAttemptTimedOut { token, .. }

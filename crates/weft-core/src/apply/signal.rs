@@ -103,17 +103,22 @@ pub(super) fn carry_unseen(cx: &mut RunCtx<'_>, delivered: Vec<DeliveredSignal>,
     }
 }
 
-pub(super) fn check_wait(name: &str, timeout_ms: u64) -> Result<Checked, Rejection> {
+pub(super) fn check_wait(name: &str, timeout_ms: Option<u64>) -> Result<Checked, Rejection> {
     limits::check_name("signal name", name)?;
-    limits::check_duration("signal timeout", timeout_ms)?;
+    if let Some(timeout_ms) = timeout_ms {
+        limits::check_duration("signal timeout", timeout_ms)?;
+    }
     Ok(Checked { operations: 1, bytes: 0 })
 }
 
-/// Starts a wait; a buffered signal of that name is consumed at once, and after a cancel
-/// request a wait with nothing buffered resolves as canceled at once (both return true: the
-/// code learns it with the next task).
-pub(super) fn wait(cx: &mut RunCtx<'_>, seq: u32, name: &str, timeout_ms: u64) -> bool {
-    cx.record(EventKind::SignalWaitStarted { seq, name: name.to_string(), timeout_ms });
+/// Starts a wait; a buffered signal of that name is consumed at once, after a cancel request
+/// a wait with nothing buffered resolves as canceled at once, and a wait with a zero timeout
+/// and nothing buffered times out at once (all return true: the code learns it with the next
+/// task). `timeout_ms`: `None` waits for ever. The event and the pending wait keep 0 for "no
+/// timeout", as before; a zero timeout never becomes a pending wait.
+pub(super) fn wait(cx: &mut RunCtx<'_>, seq: u32, name: &str, timeout_ms: Option<u64>) -> bool {
+    let recorded_timeout_ms = timeout_ms.unwrap_or(0);
+    cx.record(EventKind::SignalWaitStarted { seq, name: name.to_string(), timeout_ms: recorded_timeout_ms });
     if let Some(position) = cx.run.buffered_signals.iter().position(|s| s.name == name) {
         let signal = cx.run.buffered_signals.remove(position).expect("position is in range");
         cx.record(EventKind::SignalConsumed { seq, name: name.to_string(), payload: signal.payload });
@@ -123,9 +128,13 @@ pub(super) fn wait(cx: &mut RunCtx<'_>, seq: u32, name: &str, timeout_ms: u64) -
         cx.record(EventKind::SignalWaitCanceled { seq, name: name.to_string() });
         return true;
     }
-    cx.run.signal_waits.insert(seq, SignalWait { name: name.to_string(), timeout_ms });
-    if timeout_ms > 0 {
-        cx.arm_timer_in(timeout_ms, TimerKind::SignalTimeout { seq });
+    if timeout_ms == Some(0) {
+        cx.record(EventKind::SignalWaitTimedOut { seq, name: name.to_string() });
+        return true;
+    }
+    cx.run.signal_waits.insert(seq, SignalWait { name: name.to_string(), timeout_ms: recorded_timeout_ms });
+    if recorded_timeout_ms > 0 {
+        cx.arm_timer_in(recorded_timeout_ms, TimerKind::SignalTimeout { seq });
     }
     false
 }
@@ -146,6 +155,7 @@ pub(super) fn fire_timeout(cx: &mut RunCtx<'_>, seq: u32) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use crate::apply::Write;
     use crate::command::{CommandKind, WorkflowCommand};
     use crate::model::{ErrorCode, Reply};
     use crate::payload::Payload;
@@ -158,8 +168,8 @@ mod tests {
         let outcome = h.signal("w", "approve", "true");
         assert!(outcome.effects.is_empty(), "nobody waits: no task");
         assert_eq!(h.state.run(&key("w")).expect("exists").buffered_signals.len(), 1);
-        let reply =
-            h.complete_task("w", vec![WorkflowCommand::WaitSignal { seq: 1, name: "approve".into(), timeout_ms: 0 }]);
+        let reply = h
+            .complete_task("w", vec![WorkflowCommand::WaitSignal { seq: 1, name: "approve".into(), timeout_ms: None }]);
         assert!(
             matches!(reply, Reply::WorkflowTaskCompleted { next_task: Some(_), .. }),
             "consumed at once: {reply:?}"
@@ -173,7 +183,7 @@ mod tests {
         h.start("w", "");
         h.complete_task(
             "w",
-            vec![WorkflowCommand::WaitSignal { seq: 1, name: "approve".into(), timeout_ms: 3_600_000 }],
+            vec![WorkflowCommand::WaitSignal { seq: 1, name: "approve".into(), timeout_ms: Some(3_600_000) }],
         );
         let now = h.now_ms;
         h.fire_due_timers(now + 3_600_000);
@@ -182,6 +192,26 @@ mod tests {
         // A late signal is buffered, not delivered to the timed-out wait.
         h.signal("w", "approve", "true");
         assert!(!h.history("w").contains(&"SignalConsumed"));
+    }
+
+    #[test]
+    fn a_zero_timeout_takes_a_buffered_signal_or_times_out_at_once() {
+        let mut h = Harness::default();
+        h.start("w", "");
+        h.signal("w", "ready", "1");
+        let wait = |seq, name: &str| WorkflowCommand::WaitSignal { seq, name: name.into(), timeout_ms: Some(0) };
+        let token = h.workflow_token("w");
+        let outcome = h.run(h.completion(token, vec![wait(1, "ready"), wait(2, "never")], false, false));
+        let reply = &outcome.reply;
+        assert!(matches!(reply, Reply::WorkflowTaskCompleted { next_task: Some(_), .. }), "resolved now: {reply:?}");
+        assert!(!outcome.writes.iter().any(|w| matches!(w, Write::PutTimer(_))), "no timer is armed");
+        let history = h.history("w");
+        assert_eq!(
+            history[5..],
+            ["SignalWaitStarted", "SignalConsumed", "SignalWaitStarted", "SignalWaitTimedOut", "WorkflowTaskScheduled"]
+        );
+        let run = h.state.run(&key("w")).expect("run");
+        assert!(run.signal_waits.is_empty(), "nothing waits");
     }
 
     #[test]
@@ -226,7 +256,7 @@ mod tests {
         h.complete_task(
             "w",
             vec![
-                WorkflowCommand::WaitSignal { seq: 1, name: "a".into(), timeout_ms: 0 },
+                WorkflowCommand::WaitSignal { seq: 1, name: "a".into(), timeout_ms: None },
                 WorkflowCommand::StartTimer { seq: 2, duration_ms: 10 },
             ],
         );
@@ -256,8 +286,8 @@ mod tests {
         h.complete_task(
             "w",
             vec![
-                WorkflowCommand::WaitSignal { seq: 1, name: "ready".into(), timeout_ms: 0 },
-                WorkflowCommand::WaitSignal { seq: 2, name: "never".into(), timeout_ms: 0 },
+                WorkflowCommand::WaitSignal { seq: 1, name: "ready".into(), timeout_ms: None },
+                WorkflowCommand::WaitSignal { seq: 2, name: "never".into(), timeout_ms: None },
             ],
         );
         let history = h.history("w");

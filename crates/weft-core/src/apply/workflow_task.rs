@@ -1,6 +1,6 @@
 //! The workflow task: `CompleteWorkflowTask` (which carries the code's commands and dispatches
-//! each to its family), `FailWorkflowTask`, `WorkflowTaskTimedOut`, and the retry timer of a
-//! failed task.
+//! each to its family), `FailWorkflowTask`, `WorkflowTaskTimedOut`, `RecordWorkflowTaskHeartbeat`
+//! and the retry timer of a failed task.
 //!
 //! Invariants:
 //! - A completion is checked whole before anything changes: every command's limits, growing
@@ -10,6 +10,9 @@
 //! - A completion schedules the next task at once when the code must see something: an event
 //!   that wakes it arrived while the task ran, or a command of this completion resolved an
 //!   operation at once.
+//! - A heartbeat changes nothing: it is accepted exactly while a completion of the same token
+//!   would be, and its reply gives the leader the timeout to re-arm the attempt's deadline with
+//!   (task deadlines are leader-local, see `weft-server`'s alarms).
 
 use crate::command::WorkflowCommand;
 use crate::event::EventKind;
@@ -248,6 +251,13 @@ pub(super) fn timed_out(state: &mut ShardState, now: u64, token: &TaskToken, out
     Ok(Reply::Done)
 }
 
+/// A worker says the task's code still runs (a long step body): accepted while the token names
+/// the run's pending task, as its completion would be; nothing changes.
+pub(super) fn heartbeat(state: &mut ShardState, token: &TaskToken) -> Handled {
+    let (run, _) = workflow_token_run(state, token)?;
+    Ok(Reply::WorkflowTaskHeartbeat { timeout_ms: run.workflow_task_timeout_ms })
+}
+
 /// The backoff after a failed task is over: the retry becomes a ready task. Returns whether
 /// the run changed (false: the timer is stale).
 pub(super) fn fire_retry(cx: &mut RunCtx<'_>, attempt: u32, due_ms: u64) -> bool {
@@ -433,6 +443,29 @@ mod tests {
         assert!(outcome.effects.iter().any(|e| matches!(e, Effect::TaskReady(t) if t.attempt == 2)));
         assert_eq!(h.state.run(&key("w")).and_then(|r| r.workflow_task.as_ref()).map(|t| t.attempt), Some(2));
         assert_eq!(rejected(&h.run(h.completion(token, vec![], false, false)).reply), ErrorCode::FailedPrecondition);
+    }
+
+    #[test]
+    fn a_heartbeat_is_accepted_while_the_task_runs_and_changes_nothing() {
+        let mut h = Harness::default();
+        h.start("w", "");
+        let token = h.workflow_token("w");
+        let before = h.state.run(&key("w")).expect("run").clone();
+        let outcome = h.run(CommandKind::RecordWorkflowTaskHeartbeat { token: token.clone() });
+        let timeout_ms = crate::model::DEFAULT_WORKFLOW_TASK_TIMEOUT_MS;
+        assert_eq!(outcome.reply, Reply::WorkflowTaskHeartbeat { timeout_ms });
+        assert!(domain_writes(&outcome).is_empty() && outcome.effects.is_empty(), "it writes nothing");
+        assert_eq!(h.state.run(&key("w")).expect("run"), &before, "and changes nothing");
+        // Once the task completed (or timed out), its heartbeat is refused like its completion.
+        h.run(h.completion(token.clone(), vec![step(1, "a", "1")], false, false));
+        let late = h.run(CommandKind::RecordWorkflowTaskHeartbeat { token });
+        assert_eq!(rejected(&late.reply), ErrorCode::FailedPrecondition);
+        let activity_token = {
+            h.complete_task("w", vec![activity(2, RetryPolicy::default())]);
+            h.activity_token("w", 2)
+        };
+        let wrong = h.run(CommandKind::RecordWorkflowTaskHeartbeat { token: activity_token });
+        assert_eq!(rejected(&wrong.reply), ErrorCode::InvalidArgument);
     }
 
     #[test]

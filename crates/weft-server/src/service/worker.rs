@@ -257,6 +257,32 @@ impl WorkerService for WorkerApi {
         .await
     }
 
+    async fn record_workflow_task_heartbeat(
+        &self,
+        request: Request<pb::RecordWorkflowTaskHeartbeatRequest>,
+    ) -> Result<Response<pb::RecordWorkflowTaskHeartbeatResponse>, Status> {
+        observe("RecordWorkflowTaskHeartbeat", async {
+            let request = request.into_inner();
+            let token = self.node.decode_token(&request.task_token)?;
+            if !matches!(token.task, TokenTask::Workflow { .. }) {
+                return Err(Status::invalid_argument("task_token is an activity task token"));
+            }
+            let command = CommandKind::RecordWorkflowTaskHeartbeat { token: token.clone() };
+            let reply = self.node.propose(token.shard, command).await?;
+            let Reply::WorkflowTaskHeartbeat { timeout_ms } = reply else {
+                return Err(Status::internal(format!("unexpected reply to a workflow task heartbeat: {reply:?}")));
+            };
+            if !self.node.workflow_task_heartbeat_received(&token, timeout_ms) {
+                return Err(Status::failed_precondition(format!(
+                    "workflow task of workflow {} run {} (attempt {}) is no longer running: its timeout passed",
+                    token.key, token.run_id, token.attempt
+                )));
+            }
+            Ok(pb::RecordWorkflowTaskHeartbeatResponse {})
+        })
+        .await
+    }
+
     async fn record_activity_heartbeat(
         &self,
         request: Request<pb::RecordActivityHeartbeatRequest>,

@@ -3,13 +3,16 @@
 //! signals that are never lost, timeouts decided from durable state, and state a restart must
 //! not forget.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tonic::Code;
 use weft_proto::v1 as pb;
 use weft_proto::v1::worker_service_client::WorkerServiceClient;
-use weft_sdk::{Client, Worker, WorkflowContext, WorkflowError, WorkflowResultError};
+use weft_sdk::{
+    ActivityContext, ActivityError, ActivityOptions, Client, RetryPolicy, StartWorkflowOptions, Worker,
+    WorkflowContext, WorkflowError, WorkflowResultError,
+};
 
 use crate::support::{RunningWorker, TestNode, completion, endpoint, json, poll_request, start_request, wait_for};
 
@@ -471,4 +474,148 @@ fn a_data_dir_refuses_another_node_id() {
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(!second.status.success(), "node 2 must refuse node 1's data dir: {stderr}");
     assert!(stderr.contains("node 1") && stderr.contains("--node-id 2"), "the message says which: {stderr}");
+}
+
+/// The failure of the first `WorkflowTaskFailed` event of `workflow_id`'s history, if any.
+async fn workflow_task_failure(client: &Client, workflow_id: &str) -> Option<pb::Failure> {
+    let history = client.workflow_history(workflow_id, None).await.expect("history");
+    history.into_iter().find(|e| e.event_type() == pb::EventType::WorkflowTaskFailed).and_then(|e| e.failure)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_completion_or_result_fails_visibly() {
+    async fn sleeps_for_ever(ctx: WorkflowContext, _: ()) -> Result<(), WorkflowError> {
+        ctx.sleep(Duration::MAX).await
+    }
+    async fn takes_a_huge_result(ctx: WorkflowContext, _: ()) -> Result<usize, WorkflowError> {
+        let result: String = ctx.activity("huge", &(), ActivityOptions::default()).await?;
+        Ok(result.len())
+    }
+    async fn huge(_: ActivityContext, _: ()) -> Result<String, ActivityError> {
+        Ok("x".repeat(weft_core::limits::PAYLOAD_BYTES_MAX + 1))
+    }
+    let node = TestNode::start().await;
+    let client = sdk_client(&node).await;
+    let worker = RunningWorker::start(
+        Worker::builder(client.clone(), "refused-q")
+            .register_workflow("sleeps", sleeps_for_ever)
+            .register_workflow("huge-result", takes_a_huge_result)
+            .register_activity("huge", huge)
+            .build(),
+    );
+
+    // A completion the server refuses becomes a failed workflow task with the server's message,
+    // in the history and in `describe` (not a task timing out again and again).
+    client.start_workflow("sleeps", "sleep-max", "refused-q", &()).await.expect("start");
+    let failure = wait_for("the refused completion to fail the task", Duration::from_secs(20), || {
+        workflow_task_failure(&client, "sleep-max")
+    })
+    .await;
+    assert_eq!(failure.error_type, weft_proto::errors::COMPLETION_REJECTED_ERROR_TYPE, "{failure:?}");
+    assert!(failure.message.contains("timer"), "the server's message names the timer: {}", failure.message);
+    let described = client.describe_workflow("sleep-max").await.expect("describe");
+    let last = described.pending_workflow_task.and_then(|task| task.last_failure).expect("describe shows it");
+    assert_eq!(last.error_type, weft_proto::errors::COMPLETION_REJECTED_ERROR_TYPE);
+
+    // An activity result over the payload limit ends the activity at once, not retried.
+    client.start_workflow("huge-result", "huge-1", "refused-q", &()).await.expect("start");
+    let result = tokio::time::timeout(Duration::from_secs(30), client.workflow_result::<usize>("huge-1"))
+        .await
+        .expect("the run ends instead of retrying the activity for ever");
+    let Err(WorkflowResultError::Failed(failure)) = result else { panic!("the run fails: {result:?}") };
+    assert_eq!(failure.error_type, weft_proto::errors::RESULT_REJECTED_ERROR_TYPE, "{failure:?}");
+    assert!(failure.message.contains("payload") || failure.message.contains("limit"), "{}", failure.message);
+    worker.stop().await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_activity_names_its_timeout_once() {
+    async fn waits_on_slow(ctx: WorkflowContext, _: ()) -> Result<(), WorkflowError> {
+        let options = ActivityOptions {
+            start_to_close_timeout: Some(Duration::from_millis(300)),
+            retry_policy: RetryPolicy::default().with_maximum_attempts(1),
+            ..ActivityOptions::default()
+        };
+        ctx.activity::<_, ()>("slow", &(), options).await
+    }
+    async fn slow(_: ActivityContext, _: ()) -> Result<(), ActivityError> {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok(())
+    }
+    let node = TestNode::start().await;
+    let client = sdk_client(&node).await;
+    let worker = RunningWorker::start(
+        Worker::builder(client.clone(), "slow-q")
+            .register_workflow("waits", waits_on_slow)
+            .register_activity("slow", slow)
+            .build(),
+    );
+    client.start_workflow("waits", "slow-1", "slow-q", &()).await.expect("start");
+    let result = tokio::time::timeout(Duration::from_secs(30), client.workflow_result::<()>("slow-1"))
+        .await
+        .expect("the run ends");
+    let error = result.expect_err("the activity timed out");
+    let shown = error.to_string();
+    assert_eq!(shown.matches(weft_proto::errors::START_TO_CLOSE_TIMEOUT_ERROR_TYPE).count(), 1, "{shown}");
+    worker.stop().await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_wait_with_a_zero_timeout_returns_at_once() {
+    async fn polls_for_a_signal(ctx: WorkflowContext, _: ()) -> Result<Option<u32>, WorkflowError> {
+        ctx.signal::<u32>("nothing-sent", Some(Duration::ZERO)).await
+    }
+    let node = TestNode::start().await;
+    let client = sdk_client(&node).await;
+    let worker = RunningWorker::start(
+        Worker::builder(client.clone(), "zero-q").register_workflow("poll", polls_for_a_signal).build(),
+    );
+    client.start_workflow("poll", "zero-1", "zero-q", &()).await.expect("start");
+    let result = tokio::time::timeout(Duration::from_secs(20), client.workflow_result::<Option<u32>>("zero-1"))
+        .await
+        .expect("a zero timeout does not wait for ever");
+    assert_eq!(result.expect("completed"), None);
+    worker.stop().await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_longer_than_the_workflow_task_timeout_runs_once() {
+    static BODY_RUNS: AtomicUsize = AtomicUsize::new(0);
+    async fn long_step(ctx: WorkflowContext, _: ()) -> Result<usize, WorkflowError> {
+        ctx.step("slow", || async {
+            BODY_RUNS.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            Ok::<_, anyhow::Error>(())
+        })
+        .await?;
+        Ok(BODY_RUNS.load(Ordering::SeqCst))
+    }
+    let node = TestNode::start().await;
+    let client = sdk_client(&node).await;
+    let worker =
+        RunningWorker::start(Worker::builder(client.clone(), "long-q").register_workflow("long", long_step).build());
+    let options = StartWorkflowOptions {
+        workflow_type: "long".into(),
+        workflow_id: "long-1".into(),
+        task_queue: "long-q".into(),
+        workflow_task_timeout: Some(Duration::from_secs(2)),
+        ..StartWorkflowOptions::default()
+    };
+    client.start_workflow_with(options, &()).await.expect("start");
+    let result = tokio::time::timeout(Duration::from_secs(30), client.workflow_result::<usize>("long-1"))
+        .await
+        .expect("the run completes");
+    assert_eq!(result.expect("completed"), 1, "the step body ran once");
+    assert_eq!(BODY_RUNS.load(Ordering::SeqCst), 1, "and never again");
+    let history = client.workflow_history("long-1", None).await.expect("history");
+    assert!(
+        !history.iter().any(|e| e.event_type() == pb::EventType::WorkflowTaskTimedOut),
+        "the heartbeating task did not time out: {:?}",
+        history_types(&history)
+    );
+    worker.stop().await;
+    node.stop().await;
 }
