@@ -36,6 +36,9 @@ impl ShardApplier for RecordingApplier {
         self.reloads.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
+    fn check_record(&self, _shard: u32, _key: &[u8], _value: &[u8]) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// The payloads stored for `shard`, in log order.
