@@ -18,6 +18,9 @@ impl ShardApplier for Noop {
     fn reload(&self, _shard: u32, _db: &Db) -> anyhow::Result<()> {
         Ok(())
     }
+    fn check_record(&self, _shard: u32, _key: &[u8], _value: &[u8]) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 fn env(name: &str, default: usize) -> usize {

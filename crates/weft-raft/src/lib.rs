@@ -87,4 +87,9 @@ pub trait ShardApplier: Send + Sync + 'static {
     fn after_write(&self, shard: u32);
     /// Rebuilds the shard's in-memory state from the db (at open, and after a snapshot was installed).
     fn reload(&self, shard: u32, db: &weft_storage::Db) -> anyhow::Result<()>;
+    /// Checks one record of a snapshot about to be installed on `shard` (a key of a domain kind,
+    /// `>= weft_storage::keys::KIND_DOMAIN_MIN`, and its value): that it decodes as what its kind
+    /// stores and keeps that record's invariants. Any error refuses the whole snapshot before
+    /// anything is written. Never panics on any bytes.
+    fn check_record(&self, shard: u32, key: &[u8], value: &[u8]) -> anyhow::Result<()>;
 }

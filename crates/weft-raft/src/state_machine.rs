@@ -12,8 +12,16 @@
 //!   always matches its data, even while applies continue during the dump.
 //! - The current snapshot is stored in `raft_meta[shard, Snapshot]` and survives restarts. A
 //!   stored snapshot never goes backwards (builders racing an install keep the newer one).
+//! - A snapshot is checked whole before anything is written ([`check_snapshot`]): its payload
+//!   decodes, names this shard, holds keys of this shard only, in strictly ascending order, its
+//!   metadata records agree with its `SnapshotMeta`, and the domain accepts every other record
+//!   ([`ShardApplier::check_record`]). A refused install returns an error and leaves the state
+//!   and the stored snapshot as they were.
 //! - Installing writes the snapshot record first and the state second; if a crash falls between,
 //!   [`ShardStateMachine::open`] sees a snapshot newer than the state and installs it again.
+//! - `open` never fails on a bad stored snapshot record: one that does not decode or does not
+//!   pass [`check_snapshot`] is logged and deleted, and the shard starts from its state, which is
+//!   durable with its own applied log id.
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -23,7 +31,7 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{AnyError, Entry, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use weft_storage::keys::{self, KIND_SHARD_META, KeyBuilder};
+use weft_storage::keys::{self, KIND_SHARD_META, KeyBuilder, KeyReader};
 use weft_storage::{Db, Durability, PendingStateDump, RaftMetaField, codec};
 
 use crate::{LogId, Proposal, RaftStorageError, ShardApplier, SnapshotMeta, StoredMembership, TypeConfig};
@@ -43,17 +51,17 @@ static SNAPSHOT_BUILD_SEQ: AtomicU64 = AtomicU64::new(1);
 
 /// The data of a snapshot: every state entry of the shard, in key order.
 #[derive(Serialize, Deserialize)]
-struct SnapshotPayload {
-    shard: u32,
-    entries: Vec<(Vec<u8>, Vec<u8>)>,
+pub(crate) struct SnapshotPayload {
+    pub(crate) shard: u32,
+    pub(crate) entries: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// The current snapshot as stored in `raft_meta`.
 #[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta,
+pub(crate) struct StoredSnapshot {
+    pub(crate) meta: SnapshotMeta,
     /// An encoded [`SnapshotPayload`].
-    data: Vec<u8>,
+    pub(crate) data: Vec<u8>,
 }
 
 fn sm_read_err(e: impl std::error::Error + 'static) -> RaftStorageError {
@@ -93,27 +101,57 @@ impl ShardStateMachine {
         applier: Arc<dyn ShardApplier>,
         lease: Arc<()>,
     ) -> Result<ShardStateMachine, RaftStorageError> {
-        let stored = read_stored_snapshot(&db, shard)?;
         let mut sm = ShardStateMachine {
             shard,
             applied: None,
             membership: StoredMembership::default(),
-            current_snapshot: Arc::new(Mutex::new(stored.as_ref().and_then(|s| s.meta.last_log_id))),
+            current_snapshot: Arc::new(Mutex::new(None)),
             db,
             applier,
             _lease: lease,
         };
         sm.load_applied_state()?;
-        if let Some(stored) = stored
-            && stored.meta.last_log_id > sm.applied
-        {
-            tracing::warn!(shard, snapshot = ?stored.meta.last_log_id, applied = ?sm.applied, "state is behind the stored snapshot (interrupted install); installing it again");
-            sm.install_state(&stored.meta, &stored.data)?;
+        if let Some((stored, payload)) = sm.open_stored_snapshot()? {
+            *sm.current_snapshot.lock() = stored.meta.last_log_id;
+            if stored.meta.last_log_id > sm.applied {
+                tracing::warn!(shard, snapshot = ?stored.meta.last_log_id, applied = ?sm.applied, "state is behind the stored snapshot (interrupted install); installing it again");
+                sm.install_state(&stored.meta, payload)?;
+            }
         }
         sm.applier
             .reload(shard, &sm.db)
             .map_err(|e| StorageIOError::read_state_machine(AnyError::error(format!("reload shard {shard}: {e:#}"))))?;
         Ok(sm)
+    }
+
+    /// Reads and checks the stored snapshot. One that cannot be used (it does not decode, or
+    /// fails [`check_snapshot`]) is logged and deleted: the shard then starts from its state,
+    /// which is durable with its own applied log id, instead of failing every start.
+    fn open_stored_snapshot(&self) -> Result<Option<(StoredSnapshot, SnapshotPayload)>, RaftStorageError> {
+        let shard = self.shard;
+        let Some(raw) =
+            self.db.get_raft_meta(shard, RaftMetaField::Snapshot).map_err(|e| snapshot_err(ErrorVerb::Read, e))?
+        else {
+            return Ok(None);
+        };
+        let checked = codec::decode::<StoredSnapshot>(&raw)
+            .map_err(|e| format!("decode stored snapshot record: {e}"))
+            .and_then(|stored| match check_snapshot(shard, &stored.meta, &stored.data, self.applier.as_ref()) {
+                Ok(payload) => Ok((stored, payload)),
+                Err(e) => {
+                    Err(format!("stored snapshot {} at {:?}: {e}", stored.meta.snapshot_id, stored.meta.last_log_id))
+                }
+            });
+        match checked {
+            Ok(checked) => Ok(Some(checked)),
+            Err(detail) => {
+                tracing::error!(shard, applied = ?self.applied, %detail, "the stored snapshot is corrupt; deleting it and starting from the shard's state");
+                let mut batch = self.db.raft_batch();
+                batch.delete_meta(shard, RaftMetaField::Snapshot);
+                self.db.write_raft(batch, Durability::Synced).map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+                Ok(None)
+            }
+        }
     }
 
     fn load_applied_state(&mut self) -> Result<(), RaftStorageError> {
@@ -126,31 +164,17 @@ impl ShardStateMachine {
         Ok(())
     }
 
-    /// Replaces the shard's whole state with an encoded [`SnapshotPayload`], durably.
-    fn install_state(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), RaftStorageError> {
+    /// Replaces the shard's whole state with a payload [`check_snapshot`] accepted, durably.
+    fn install_state(&mut self, meta: &SnapshotMeta, payload: SnapshotPayload) -> Result<(), RaftStorageError> {
         let shard = self.shard;
-        let payload: SnapshotPayload = codec::decode(data)
-            .map_err(|e| snapshot_err(ErrorVerb::Read, format!("decode snapshot {}: {e}", meta.snapshot_id)))?;
-        if payload.shard != shard {
-            return Err(snapshot_err(
-                ErrorVerb::Read,
-                format!("snapshot {} is of shard {}, not shard {shard}", meta.snapshot_id, payload.shard),
-            ));
-        }
         let (start, end) = keys::shard_range(shard);
         let mut batch = self.db.state_batch();
         batch.delete_range(&start, &end);
         for (key, value) in &payload.entries {
-            if !(start.as_slice() <= key.as_slice() && key.as_slice() < end.as_slice()) {
-                return Err(snapshot_err(
-                    ErrorVerb::Read,
-                    format!("snapshot {} holds a key outside shard {shard}", meta.snapshot_id),
-                ));
-            }
             batch.put(key, value);
         }
-        // The dump already holds these; writing them from `meta` makes the installed state agree
-        // with what openraft was told, whatever the dump's origin.
+        // The dump holds these already (checked equal); writing them from `meta` states that the
+        // installed state is exactly what openraft was told.
         batch.put(&applied_log_id_key(shard), &codec::encode(&meta.last_log_id));
         batch.put(&membership_key(shard), &codec::encode(&meta.last_membership));
         self.db.write_state(batch).map_err(sm_write_err)?;
@@ -170,6 +194,52 @@ fn read_stored_snapshot(db: &Db, shard: u32) -> Result<Option<StoredSnapshot>, R
     codec::decode(&raw)
         .map(Some)
         .map_err(|e| snapshot_err(ErrorVerb::Read, format!("decode stored snapshot of shard {shard}: {e}")))
+}
+
+/// Checks that `data` is a snapshot of `shard` matching `meta` whose every record is sound, and
+/// returns it decoded. Nothing is written; see the module doc for what is checked.
+fn check_snapshot(
+    shard: u32,
+    meta: &SnapshotMeta,
+    data: &[u8],
+    applier: &dyn ShardApplier,
+) -> Result<SnapshotPayload, String> {
+    let payload: SnapshotPayload = codec::decode(data).map_err(|e| format!("decode snapshot data: {e}"))?;
+    if payload.shard != shard {
+        return Err(format!("it is a snapshot of shard {}, not shard {shard}", payload.shard));
+    }
+    let (start, end) = keys::shard_range(shard);
+    let (applied_key, membership_key) = (applied_log_id_key(shard), membership_key(shard));
+    let mut applied: Option<LogId> = None;
+    let mut membership = StoredMembership::default();
+    let mut previous: Option<&[u8]> = None;
+    for (index, (key, value)) in payload.entries.iter().enumerate() {
+        let key = key.as_slice();
+        if !(start.as_slice() <= key && key < end.as_slice()) {
+            return Err(format!("record {index} has a key outside shard {shard}"));
+        }
+        if previous.is_some_and(|previous| previous >= key) {
+            return Err(format!("record {index} is out of key order or repeated"));
+        }
+        previous = Some(key);
+        let kind = KeyReader::new(key).map_err(|e| format!("record {index}: {e}"))?.kind();
+        if key == applied_key.as_slice() {
+            applied = codec::decode(value).map_err(|e| format!("decode its applied log id: {e}"))?;
+        } else if key == membership_key.as_slice() {
+            membership = codec::decode(value).map_err(|e| format!("decode its membership: {e}"))?;
+        } else if kind < keys::KIND_DOMAIN_MIN {
+            return Err(format!("record {index} has kind {kind:#04x}, reserved and not written by this version"));
+        } else {
+            applier.check_record(shard, key, value).map_err(|e| format!("record {index} (kind {kind:#04x}): {e:#}"))?;
+        }
+    }
+    if applied != meta.last_log_id {
+        return Err(format!("its data is applied up to {applied:?}, its metadata says {:?}", meta.last_log_id));
+    }
+    if membership != meta.last_membership {
+        return Err(format!("its data holds membership {membership:?}, its metadata {:?}", meta.last_membership));
+    }
+    Ok(payload)
 }
 
 /// Stores `snapshot` as the shard's current one unless a newer one is stored already (`force`
@@ -264,9 +334,15 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), RaftStorageError> {
         let stored = StoredSnapshot { meta: meta.clone(), data: snapshot.into_inner() };
+        // Checked whole before anything is written: a refused snapshot leaves the state and the
+        // stored snapshot as they were.
+        let payload = check_snapshot(self.shard, meta, &stored.data, self.applier.as_ref()).map_err(|detail| {
+            tracing::error!(%detail, "refused to install a corrupt snapshot");
+            snapshot_err(ErrorVerb::Read, format!("refused snapshot {}: {detail}", meta.snapshot_id))
+        })?;
         // Record first, state second: see the module doc for the crash in between.
         store_snapshot(&self.db, self.shard, &self.current_snapshot, &stored, true)?;
-        self.install_state(&stored.meta, &stored.data)?;
+        self.install_state(&stored.meta, payload)?;
         let shard = self.shard;
         self.applier.reload(shard, &self.db).map_err(|e| {
             StorageIOError::write_state_machine(AnyError::error(format!(

@@ -1,5 +1,6 @@
 //! Runs openraft's storage contract suite against [`ShardLogStore`] + [`ShardStateMachine`], and
-//! a few contract checks of our own (durable restart of the log store, snapshot persistence).
+//! a few contract checks of our own (durable restart of the log store, snapshot persistence,
+//! refusal of corrupt snapshots, and a start past a corrupt stored snapshot).
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -17,7 +18,11 @@ use crate::{RaftStorageError, ShardApplier, TypeConfig};
 /// The shard the suite runs on: not 0, to catch code that ignores the shard id.
 const SUITE_SHARD: u32 = 3;
 
+/// Applies nothing; as the domain's record check it refuses exactly the value [`BAD_RECORD`].
 struct NoopApplier;
+
+/// The one record value [`NoopApplier::check_record`] refuses.
+const BAD_RECORD: &[u8] = b"corrupt";
 
 impl ShardApplier for NoopApplier {
     fn apply(&self, _shard: u32, _index: u64, payload: &[u8], _batch: &mut StateBatch) -> Vec<u8> {
@@ -25,6 +30,10 @@ impl ShardApplier for NoopApplier {
     }
     fn after_write(&self, _shard: u32) {}
     fn reload(&self, _shard: u32, _db: &Db) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn check_record(&self, _shard: u32, _key: &[u8], value: &[u8]) -> anyhow::Result<()> {
+        anyhow::ensure!(value != BAD_RECORD, "the test applier refuses this record");
         Ok(())
     }
 }
@@ -105,5 +114,130 @@ async fn log_vote_and_snapshot_survive_reopen() -> Result<(), RaftStorageError> 
     assert_eq!(sm.applied_state().await?.0, Some(log_id(1, 1, 2)));
     let current = sm.get_current_snapshot().await?.expect("snapshot survives reopen");
     assert_eq!(current.meta, snapshot_meta);
+    Ok(())
+}
+
+/// A domain record of the suite shard, of the test kind 0x10.
+fn domain_key(n: u64) -> Vec<u8> {
+    weft_storage::keys::KeyBuilder::new(SUITE_SHARD, 0x10).u64(n).finish()
+}
+
+/// The suite shard's whole state range.
+fn shard_state(db: &Db) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let (start, _) = weft_storage::keys::shard_range(SUITE_SHARD);
+    db.scan_state_prefix(&start).map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())).expect("scan state")).collect()
+}
+
+/// A state machine at log id (1, 1, 2) with one domain record and a built (stored) snapshot.
+async fn applied_with_snapshot(db: &Db) -> Result<(ShardStateMachine, crate::SnapshotMeta), RaftStorageError> {
+    use openraft::testing::{blank_ent, membership_ent};
+    use std::collections::BTreeSet;
+
+    let mut batch = db.state_batch();
+    batch.put(&domain_key(1), b"good");
+    db.write_state(batch).map_err(setup_err)?;
+    let mut sm = ShardStateMachine::open(SUITE_SHARD, db.clone(), Arc::new(NoopApplier), Arc::new(()))?;
+    sm.apply(vec![
+        membership_ent::<TypeConfig>(1, 1, 0, vec![BTreeSet::from([1])]),
+        blank_ent::<TypeConfig>(1, 1, 1),
+        blank_ent::<TypeConfig>(1, 1, 2),
+    ])
+    .await?;
+    let snapshot = sm.get_snapshot_builder().await.build_snapshot().await?;
+    Ok((sm, snapshot.meta))
+}
+
+/// Corrupt variants of a snapshot of the suite shard, each with metadata ahead of the state.
+fn corrupt_snapshots(valid_entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<(&'static str, Vec<u8>)> {
+    use crate::state_machine::SnapshotPayload;
+    let encode =
+        |shard, entries: Vec<(Vec<u8>, Vec<u8>)>| weft_storage::codec::encode(&SnapshotPayload { shard, entries });
+    let with = |extra: (Vec<u8>, Vec<u8>)| {
+        let mut entries = valid_entries.to_vec();
+        entries.push(extra);
+        entries.sort();
+        entries
+    };
+    let mut unordered = valid_entries.to_vec();
+    unordered.reverse();
+    vec![
+        ("garbage bytes", b"not a snapshot".to_vec()),
+        ("truncated", encode(SUITE_SHARD, valid_entries.to_vec())[..8].to_vec()),
+        ("another shard's", encode(SUITE_SHARD + 1, valid_entries.to_vec())),
+        (
+            "a key outside the shard",
+            encode(SUITE_SHARD, with((weft_storage::keys::KeyBuilder::new(0, 0x10).u64(1).finish(), b"x".to_vec()))),
+        ),
+        ("keys out of order", encode(SUITE_SHARD, unordered)),
+        ("a record the domain refuses", encode(SUITE_SHARD, with((domain_key(2), BAD_RECORD.to_vec())))),
+        (
+            "a reserved kind",
+            encode(SUITE_SHARD, with((weft_storage::keys::KeyBuilder::new(SUITE_SHARD, 0x05).finish(), b"x".to_vec()))),
+        ),
+        ("data that does not match its metadata", encode(SUITE_SHARD, valid_entries.to_vec())),
+    ]
+}
+
+/// Metadata claiming a log id ahead of [`applied_with_snapshot`]'s state.
+fn newer_meta(meta: &crate::SnapshotMeta) -> crate::SnapshotMeta {
+    crate::SnapshotMeta {
+        last_log_id: Some(openraft::testing::log_id(1, 1, 9)),
+        last_membership: meta.last_membership.clone(),
+        snapshot_id: "corrupt".into(),
+    }
+}
+
+#[tokio::test]
+async fn a_corrupt_snapshot_is_refused_and_changes_nothing() -> Result<(), RaftStorageError> {
+    let dir = tempfile::tempdir().map_err(setup_err)?;
+    let db = Db::open(dir.path()).map_err(setup_err)?;
+    let (mut sm, built) = applied_with_snapshot(&db).await?;
+    let state_before = shard_state(&db);
+    let applied_before = sm.applied_state().await?;
+    for (what, data) in corrupt_snapshots(&state_before) {
+        let mut received = sm.begin_receiving_snapshot().await?;
+        *received = std::io::Cursor::new(data);
+        let result = sm.install_snapshot(&newer_meta(&built), received).await;
+        assert!(result.is_err(), "a snapshot with {what} is refused");
+        assert_eq!(shard_state(&db), state_before, "refusing a snapshot with {what} leaves the state");
+        assert_eq!(sm.applied_state().await?, applied_before, "{what}: applied state unchanged");
+        let current = sm.get_current_snapshot().await?.expect("the built snapshot is still stored");
+        assert_eq!(current.meta, built, "{what}: the stored snapshot is the one built before");
+    }
+    // A sound snapshot still installs after the refusals.
+    let current = sm.get_current_snapshot().await?.expect("stored snapshot");
+    sm.install_snapshot(&current.meta, current.snapshot).await?;
+    assert_eq!(shard_state(&db), state_before);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_corrupt_stored_snapshot_does_not_stop_the_shard_from_opening() -> Result<(), RaftStorageError> {
+    use crate::state_machine::StoredSnapshot;
+    use weft_storage::{Durability, RaftMetaField};
+
+    let dir = tempfile::tempdir().map_err(setup_err)?;
+    let db = Db::open(dir.path()).map_err(setup_err)?;
+    let (mut sm, built) = applied_with_snapshot(&db).await?;
+    let state_before = shard_state(&db);
+    let applied_before = sm.applied_state().await?;
+    drop(sm);
+    let mut records = vec![("an undecodable record", b"\x04not a snapshot record".to_vec())];
+    for (what, data) in corrupt_snapshots(&state_before) {
+        // Metadata ahead of the state: what an install interrupted by a crash leaves, which
+        // `open` installs again.
+        records.push((what, weft_storage::codec::encode(&StoredSnapshot { meta: newer_meta(&built), data })));
+    }
+    for (what, record) in records {
+        let mut batch = db.raft_batch();
+        batch.put_meta(SUITE_SHARD, RaftMetaField::Snapshot, &record);
+        db.write_raft(batch, Durability::Synced).map_err(setup_err)?;
+        let mut sm = ShardStateMachine::open(SUITE_SHARD, db.clone(), Arc::new(NoopApplier), Arc::new(()))
+            .unwrap_or_else(|e| panic!("a stored snapshot with {what} does not stop open: {e}"));
+        assert_eq!(sm.applied_state().await?, applied_before, "{what}: the shard opens at its own state");
+        assert_eq!(shard_state(&db), state_before, "{what}: state untouched");
+        assert!(sm.get_current_snapshot().await?.is_none(), "{what}: the corrupt snapshot is dropped");
+        assert!(db.get_raft_meta(SUITE_SHARD, RaftMetaField::Snapshot).map_err(setup_err)?.is_none());
+    }
     Ok(())
 }

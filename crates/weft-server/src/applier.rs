@@ -108,4 +108,8 @@ impl ShardApplier for ShardSlots {
         slot.pending_effects.lock().clear();
         Ok(())
     }
+
+    fn check_record(&self, shard: u32, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
+        Ok(shard_store::check_record(shard, key, value)?)
+    }
 }

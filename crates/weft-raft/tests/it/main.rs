@@ -1,6 +1,6 @@
 //! End-to-end tests of `RaftHost` over a real RocksDB in a temp dir: proposals, restart
-//! recovery, snapshot + log purge, group commit across shards, and recovery after a crash
-//! (`abort()` of a child process) right after proposals were acknowledged.
+//! recovery, snapshot + log purge, group commit across shards, and recovery after a crash (a
+//! SIGKILL of a child process while it proposes, checked against what it had acknowledged).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,6 +34,9 @@ impl ShardApplier for RecordingApplier {
     }
     fn reload(&self, _shard: u32, _db: &Db) -> anyhow::Result<()> {
         self.reloads.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+    fn check_record(&self, _shard: u32, _key: &[u8], _value: &[u8]) -> anyhow::Result<()> {
         Ok(())
     }
 }
@@ -199,46 +202,142 @@ async fn concurrent_shards_share_fsyncs() {
     host.shutdown().await;
 }
 
-/// Env var that turns `crash_child` into the crashing half of `acknowledged_proposals_survive_a_crash`.
+/// Env var naming the data dir of `crash_child`, the crashing half of
+/// `acknowledged_proposals_survive_a_sigkill`.
 const CRASH_DIR_ENV: &str = "WEFT_RAFT_CRASH_TEST_DIR";
-const CRASH_PROPOSALS: usize = 200;
+/// Shards the crash test proposes to.
+const CRASH_SHARDS: u32 = 4;
+/// Proposers per shard in the child, so appends are in flight when it is killed.
+const CRASH_PROPOSERS_PER_SHARD: usize = 4;
+/// The parent kills the child once it has reported this many acknowledged proposals.
+const CRASH_KILL_AFTER_ACKS: usize = 400;
+/// The child gives up (and fails) after this many proposals per proposer: it must be killed first.
+const CRASH_CHILD_PROPOSALS_MAX: usize = 100_000;
+/// Line the child prints once its groups have leaders.
+const CRASH_READY_LINE: &str = "CRASH-CHILD-READY";
+/// Prefix of the line the child prints for each acknowledged proposal: `ACK <shard> <payload>`.
+const CRASH_ACK_PREFIX: &str = "ACK ";
 
-/// Child half of the crash test: proposes, then aborts without any shutdown or flush.
+/// Child half of the crash test, run only by `acknowledged_proposals_survive_a_sigkill` (as
+/// `<this binary> --exact crash_child --ignored` with [`CRASH_DIR_ENV`] set): proposes through
+/// the real `RaftHost` over RocksDB without end and prints every acknowledged proposal on stdout
+/// until the parent SIGKILLs it. Run on its own it fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the child process of acknowledged_proposals_survive_a_sigkill; run by it"]
 async fn crash_child() {
-    let Ok(dir) = std::env::var(CRASH_DIR_ENV) else { return };
+    use std::io::Write;
+    let dir = std::env::var(CRASH_DIR_ENV).expect("crash_child runs only as the child of the crash test");
     let db = Db::open(&dir).expect("open db");
-    let host = open_host(&db, 4, Arc::new(RecordingApplier::default())).await;
-    for shard in 0..4 {
-        propose_many(&host, shard, CRASH_PROPOSALS, 8).await;
+    let host = open_host(&db, CRASH_SHARDS, Arc::new(RecordingApplier::default())).await;
+    let out = Arc::new(std::sync::Mutex::new(std::io::stdout()));
+    writeln!(out.lock().expect("stdout lock"), "{CRASH_READY_LINE}").expect("write stdout");
+    let mut tasks = Vec::new();
+    for shard in 0..CRASH_SHARDS {
+        for proposer in 0..CRASH_PROPOSERS_PER_SHARD {
+            let (host, out) = (host.clone(), out.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in 0..CRASH_CHILD_PROPOSALS_MAX {
+                    let payload = format!("{shard}-{proposer}-{i}");
+                    let reply = host.propose(shard, payload.clone().into_bytes()).await.expect("propose");
+                    assert_eq!(reply, format!("ok:{payload}").into_bytes());
+                    // Reported only after the proposal was acknowledged; flushed at once so the
+                    // parent knows of it before it kills this process.
+                    let mut out = out.lock().expect("stdout lock");
+                    writeln!(out, "{CRASH_ACK_PREFIX}{shard} {payload}").expect("write stdout");
+                    out.flush().expect("flush stdout");
+                }
+            }));
+        }
     }
-    println!("ACKED");
-    std::process::abort();
+    for task in tasks {
+        task.await.expect("proposer task");
+    }
+    panic!("crash_child ran out of proposals before the parent killed it");
 }
 
+/// Runs `crash_child` as a child process, SIGKILLs it while its proposers are mid-way, reopens
+/// its data dir and checks that every proposal the child reported acknowledged is applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_proposals_survive_a_crash() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let exe = std::env::current_exe().expect("test binary path");
-    let output = std::process::Command::new(exe)
-        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
-        .env(CRASH_DIR_ENV, dir.path())
-        .output()
-        .expect("run crashing child");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        stdout.contains("ACKED"),
-        "child acknowledged its proposals before crashing: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(!output.status.success(), "child aborted");
+async fn acknowledged_proposals_survive_a_sigkill() {
+    use std::io::BufRead;
+    use std::os::unix::process::ExitStatusExt;
 
-    let db = Db::open(dir.path()).expect("reopen db after crash");
-    let host = open_host(&db, 4, Arc::new(RecordingApplier::default())).await;
-    // A single-node leader re-applies every committed entry after its election.
-    for shard in 0..4 {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stderr_path = dir.path().join("child-stderr.txt");
+    let data_dir = dir.path().join("data");
+    let exe = std::env::current_exe().expect("test binary path");
+    let mut child = std::process::Command::new(exe)
+        .args(["--exact", "crash_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(CRASH_DIR_ENV, &data_dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&stderr_path).expect("child stderr file"))
+        .spawn()
+        .expect("spawn crashing child");
+    let stdout = child.stdout.take().expect("child stdout");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let child_stderr = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
+
+    let mut ready = false;
+    let mut acked: Vec<(u32, String)> = Vec::new();
+    let mut take_line = |line: String, acked: &mut Vec<(u32, String)>| {
+        // libtest writes "test crash_child ... " without a newline before the test's own output.
+        if line.ends_with(CRASH_READY_LINE) {
+            ready = true;
+        } else if let Some(ack) = line.strip_prefix(CRASH_ACK_PREFIX) {
+            let (shard, payload) = ack.split_once(' ').expect("ACK <shard> <payload>");
+            acked.push((shard.parse().expect("shard number"), payload.to_owned()));
+        }
+    };
+    let deadline = std::time::Instant::now() + WAIT_TIMEOUT * 4;
+    while acked.len() < CRASH_KILL_AFTER_ACKS {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines_rx.recv_timeout(left) {
+            Ok(line) => take_line(line, &mut acked),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the child reported {} acknowledged proposals, not {CRASH_KILL_AFTER_ACKS}, before it ended or \
+                     the deadline passed; its stderr:\n{}",
+                    acked.len(),
+                    child_stderr()
+                );
+            }
+        }
+    }
+    child.kill().expect("SIGKILL the child");
+    let status = child.wait().expect("wait for the killed child");
+    // Acknowledgements already written before the kill count too.
+    reader.join().expect("stdout reader");
+    for line in lines_rx.try_iter() {
+        take_line(line, &mut acked);
+    }
+    assert!(ready, "the child opened its raft host");
+    assert_eq!(status.signal(), Some(9), "the child was killed mid-way, not ended on its own: {}", child_stderr());
+
+    let db = Db::open(&data_dir).expect("reopen db after the crash");
+    let host = open_host(&db, CRASH_SHARDS, Arc::new(RecordingApplier::default())).await;
+    for shard in 0..CRASH_SHARDS {
+        // A single-node leader applies every committed entry after its election.
         host.ensure_linearizable(shard).await.expect("read index");
-        assert_eq!(stored_payloads(&db, shard).len(), CRASH_PROPOSALS, "shard {shard} lost acknowledged proposals");
+        let stored: std::collections::HashSet<Vec<u8>> = stored_payloads(&db, shard).into_iter().collect();
+        let shard_acked: Vec<&String> = acked.iter().filter(|(s, _)| *s == shard).map(|(_, p)| p).collect();
+        assert!(!shard_acked.is_empty(), "the child acknowledged proposals to shard {shard}");
+        let lost: Vec<&&String> = shard_acked.iter().filter(|p| !stored.contains(p.as_bytes())).collect();
+        assert!(
+            lost.is_empty(),
+            "shard {shard} lost {} of {} acknowledged proposals: {lost:?}",
+            lost.len(),
+            shard_acked.len()
+        );
     }
     host.shutdown().await;
 }
