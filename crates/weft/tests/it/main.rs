@@ -8,12 +8,14 @@
 //! - `semantics`: what a review and outside testing found, each pinned by a test:
 //!   idempotent retries, answers naming the right run and status, cancels and signals never
 //!   lost, timeouts decided from durable state, state a restart keeps.
+//! - `dispatch`: task queues past their memory window deliver every task (a spawned node).
 //! - `crash`: real `weft` processes killed with SIGKILL at random moments,
 //!   restarted, and checked for what survived.
 
 mod bad_input;
 mod cli;
 mod crash;
+mod dispatch;
 mod semantics;
 mod support;
 mod workflows;
