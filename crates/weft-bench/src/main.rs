@@ -237,6 +237,7 @@ async fn run(plan: Plan, json_report: bool) -> anyhow::Result<PhaseOutcome> {
                 node_id: 1,
                 metrics_listen: None,
                 wal_prewrite_bytes: weft_server::DEFAULT_WAL_PREWRITE_MIB << 20,
+                dispatch: Default::default(),
             };
             let handle =
                 tokio::time::timeout(Duration::from_secs(NODE_START_TIMEOUT_S), weft_server::start_node(config))

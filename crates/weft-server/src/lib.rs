@@ -62,6 +62,8 @@ pub struct NodeConfig {
     /// WAL bytes written ahead when the data directory is created, so the first WAL file's
     /// fsyncs overwrite allocated blocks ([`Db::prewrite_wal`]); 0 skips it.
     pub wal_prewrite_bytes: u64,
+    /// Dispatch state kept in memory ([`dispatch::DispatchLimits`]).
+    pub dispatch: dispatch::DispatchLimits,
 }
 
 /// A running node.
@@ -185,10 +187,13 @@ pub async fn start_node(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     let raft = RaftHost::open(db.clone(), config.node_id, addr.to_string(), cluster.shard_count, shards.clone())
         .await
         .context("open the shards' Raft groups")?;
-    let node = Arc::new(Node::new(config.node_id, cluster, addr.to_string(), db, raft, shards));
+    let node = Arc::new(Node::new(config.node_id, cluster, addr.to_string(), db, raft, shards, config.dispatch));
 
-    let mut background =
-        vec![tokio::spawn(node.clone().run_effects(effects_rx)), tokio::spawn(node.clone().run_alarms())];
+    let mut background = vec![
+        tokio::spawn(node.clone().run_effects(effects_rx)),
+        tokio::spawn(node.clone().run_alarms()),
+        tokio::spawn(node.clone().run_dispatch_sweep()),
+    ];
     for shard in 0..node.shard_count() {
         background.push(tokio::spawn(node.clone().follow_leadership(shard)));
     }

@@ -28,8 +28,8 @@ use weft_storage::{ClusterMeta, Db, StorageError, codec};
 
 use crate::alarms::{Alarm, AlarmKey, Alarms};
 use crate::applier::{ShardEffects, ShardSlots};
-use crate::convert::{HISTORY_MESSAGE_BYTES_MAX, HistoryPager};
-use crate::dispatch::{AttemptKey, Dispatcher, QueueKey};
+use crate::convert::{HISTORY_MESSAGE_BYTES_MAX, HistoryPager, event_to_proto};
+use crate::dispatch::{AttemptKey, DispatchError, DispatchLimits, Dispatcher, QueueKey, ReadySource};
 use crate::route::RouteError;
 use crate::service::{rejection_status, storage_status};
 use crate::shard_store;
@@ -68,7 +68,8 @@ pub struct Node {
 }
 
 /// An attempt taken from its queue and marked in flight, while its hand-out awaits: dropped
-/// before the hand-out is done (the poll was abandoned), it gives the attempt back.
+/// before the hand-out is done (the poll was abandoned, or recording the start failed for a
+/// reason that does not end the attempt), it gives the attempt back to its queue.
 struct HandingOut<'a> {
     node: &'a Node,
     shard: u32,
@@ -83,6 +84,28 @@ impl Drop for HandingOut<'_> {
             self.node.dispatch.finish(&self.attempt);
             self.node.dispatch.return_task(self.shard, ready);
         }
+    }
+}
+
+/// The durable ready index, as the dispatcher's refills read it.
+struct DurableReady(Db);
+
+impl ReadySource for DurableReady {
+    fn scan(
+        &self,
+        shard: u32,
+        queue: &QueueKey,
+        after: Option<&[u8]>,
+        max: usize,
+    ) -> Result<Vec<(Vec<u8>, ReadyTask)>, StorageError> {
+        shard_store::scan_ready_queue(&self.0, shard, queue.kind, &queue.namespace, &queue.task_queue, after, max)
+    }
+}
+
+/// The status of a refused poll.
+fn dispatch_status(error: DispatchError) -> Status {
+    match error {
+        DispatchError::TooManyQueues { .. } => Status::resource_exhausted(error.to_string()),
     }
 }
 
@@ -132,8 +155,10 @@ impl Node {
         db: Db,
         raft: RaftHost,
         shards: Arc<ShardSlots>,
+        dispatch_limits: DispatchLimits,
     ) -> Self {
         let stamps = (0..cluster.shard_count).map(|_| AtomicU64::new(0)).collect();
+        let dispatch = Dispatcher::new(dispatch_limits, Arc::new(DurableReady(db.clone())));
         Node {
             node_id,
             cluster,
@@ -141,7 +166,7 @@ impl Node {
             db,
             raft,
             shards,
-            dispatch: Dispatcher::default(),
+            dispatch,
             alarms: Alarms::default(),
             close_watchers: Mutex::new(CloseWatchers::default()),
             stamps,
@@ -263,7 +288,8 @@ impl Node {
             if remaining.is_zero() {
                 return Ok(None);
             }
-            let Some((shard, ready)) = self.dispatch.poll(&queue, remaining).await else { return Ok(None) };
+            let polled = self.dispatch.poll(&queue, remaining).await.map_err(dispatch_status)?;
+            let Some((shard, ready)) = polled else { return Ok(None) };
             if let Some(task) = self.hand_out_workflow_task(shard, &ready, 1, Vec::new())? {
                 return Ok(Some(task));
             }
@@ -311,6 +337,8 @@ impl Node {
             Ok(history) => history,
             Err(error) => {
                 self.dispatch.finish(&attempt);
+                // The attempt was not handed out: it goes back to its queue, not lost.
+                self.dispatch.return_task(shard, ready.clone());
                 return Err(storage_status(error));
             }
         };
@@ -385,7 +413,8 @@ impl Node {
             if remaining.is_zero() {
                 return Ok(None);
             }
-            let Some((shard, ready)) = self.dispatch.poll(&queue, remaining).await else { return Ok(None) };
+            let polled = self.dispatch.poll(&queue, remaining).await.map_err(dispatch_status)?;
+            let Some((shard, ready)) = polled else { return Ok(None) };
             if let Some(task) = self.hand_out_activity_task(shard, ready).await {
                 return Ok(Some(task));
             }
@@ -428,13 +457,22 @@ impl Node {
         let options = &activity.options;
         if options.schedule_to_start_timeout_ms > 0 && activity.attempt_started_ms == 0 {
             let recorded = self.propose(shard, CommandKind::ActivityAttemptStarted { token: token.clone() }).await;
-            if let Err(error) = recorded {
-                // Timed out first, no longer current, or not the leader any more: the attempt is
-                // not this node's to hand out.
-                tracing::debug!(shard, %error, "activity attempt not handed out");
-                handing.ready = None;
-                self.dispatch.finish(&handing.attempt);
-                return None;
+            match recorded {
+                Ok(_) => {}
+                Err(error @ (RouteError::Rejected(_) | RouteError::NotLeader { .. })) => {
+                    // Timed out first, no longer current, or not the leader any more: the attempt
+                    // is not this node's to hand out.
+                    tracing::debug!(shard, %error, "activity attempt not handed out");
+                    handing.ready = None;
+                    self.dispatch.finish(&handing.attempt);
+                    return None;
+                }
+                Err(error) => {
+                    // Not known to be over (storage, Raft, shutdown): dropping `handing` gives the
+                    // attempt back to its queue.
+                    tracing::warn!(shard, %error, "recording an activity attempt's start failed; the task goes back to its queue");
+                    return None;
+                }
             }
         }
         handing.ready = None;
@@ -598,15 +636,80 @@ impl Node {
     }
 
     fn recover_shard(&self, shard: u32) -> Result<(), StorageError> {
-        let ready = shard_store::scan_ready(&self.db, shard)?;
+        // Streamed, not collected: what a full window leaves out stays in the index, read back
+        // as the window drains.
+        let ready = shard_store::for_each_ready(&self.db, shard, |task| self.dispatch.offer(shard, task))?;
         let timers = shard_store::scan_timers(&self.db, shard)?;
-        tracing::info!(shard, ready = ready.len(), timers = timers.len(), "leading shard: queues and timers rebuilt");
-        for task in ready {
-            self.dispatch.offer(shard, task);
-        }
+        tracing::info!(shard, ready, timers = timers.len(), "leading shard: queues and timers rebuilt");
         for timer in timers {
             self.alarms.set(timer.due_ms, Alarm::Durable { shard, timer });
         }
         Ok(())
+    }
+
+    /// Removes idle task queues every [`crate::dispatch::QUEUE_IDLE_SWEEP`].
+    pub async fn run_dispatch_sweep(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(crate::dispatch::QUEUE_IDLE_SWEEP).await;
+            let removed = self.dispatch.sweep_idle();
+            if removed > 0 {
+                tracing::debug!(removed, "idle task queues removed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use weft_core::Payload;
+
+    use super::*;
+    use crate::{NodeConfig, start_node};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_workflow_task_whose_hand_out_fails_on_storage_goes_back_to_its_queue() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = NodeConfig {
+            data_dir: dir.path().to_path_buf(),
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            shards: 2,
+            node_id: 1,
+            metrics_listen: None,
+            wal_prewrite_bytes: 0,
+            dispatch: DispatchLimits::default(),
+        };
+        let handle = start_node(config).await.expect("start a node");
+        let node = handle.node.clone();
+        let key = WorkflowKey::new("default", "fragile");
+        let shard = node.shard_of(&key);
+        let start = CommandKind::StartWorkflow {
+            key: key.clone(),
+            run_id: "run-1".into(),
+            workflow_type: "order".into(),
+            task_queue: "q".into(),
+            input: Payload(b"{}".to_vec()),
+            request_id: "r".into(),
+            workflow_task_timeout_ms: 0,
+        };
+        node.propose(shard, start).await.expect("start the workflow");
+
+        // The first history chunk reads back as garbage: the hand-out's history read fails.
+        let chunk = shard_store::history_prefix(shard, &key, "run-1").u64(1).finish();
+        let stored = node.db.get_state(&chunk).expect("read").expect("the first chunk is stored");
+        let mut batch = node.db.state_batch();
+        batch.put(&chunk, b"not a history chunk");
+        node.db.write_state(batch).expect("corrupt the chunk");
+        let failed = node.poll_workflow_task("default", "q", Duration::from_secs(5)).await;
+        assert_eq!(failed.expect_err("the history cannot be read").code(), tonic::Code::Internal);
+
+        // Once storage reads again, the task is still there to hand out.
+        let mut batch = node.db.state_batch();
+        batch.put(&chunk, &stored);
+        node.db.write_state(batch).expect("restore the chunk");
+        let task = node.poll_workflow_task("default", "q", Duration::from_millis(500)).await.expect("poll");
+        let task = task.expect("the task went back to its queue");
+        assert_eq!((task.workflow_id.as_str(), task.history.len()), ("fragile", 2));
+        drop(node);
+        handle.shutdown().await.expect("shut down");
     }
 }

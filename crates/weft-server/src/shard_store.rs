@@ -48,19 +48,21 @@ fn execution_key(shard: u32, key: &WorkflowKey) -> Vec<u8> {
     KeyBuilder::new(shard, KIND_EXECUTION).str(&key.namespace).str(&key.workflow_id).finish()
 }
 
-fn history_prefix(shard: u32, key: &WorkflowKey, run_id: &str) -> KeyBuilder {
+pub(crate) fn history_prefix(shard: u32, key: &WorkflowKey, run_id: &str) -> KeyBuilder {
     KeyBuilder::new(shard, KIND_HISTORY).str(&key.namespace).str(&key.workflow_id).str(run_id)
 }
 
-fn ready_key(shard: u32, task: &ReadyTask) -> Vec<u8> {
-    let kind = match task.kind {
+/// The ready-index prefix of one task queue: (task kind, namespace, task queue).
+fn ready_queue_prefix(shard: u32, kind: TaskKind, namespace: &str, task_queue: &str) -> KeyBuilder {
+    let kind = match kind {
         TaskKind::Workflow => 0,
         TaskKind::Activity => 1,
     };
-    KeyBuilder::new(shard, KIND_READY)
-        .u8(kind)
-        .str(&task.key.namespace)
-        .str(&task.task_queue)
+    KeyBuilder::new(shard, KIND_READY).u8(kind).str(namespace).str(task_queue)
+}
+
+fn ready_key(shard: u32, task: &ReadyTask) -> Vec<u8> {
+    ready_queue_prefix(shard, task.kind, &task.key.namespace, &task.task_queue)
         .str(&task.key.workflow_id)
         .str(&task.run_id)
         .u32(task.seq)
@@ -229,9 +231,56 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0xFF; prefix.len() + 1]
 }
 
-/// Every ready task of the shard (rebuilds the leader's dispatch queues).
+/// Every ready task of the shard.
 pub fn scan_ready(db: &Db, shard: u32) -> Result<Vec<ReadyTask>> {
     scan_kind(db, shard, KIND_READY, "load ready task")
+}
+
+/// Calls `each` with every ready task of the shard in key order, without collecting them (a
+/// new leader offers them to its dispatch queues). Returns how many there were.
+pub fn for_each_ready(db: &Db, shard: u32, mut each: impl FnMut(ReadyTask)) -> Result<usize> {
+    let (start, end) = kind_range(shard, KIND_READY);
+    let mut count = 0;
+    for entry in db.iter_state_range(Bound::Included(&start), Bound::Excluded(&end), ScanDirection::Forward) {
+        let (_, value) = entry?;
+        each(decode_as("load ready task", &value)?);
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Up to `max` ready tasks of one task queue (kind, namespace, task queue) of the shard, in key
+/// order, after the key `after` (one an earlier call returned; `None`: from the first), each
+/// with its key: the position to continue from. Fewer than `max` means the end was reached.
+pub fn scan_ready_queue(
+    db: &Db,
+    shard: u32,
+    kind: TaskKind,
+    namespace: &str,
+    task_queue: &str,
+    after: Option<&[u8]>,
+    max: usize,
+) -> Result<Vec<(Vec<u8>, ReadyTask)>> {
+    let prefix = ready_queue_prefix(shard, kind, namespace, task_queue).finish();
+    let end = prefix_end(&prefix);
+    let lower = match after {
+        // A position from another queue would scan the wrong keys: start this queue over.
+        Some(after) if after.starts_with(&prefix) => Bound::Excluded(after),
+        _ => Bound::Included(prefix.as_slice()),
+    };
+    let mut tasks = Vec::new();
+    if max == 0 {
+        return Ok(tasks);
+    }
+    for entry in db.iter_state_range(lower, Bound::Excluded(&end), ScanDirection::Forward) {
+        let (key, value) = entry?;
+        let task: ReadyTask = decode_as("load ready task", &value)?;
+        tasks.push((key.into_vec(), task));
+        if tasks.len() >= max {
+            break;
+        }
+    }
+    Ok(tasks)
 }
 
 /// Every durable timer of the shard, in due order.
@@ -492,6 +541,57 @@ mod tests {
             proptest::prop_assert!(shard_records(&db_a, SHARD) == shard_records(&db_b, SHARD), "the stored records differ");
             proptest::prop_assert_eq!(encode(&a), encode(&leader.state), "the replicas hold what the leader computed");
         }
+    }
+
+    #[test]
+    fn a_queue_s_ready_tasks_are_scanned_in_pages_from_a_cursor() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(dir.path()).expect("open");
+        let ready = |kind: TaskKind, task_queue: &str, workflow_id: &str| ReadyTask {
+            kind,
+            task_queue: task_queue.into(),
+            key: WorkflowKey::new("default", workflow_id),
+            run_id: "r".into(),
+            seq: 0,
+            scheduled_event_id: 2,
+            attempt: 1,
+        };
+        let mut writes: Vec<Write> = ["c", "a", "e", "b", "d"]
+            .into_iter()
+            .map(|id| Write::PutReady(ready(TaskKind::Workflow, "q", id)))
+            .collect();
+        // Neighbours that must not show up: a queue whose name extends "q", another kind, another shard.
+        writes.push(Write::PutReady(ready(TaskKind::Workflow, "q2", "x")));
+        writes.push(Write::PutReady(ready(TaskKind::Activity, "q", "y")));
+        let outcome = Outcome { reply: weft_core::Reply::Done, writes, effects: Vec::new() };
+        let mut batch = db.state_batch();
+        write_outcome(1, &ShardState::default(), &outcome, &mut batch);
+        let other = Outcome {
+            reply: weft_core::Reply::Done,
+            writes: vec![Write::PutReady(ready(TaskKind::Workflow, "q", "z"))],
+            effects: Vec::new(),
+        };
+        write_outcome(2, &ShardState::default(), &other, &mut batch);
+        db.write_state(batch).expect("write");
+
+        let mut cursor: Option<Vec<u8>> = None;
+        let mut pages = Vec::new();
+        loop {
+            let page =
+                scan_ready_queue(&db, 1, TaskKind::Workflow, "default", "q", cursor.as_deref(), 2).expect("scan");
+            pages.push(page.iter().map(|(_, task)| task.key.workflow_id.clone()).collect::<Vec<_>>());
+            if page.len() < 2 {
+                break;
+            }
+            cursor = page.last().map(|(position, _)| position.clone());
+        }
+        assert_eq!(pages, [vec!["a", "b"], vec!["c", "d"], vec!["e"]]);
+        let activity = scan_ready_queue(&db, 1, TaskKind::Activity, "default", "q", None, 10).expect("scan");
+        assert_eq!(activity.len(), 1);
+        assert!(scan_ready_queue(&db, 1, TaskKind::Workflow, "default", "q", None, 0).expect("scan").is_empty());
+        let mut count = 0;
+        assert_eq!(for_each_ready(&db, 1, |_| count += 1).expect("stream"), 7);
+        assert_eq!(count, 7);
     }
 
     #[test]

@@ -99,6 +99,16 @@ pub struct NodeArgs {
         value_parser = clap::value_parser!(u64).range(0..=weft_server::WAL_PREWRITE_MIB_MAX)
     )]
     pub wal_prewrite_mib: u64,
+
+    /// Ready tasks each task queue holds in memory; beyond it they wait in storage and are read
+    /// back as the queue drains. Hidden: for tests that fill a queue quickly.
+    #[arg(
+        long,
+        hide = true,
+        default_value_t = weft_server::dispatch::QUEUE_TASKS_MAX as u64,
+        value_parser = clap::value_parser!(u64).range(1..=weft_server::dispatch::QUEUE_TASKS_MAX as u64)
+    )]
+    pub queue_window: u64,
 }
 
 #[derive(Debug, Args)]

@@ -24,6 +24,10 @@ pub async fn run(args: NodeArgs, node_id: u64) -> anyhow::Result<()> {
         node_id,
         metrics_listen: args.metrics_listen.0,
         wal_prewrite_bytes: args.wal_prewrite_mib << 20,
+        dispatch: weft_server::dispatch::DispatchLimits {
+            queue_window_tasks: usize::try_from(args.queue_window).unwrap_or(usize::MAX),
+            ..Default::default()
+        },
     };
     tracing::info!(
         data_dir = %config.data_dir.display(),

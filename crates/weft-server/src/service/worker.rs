@@ -120,12 +120,13 @@ impl WorkerApi {
         let Some(ready) = next_task.filter(|_| inline) else {
             return Ok(pb::CompleteWorkflowTaskResponse { next_task: None });
         };
-        match self.node.hand_out_workflow_task(token.shard, &ready, seen_event_id + 1, appended) {
-            Ok(Some(task)) => Ok(pb::CompleteWorkflowTaskResponse { next_task: Some(task) }),
-            other => {
-                // Apply emitted no TaskReady for an inline task: queue it for any poller.
+        match self.node.hand_out_workflow_task(token.shard, &ready, seen_event_id + 1, appended)? {
+            Some(task) => Ok(pb::CompleteWorkflowTaskResponse { next_task: Some(task) }),
+            None => {
+                // Apply emitted no TaskReady for an inline task: queue it for any poller. (A
+                // hand-out that failed has given it back already.)
                 self.node.dispatch.offer(token.shard, ready);
-                other.map(|_| pb::CompleteWorkflowTaskResponse { next_task: None })
+                Ok(pb::CompleteWorkflowTaskResponse { next_task: None })
             }
         }
     }

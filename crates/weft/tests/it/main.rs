@@ -11,6 +11,7 @@
 //!   idempotent retries, answers naming the right run and status, cancels and signals never
 //!   lost, timeouts decided from durable state, state a restart keeps.
 //! - `large_history`: histories larger than one gRPC message, against a real `weft dev`.
+//! - `dispatch`: task queues past their memory window deliver every task (a spawned node).
 //! - `crash`: real `weft` processes killed with SIGKILL at random moments,
 //!   restarted, and checked for what survived.
 
@@ -18,6 +19,7 @@ mod architecture;
 mod bad_input;
 mod cli;
 mod crash;
+mod dispatch;
 mod large_history;
 mod semantics;
 mod support;

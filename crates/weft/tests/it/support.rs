@@ -67,6 +67,7 @@ async fn start_in(dir: &Path, listen: SocketAddr) -> NodeHandle {
         node_id: 1,
         metrics_listen: None,
         wal_prewrite_bytes: 1 << 20,
+        dispatch: Default::default(),
     };
     start_node(config).await.expect("start an in-process node")
 }
@@ -119,6 +120,11 @@ pub struct WeftProcess {
 
 impl WeftProcess {
     pub fn spawn(data_dir: &Path, port: u16) -> WeftProcess {
+        Self::spawn_with(data_dir, port, &[])
+    }
+
+    /// A `weft dev` process with extra flags.
+    pub fn spawn_with(data_dir: &Path, port: u16, flags: &[&str]) -> WeftProcess {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -131,6 +137,7 @@ impl WeftProcess {
             .args(["--listen", &addr.to_string(), "--shards", "4", "--metrics-listen", "127.0.0.1:0"])
             // Small, but the crash tests then run on a recycled WAL as production does.
             .args(["--wal-prewrite-mib", "4"])
+            .args(flags)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
