@@ -267,6 +267,7 @@ impl RaftLogStorage<TypeConfig> for ShardLogStore {
             batch.put_meta(shard, RaftMetaField::Committed, &codec::encode(&committed));
         }
         // Written now (readable at once), durable after the group fsync that fires `callback`.
+        fail::fail_point!("raft::before_log_append");
         self.db().write_raft(batch, Durability::Buffered).map_err(write_err)?;
         {
             let mut recent = self.reader.recent.lock();
@@ -282,6 +283,7 @@ impl RaftLogStorage<TypeConfig> for ShardLogStore {
         // appends that openraft's test suite makes to set up its cases.
         self.last_entry_id = self.last_entry_id.max(last);
         self.syncer.flush_append(callback, count).await.map_err(sync_err)?;
+        fail::fail_point!("raft::after_log_append");
         Ok(())
     }
 
@@ -309,6 +311,7 @@ impl RaftLogStorage<TypeConfig> for ShardLogStore {
         // power loss the state would be behind the log's first entry and the missing entries
         // could never be re-applied. Syncing first makes everything applied so far durable before
         // any entry it was derived from is deleted.
+        fail::fail_point!("raft::before_purge");
         self.db().sync_wal().map_err(write_err)?;
         self.reader.recent.lock().purge(log_id.index);
         let mut batch = self.db().raft_batch();
@@ -318,6 +321,7 @@ impl RaftLogStorage<TypeConfig> for ShardLogStore {
         // come back together, which is a valid (longer) log.
         self.db().write_raft(batch, Durability::Buffered).map_err(write_err)?;
         self.last_purged = Some(log_id);
+        fail::fail_point!("raft::after_purge");
         if self.last_entry_id.is_some_and(|last| last.index <= log_id.index) {
             self.last_entry_id = None;
         }

@@ -341,14 +341,18 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             snapshot_err(ErrorVerb::Read, format!("refused snapshot {}: {detail}", meta.snapshot_id))
         })?;
         // Record first, state second: see the module doc for the crash in between.
+        fail::fail_point!("raft::snapshot_before_store");
         store_snapshot(&self.db, self.shard, &self.current_snapshot, &stored, true)?;
+        fail::fail_point!("raft::snapshot_after_store");
         self.install_state(&stored.meta, payload)?;
+        fail::fail_point!("raft::snapshot_after_state");
         let shard = self.shard;
         self.applier.reload(shard, &self.db).map_err(|e| {
             StorageIOError::write_state_machine(AnyError::error(format!(
                 "reload shard {shard} after snapshot install: {e:#}"
             )))
         })?;
+        fail::fail_point!("raft::snapshot_after_install");
         tracing::info!(applied = ?self.applied, "installed snapshot");
         Ok(())
     }

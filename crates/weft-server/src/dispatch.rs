@@ -627,10 +627,13 @@ mod tests {
         queue_named("q")
     }
 
-    /// An in-memory durable ready index: (shard, queue, workflow id) in key order.
+    /// (shard, queue, workflow id): the index's key order.
+    type IndexKey = (u32, String, Vec<u8>);
+
+    /// An in-memory durable ready index, in key order.
     #[derive(Default)]
     struct Index {
-        tasks: Mutex<BTreeMap<(u32, String, Vec<u8>), ReadyTask>>,
+        tasks: Mutex<BTreeMap<IndexKey, ReadyTask>>,
         scans: std::sync::atomic::AtomicUsize,
     }
 

@@ -28,7 +28,7 @@ use weft_storage::{ClusterMeta, Db, StorageError, codec};
 
 use crate::alarms::{Alarm, AlarmKey, Alarms};
 use crate::applier::{ShardEffects, ShardSlots};
-use crate::convert::{HISTORY_MESSAGE_BYTES_MAX, HistoryPager, event_to_proto};
+use crate::convert::{HISTORY_MESSAGE_BYTES_MAX, HistoryPager};
 use crate::dispatch::{AttemptKey, DispatchError, DispatchLimits, Dispatcher, QueueKey, ReadySource};
 use crate::route::RouteError;
 use crate::service::{rejection_status, storage_status};

@@ -317,7 +317,10 @@ impl Db {
     /// this is safe (the Raft log is the durable source; a crash loses at most a suffix of
     /// applied batches, which Raft re-applies).
     pub fn write_state(&self, batch: StateBatch) -> Result<()> {
-        self.inner.rocks.write_opt(batch.batch, &WriteOptions::default()).map_err(rocks("write state batch"))
+        fail::fail_point!("storage::before_state_write");
+        self.inner.rocks.write_opt(batch.batch, &WriteOptions::default()).map_err(rocks("write state batch"))?;
+        fail::fail_point!("storage::after_state_write");
+        Ok(())
     }
 
     /// Makes the live WAL a file already written to at least `bytes` long, so the fsyncs of the
@@ -378,7 +381,10 @@ impl Db {
 
     /// fsyncs the WAL: every write issued before this call is durable when it returns.
     pub fn sync_wal(&self) -> Result<()> {
-        self.inner.rocks.flush_wal(true).map_err(rocks("sync wal"))
+        fail::fail_point!("storage::before_wal_sync");
+        self.inner.rocks.flush_wal(true).map_err(rocks("sync wal"))?;
+        fail::fail_point!("storage::after_wal_sync");
+        Ok(())
     }
 
     /// Pins a consistent point-in-time view of `shard`'s whole state range (all kinds) and dumps
@@ -449,7 +455,10 @@ impl Db {
     pub fn write_raft(&self, batch: RaftBatch, durability: Durability) -> Result<()> {
         let mut options = WriteOptions::default();
         options.set_sync(durability == Durability::Synced);
-        self.inner.rocks.write_opt(batch.batch, &options).map_err(rocks("write raft batch"))
+        fail::fail_point!("storage::before_log_write");
+        self.inner.rocks.write_opt(batch.batch, &options).map_err(rocks("write raft batch"))?;
+        fail::fail_point!("storage::after_log_write");
+        Ok(())
     }
 
     /// Reads one log entry's bytes.

@@ -7,6 +7,8 @@
 mod cli;
 mod client;
 mod commands;
+#[cfg(feature = "failpoints")]
+mod failpoints;
 mod node;
 mod output;
 
@@ -27,6 +29,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    #[cfg(feature = "failpoints")]
+    let _armed = match &cli.command {
+        Command::Dev(_) | Command::Server(_) => match failpoints::arm_from_env() {
+            Ok(armed) => Some(armed),
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                return ExitCode::from(2);
+            }
+        },
+        Command::Client(_) => None,
+    };
     match cli.command {
         Command::Dev(node) => node_exit(node::run(node, 1).await),
         Command::Server(server) => node_exit(node::run(server.node, server.node_id).await),

@@ -12,6 +12,8 @@
 //!   lost, timeouts decided from durable state, state a restart keeps.
 //! - `large_history`: histories larger than one gRPC message, against a real `weft dev`.
 //! - `dispatch`: task queues past their memory window deliver every task (a spawned node).
+//! - `failpoints`: a node armed to abort at one exact durable write (each in turn) keeps
+//!   every start it acknowledged.
 //! - `crash`: real `weft` processes killed with SIGKILL at random moments,
 //!   restarted, and checked for what survived.
 
@@ -20,6 +22,7 @@ mod bad_input;
 mod cli;
 mod crash;
 mod dispatch;
+mod failpoints;
 mod large_history;
 mod semantics;
 mod support;

@@ -125,6 +125,11 @@ impl WeftProcess {
 
     /// A `weft dev` process with extra flags.
     pub fn spawn_with(data_dir: &Path, port: u16, flags: &[&str]) -> WeftProcess {
+        Self::spawn_env(data_dir, port, flags, &[])
+    }
+
+    /// A `weft dev` process with extra flags and environment variables.
+    pub fn spawn_env(data_dir: &Path, port: u16, flags: &[&str], envs: &[(&str, &str)]) -> WeftProcess {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -139,6 +144,7 @@ impl WeftProcess {
             .args(["--wal-prewrite-mib", "4"])
             .args(flags)
             .env("RUST_LOG", "info")
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -152,6 +158,23 @@ impl WeftProcess {
             child.kill().expect("SIGKILL the node");
             child.wait().expect("reap the node");
         }
+    }
+
+    /// Waits for the process to end by itself, with a deadline; its exit status.
+    pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("the process was not killed");
+        let status = wait_for("the node process to exit", within, || {
+            let polled = child.try_wait().expect("poll the node process");
+            async move { polled }
+        })
+        .await;
+        self.child = None;
+        status
+    }
+
+    /// What the process wrote on stderr (its log).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
     }
 
     pub async fn wait_ready(&self) -> Clients {
