@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
-# The crash tests spawn the `weft` binary.
-cargo build --release -p weft --bin weft
+# The crash tests spawn the `weft` binary; cargo builds it for the integration tests
+# (CARGO_BIN_EXE_weft) with the workspace's features, so no separate build is needed.
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --release --workspace --no-fail-fast
 else
