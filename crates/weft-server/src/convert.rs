@@ -168,15 +168,16 @@ impl HistoryPager {
     }
 
     /// Takes `event` if it fits; breaks once the page is full (`event` is then left out).
-    pub fn offer(&mut self, event: &HistoryEvent) -> std::ops::ControlFlow<()> {
+    pub fn offer(&mut self, event: HistoryEvent) -> std::ops::ControlFlow<()> {
         if self.next_event_id.is_some() {
             return std::ops::ControlFlow::Break(());
         }
-        let wire = event_to_proto(event);
+        let event_id = event.event_id;
+        let wire = event_into_proto(event);
         let bytes = weft_proto::repeated_field_bytes(&wire);
         let full = self.events.len() >= self.events_max || self.bytes + bytes > self.bytes_max;
         if full && !self.events.is_empty() {
-            self.next_event_id = Some(event.event_id);
+            self.next_event_id = Some(event_id);
             return std::ops::ControlFlow::Break(());
         }
         self.bytes += bytes;
@@ -211,12 +212,18 @@ impl HistoryPager {
 
 /// A history event on the wire: typed fields for replay, all attributes as JSON for people.
 pub fn event_to_proto(event: &HistoryEvent) -> pb::HistoryEvent {
+    event_into_proto(event.clone())
+}
+
+/// [`event_to_proto`] of an event the caller no longer needs: its payloads are copied once.
+pub fn event_into_proto(mut event: HistoryEvent) -> pb::HistoryEvent {
+    let details_json = details_json(&mut event.kind);
     let mut out = pb::HistoryEvent {
         event_id: event.event_id,
         time_ms: event.time_ms,
         event_type: event_type(&event.kind) as i32,
         seq: event.kind.seq().unwrap_or(0),
-        details_json: details_json(&event.kind),
+        details_json,
         ..Default::default()
     };
     match &event.kind {
@@ -301,24 +308,34 @@ pub fn event_to_proto(event: &HistoryEvent) -> pb::HistoryEvent {
 /// event's typed `payload` or `failure.details`, and appears here as its size,
 /// `{"size_bytes": N}` (null when empty). A history of 2 MiB results would otherwise carry
 /// each result twice, and up to six times its size for bytes that JSON must escape.
-fn details_json(kind: &EventKind) -> String {
-    let mut attributes = kind.clone();
-    let (payload, failure) = payload_attributes(&mut attributes);
-    let payload = payload.map(|(name, payload)| (name, std::mem::take(payload).len()));
-    let failure_details = failure.map(|failure| std::mem::take(&mut failure.details).len());
+///
+/// The payload bytes are moved out of `kind` while it is rendered and moved back after, so
+/// rendering copies no payload.
+fn details_json(kind: &mut EventKind) -> String {
+    let (payload, failure) = payload_attributes(kind);
+    let payload = payload.map(|(name, payload)| (name, std::mem::take(payload)));
+    let failure_details = failure.map(|failure| std::mem::take(&mut failure.details));
     // Externally tagged enum: {"StepCompleted": {...}}; show only the attributes.
-    let mut value = match serde_json::to_value(&attributes) {
+    let rendered = match serde_json::to_value(&*kind) {
         Ok(serde_json::Value::Object(map)) => map.into_iter().next().map_or(serde_json::Value::Null, |(_, a)| a),
         Ok(other) => other,
-        Err(_) => return "{}".into(),
+        Err(_) => serde_json::json!({}),
     };
+    let mut value = rendered;
     if let serde_json::Value::Object(map) = &mut value {
-        if let Some((name, len)) = payload {
-            map.insert(name.into(), payload_size_json(len));
+        if let Some((name, bytes)) = &payload {
+            map.insert((*name).into(), payload_size_json(bytes.len()));
         }
-        if let (Some(len), Some(serde_json::Value::Object(failure))) = (failure_details, map.get_mut("failure")) {
-            failure.insert("details".into(), payload_size_json(len));
+        if let (Some(details), Some(serde_json::Value::Object(failure))) = (&failure_details, map.get_mut("failure")) {
+            failure.insert("details".into(), payload_size_json(details.len()));
         }
+    }
+    let (payload_slot, failure_slot) = payload_attributes(kind);
+    if let (Some((_, slot)), Some((_, bytes))) = (payload_slot, payload) {
+        *slot = bytes;
+    }
+    if let (Some(failure), Some(details)) = (failure_slot, failure_details) {
+        failure.details = details;
     }
     value.to_string()
 }
@@ -532,24 +549,25 @@ mod tests {
         const MIB: usize = 1024 * 1024;
         let mut page = HistoryPager::new(1_000, 4 * MIB);
         let events: Vec<HistoryEvent> = (1..=6).map(|id| completed(id, MIB)).collect();
-        let taken = events.iter().take_while(|event| page.offer(event).is_continue()).count();
+        let taken = events.iter().take_while(|event| page.offer((*event).clone()).is_continue()).count();
         assert_eq!(taken, 3, "three 1 MiB events fit in 4 MiB, four do not");
         assert_eq!(page.next_event_id(), Some(4));
         assert_eq!(page.last_event_id(), Some(3));
-        assert!(page.offer(&events[4]).is_break(), "a full page takes nothing more");
+        assert!(page.offer(events[4].clone()).is_break(), "a full page takes nothing more");
         assert_eq!(page.next_event_id(), Some(4), "and still names the first event it left out");
 
         let mut page = HistoryPager::new(1_000, MIB);
-        assert!(page.offer(&completed(1, 2 * MIB)).is_continue(), "an event larger than the page is taken alone");
-        assert!(page.offer(&completed(2, 10)).is_break());
+        assert!(page.offer(completed(1, 2 * MIB)).is_continue(), "an event larger than the page is taken alone");
+        assert!(page.offer(completed(2, 10)).is_break());
         assert_eq!((page.last_event_id(), page.next_event_id()), (Some(1), Some(2)));
 
         let mut page = HistoryPager::new(2, MIB);
-        let taken = (1..=5).map(|id| completed(id, 10)).take_while(|event| page.offer(event).is_continue()).count();
+        let taken =
+            (1..=5).map(|id| completed(id, 10)).take_while(|event| page.offer(event.clone()).is_continue()).count();
         assert_eq!((taken, page.next_event_id()), (2, Some(3)), "the event count is a limit too");
 
         let mut page = HistoryPager::new(10, MIB);
-        assert!((1..=4).all(|id| page.offer(&completed(id, 10)).is_continue()));
+        assert!((1..=4).all(|id| page.offer(completed(id, 10)).is_continue()));
         assert_eq!(page.next_event_id(), None, "everything offered fit");
     }
 
@@ -565,7 +583,7 @@ mod tests {
         loop {
             let mut page = HistoryPager::new(1_000, BUDGET);
             for event in events.iter().skip(from as usize - 1) {
-                if page.offer(event).is_break() {
+                if page.offer(event.clone()).is_break() {
                     break;
                 }
             }

@@ -381,7 +381,7 @@ impl Node {
         let mut page = HistoryPager::new(HISTORY_EVENTS_MAX as usize, HISTORY_MESSAGE_BYTES_MAX);
         if appended.first().is_some_and(|event| event.event_id == from_event_id) {
             let last_event_id = appended.last().map_or(from_event_id - 1, |event| event.event_id);
-            for event in &appended {
+            for event in appended {
                 if page.offer(event).is_break() {
                     break;
                 }
@@ -389,7 +389,7 @@ impl Node {
             return Ok(TaskHistory { page, last_event_id });
         }
         shard_store::visit_history(&self.db, shard, &ready.key, &ready.run_id, from_event_id, |event| {
-            page.offer(&event)
+            page.offer(event)
         })?;
         let last_event_id = match page.next_event_id() {
             // Cut short: the task goes on to the last event stored now (a history only grows).

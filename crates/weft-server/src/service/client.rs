@@ -150,7 +150,7 @@ impl ClientService {
         let mut page = HistoryPager::new(max, HISTORY_MESSAGE_BYTES_MAX);
         let run_id = self
             .node
-            .visit_history(shard, &key, &request.run_id, request.from_event_id, |event| page.offer(&event))
+            .visit_history(shard, &key, &request.run_id, request.from_event_id, |event| page.offer(event))
             .await?;
         Ok(pb::GetWorkflowHistoryResponse {
             run_id,
