@@ -8,7 +8,8 @@
 #   scripts/bench-compare.sh [--rounds N] DIR... [-- weft-bench args...]
 #
 # Each DIR holds a `weft` and a `weft-bench` binary. Default bench arguments:
-# `--latency --count 2000`. Prints one JSON line per run: {"build":DIR,"result":{...}}.
+# `--latency --count 2000`. Prints one JSON line per run:
+# {"build":DIR,"node_cpu_ticks":N,"result":{...weft-bench --json...}}.
 set -euo pipefail
 rounds=3
 dirs=()
@@ -34,15 +35,26 @@ run_one() {
     "$dir/weft" --server "127.0.0.1:$port" cluster status >/dev/null 2>&1 && break
     sleep 0.1
   done
+  local cpu0 cpu1
+  cpu0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
   out=$("$dir/weft-bench" --server "http://127.0.0.1:$port" --json "${bench_args[@]}" 2>/dev/null || echo null)
+  cpu1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   rm -rf "$data"
-  echo "{\"build\":\"$dir\",\"result\":$out}"
+  # The node's user + system CPU over the benchmark, in clock ticks (usually 1/100 s).
+  echo "{\"build\":\"$dir\",\"node_cpu_ticks\":$((cpu1 - cpu0)),\"result\":$out}"
 }
 
-for _ in $(seq 1 "$rounds"); do
-  for dir in "${dirs[@]}"; do
+# Odd rounds run the builds in the order given, even rounds in reverse (ABBA), so a drift
+# of the machine's speed during a round does not favour one build.
+for round in $(seq 1 "$rounds"); do
+  order=("${dirs[@]}")
+  if (( round % 2 == 0 )); then
+    order=()
+    for (( i=${#dirs[@]}-1; i>=0; i-- )); do order+=("${dirs[$i]}"); done
+  fi
+  for dir in "${order[@]}"; do
     run_one "$dir"
   done
 done
