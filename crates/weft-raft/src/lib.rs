@@ -83,6 +83,10 @@ pub trait ShardApplier: Send + Sync + 'static {
     /// Applies the payload of one committed normal entry at `index` for `shard`, adding its state
     /// changes to `batch`. Deterministic, never panics on any bytes; returns the reply bytes.
     fn apply(&self, shard: u32, index: u64, payload: &[u8], batch: &mut weft_storage::StateBatch) -> Vec<u8>;
+    /// Called once per batch of applied entries, after the last entry was applied and before
+    /// the batch is written: for records that sum up the whole batch, written once per batch
+    /// instead of once per entry (the clock floor).
+    fn before_write(&self, _shard: u32, _batch: &mut weft_storage::StateBatch) {}
     /// Called after the batch holding the applied entries was written to the db.
     fn after_write(&self, shard: u32);
     /// Rebuilds the shard's in-memory state from the db (at open, and after a snapshot was installed).

@@ -297,6 +297,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             last = Some(entry.log_id);
         }
         let Some(last) = last else { return Ok(replies) };
+        self.applier.before_write(shard, &mut batch);
         batch.put(&applied_log_id_key(shard), &codec::encode(&Some(last)));
         if let Some(membership) = &membership {
             batch.put(&membership_key(shard), &codec::encode(membership));

@@ -27,6 +27,8 @@ struct Slot {
     /// The shard's clock floor (`ShardState::clock_floor_ms`, the largest time applied), for
     /// stamping without the state lock: a leader never stamps an earlier time.
     applied_now_ms: AtomicU64,
+    /// The clock floor as last written to storage: `before_write` writes it only when it moved.
+    stored_floor_ms: AtomicU64,
 }
 
 /// Every shard's state on this node, and the applier Raft calls.
@@ -42,6 +44,7 @@ impl ShardSlots {
                 state: Mutex::new(ShardState::default()),
                 pending_effects: Mutex::new(Vec::new()),
                 applied_now_ms: AtomicU64::new(0),
+                stored_floor_ms: AtomicU64::new(0),
             })
             .collect();
         ShardSlots { slots, effects }
@@ -91,6 +94,14 @@ impl ShardApplier for ShardSlots {
         codec::encode(&outcome.reply)
     }
 
+    fn before_write(&self, shard: u32, batch: &mut StateBatch) {
+        let Some(slot) = self.slots.get(shard as usize) else { return };
+        let floor = slot.state.lock().clock_floor_ms;
+        if slot.stored_floor_ms.swap(floor, Ordering::AcqRel) != floor {
+            shard_store::write_clock_floor(shard, floor, batch);
+        }
+    }
+
     fn after_write(&self, shard: u32) {
         let Some(slot) = self.slots.get(shard as usize) else { return };
         let effects = std::mem::take(&mut *slot.pending_effects.lock());
@@ -104,6 +115,7 @@ impl ShardApplier for ShardSlots {
         let state = shard_store::load_shard_state(db, shard)?;
         let slot = self.slot(shard);
         slot.applied_now_ms.store(state.clock_floor_ms, Ordering::Release);
+        slot.stored_floor_ms.store(state.clock_floor_ms, Ordering::Release);
         *slot.state.lock() = state;
         slot.pending_effects.lock().clear();
         Ok(())

@@ -17,6 +17,8 @@
 //! Invariants:
 //! - Every write of an outcome goes into the caller's one batch, so events,
 //!   mutable state and indexes change atomically with the applied index.
+//! - The clock floor is written once per batch of applied commands, with the
+//!   batch ([`write_clock_floor`]), not once per command.
 //! - A run's history is a sequence of chunks, one per command that appended
 //!   events, keyed by the id of its first event. Event ids are consecutive, so
 //!   the chunk holding event `n` is the last chunk whose key is at most `n`.
@@ -130,9 +132,17 @@ pub fn write_outcome(shard: u32, state: &ShardState, outcome: &Outcome, batch: &
                 batch.put(&run_key(shard, &summary.key, &summary.run_id), &value);
             }
             Write::PutNamespace(record) => batch.put(&namespace_key(shard, &record.name), &encode(record)),
-            Write::PutClockFloor { now_ms } => batch.put(&clock_key(shard), &encode(now_ms)),
+            // Written once per batch instead ([`write_clock_floor`]): every command moves it.
+            Write::PutClockFloor { .. } => {}
         }
     }
+}
+
+/// Stores the shard's clock floor (`ShardState::clock_floor_ms`). The applier writes it once
+/// per batch of applied commands, when it moved, rather than once per command: one record
+/// fewer per command for the memtable.
+pub fn write_clock_floor(shard: u32, floor_ms: u64, batch: &mut StateBatch) {
+    batch.put(&clock_key(shard), &encode(&floor_ms));
 }
 
 fn decode_as<T: serde::de::DeserializeOwned>(op: &'static str, bytes: &[u8]) -> Result<T> {
@@ -475,6 +485,7 @@ mod tests {
         );
         let mut batch = db.state_batch();
         write_outcome(3, &state, &outcome, &mut batch);
+        write_clock_floor(3, state.clock_floor_ms, &mut batch);
         db.write_state(batch).expect("write");
 
         assert_eq!(load_shard_state(&db, 3).expect("load"), state);
@@ -504,6 +515,7 @@ mod tests {
         let outcome = apply(state, command);
         let mut batch = db.state_batch();
         write_outcome(shard, state, &outcome, &mut batch);
+        write_clock_floor(shard, state.clock_floor_ms, &mut batch);
         db.write_state(batch).expect("write the outcome");
         outcome
     }
