@@ -238,6 +238,7 @@ async fn run(plan: Plan, json_report: bool) -> anyhow::Result<PhaseOutcome> {
                 metrics_listen: None,
                 wal_prewrite_bytes: weft_server::DEFAULT_WAL_PREWRITE_MIB << 20,
                 dispatch: Default::default(),
+                cluster: Default::default(),
             };
             let handle =
                 tokio::time::timeout(Duration::from_secs(NODE_START_TIMEOUT_S), weft_server::start_node(config))

@@ -64,6 +64,22 @@ pub struct NodeConfig {
     pub wal_prewrite_bytes: u64,
     /// Dispatch state kept in memory ([`dispatch::DispatchLimits`]).
     pub dispatch: dispatch::DispatchLimits,
+    /// Which cluster the node belongs to, and how it is formed.
+    pub cluster: ClusterConfig,
+}
+
+/// How a node finds the other nodes of its cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `host:port` other nodes and clients reach this node at (`--advertise-addr`); the bound
+    /// `listen` address when `None`.
+    pub advertise: Option<String>,
+    /// The nodes of the cluster `weft cluster init` creates (`--peers 1=HOST:PORT,2=...`), by
+    /// node id. This node's own entry may be absent (its advertised address is used).
+    /// Empty, or only this node: a data dir without a cluster becomes a one-node cluster at
+    /// the first start (what `weft dev` does). With other nodes, the node serves only the
+    /// cluster admin and internal services until `weft cluster init` creates the cluster.
+    pub peers: std::collections::BTreeMap<u64, String>,
 }
 
 /// A running node.

@@ -677,6 +677,7 @@ mod tests {
             metrics_listen: None,
             wal_prewrite_bytes: 0,
             dispatch: DispatchLimits::default(),
+            cluster: Default::default(),
         };
         let handle = start_node(config).await.expect("start a node");
         let node = handle.node.clone();

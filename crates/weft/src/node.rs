@@ -28,6 +28,7 @@ pub async fn run(args: NodeArgs, node_id: u64) -> anyhow::Result<()> {
             queue_window_tasks: usize::try_from(args.queue_window).unwrap_or(usize::MAX),
             ..Default::default()
         },
+        cluster: Default::default(),
     };
     tracing::info!(
         data_dir = %config.data_dir.display(),

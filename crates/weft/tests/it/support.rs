@@ -68,6 +68,7 @@ async fn start_in(dir: &Path, listen: SocketAddr) -> NodeHandle {
         metrics_listen: None,
         wal_prewrite_bytes: 1 << 20,
         dispatch: Default::default(),
+        cluster: Default::default(),
     };
     start_node(config).await.expect("start an in-process node")
 }
