@@ -13,7 +13,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // checkouts that share a target dir, and a path baked in at compile time
     // would point at whichever checkout built it first.
     let root = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
-    let files = ["weft/v1/common.proto", "weft/v1/client.proto", "weft/v1/worker.proto", "weft/v1/admin.proto"];
+    let files = [
+        "weft/v1/common.proto",
+        "weft/v1/client.proto",
+        "weft/v1/worker.proto",
+        "weft/v1/admin.proto",
+        "weft/v1/node.proto",
+    ];
     let paths: Vec<_> = files.iter().map(|f| root.join(f)).collect();
     for path in &paths {
         println!("cargo:rerun-if-changed={}", path.display());

@@ -18,17 +18,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, InstallSnapshotError, RaftError};
 use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use weft_storage::Db;
+use weft_storage::{Db, codec};
 
 use crate::log_store::{NO_INDEX, ShardLogStore};
 pub use crate::log_sync::LogSyncStats;
 use crate::log_sync::LogSyncer;
-use crate::network::{NoNetwork, ShardNetworks};
+use crate::network::{NoNetwork, RaftRpcKind, RpcReply, ShardNetworks};
 use crate::state_machine::ShardStateMachine;
 use crate::{Proposal, ShardApplier, TypeConfig};
 
@@ -90,6 +90,7 @@ struct ShardGroup {
 
 struct HostInner {
     node_id: u64,
+    db: Db,
     shard_count: u32,
     shards: Vec<ShardGroup>,
     log_sync: LogSyncer,
@@ -128,17 +129,20 @@ impl RaftHost {
         shard_count: u32,
         applier: Arc<dyn ShardApplier>,
     ) -> anyhow::Result<RaftHost> {
-        RaftHost::open_with_network(db, node_id, node_addr, shard_count, applier, NoNetwork).await
+        let members = BTreeMap::from([(node_id, node_addr)]);
+        RaftHost::open_with_network(db, node_id, shard_count, applier, NoNetwork, members).await
     }
 
-    /// Opens every shard's group with the given network.
+    /// Opens every shard's group with the given network. A shard with no Raft state on disk is
+    /// initialised as a group of `members` (node id to address); every node given the same
+    /// members initialises the same group. With no members it is left for a leader to add.
     pub async fn open_with_network<N: ShardNetworks>(
         db: Db,
         node_id: u64,
-        node_addr: String,
         shard_count: u32,
         applier: Arc<dyn ShardApplier>,
         networks: N,
+        members: BTreeMap<u64, String>,
     ) -> anyhow::Result<RaftHost> {
         anyhow::ensure!(
             shard_count > 0 && shard_count <= SHARD_COUNT_MAX,
@@ -171,12 +175,13 @@ impl RaftHost {
                 .with_context(|| format!("start raft group of shard {shard}"))?;
             let initialized =
                 raft.is_initialized().await.with_context(|| format!("read raft state of shard {shard}"))?;
-            if !initialized {
-                let members = BTreeMap::from([(node_id, BasicNode::new(node_addr.clone()))]);
-                raft.initialize(members)
+            if !initialized && !members.is_empty() {
+                let nodes: BTreeMap<u64, BasicNode> =
+                    members.iter().map(|(id, addr)| (*id, BasicNode::new(addr.clone()))).collect();
+                raft.initialize(nodes)
                     .await
-                    .with_context(|| format!("initialize shard {shard} as a single-member group"))?;
-                tracing::info!(shard, node_id, "initialized shard as a single-member raft group");
+                    .with_context(|| format!("initialize shard {shard} as a group of nodes {:?}", members.keys()))?;
+                tracing::info!(shard, node_id, members = ?members.keys(), "initialized the shard's raft group");
             }
             let (leader_tx, leader_rx) = watch::channel(false);
             watchers.push(tokio::spawn(watch_metrics(shard, node_id, raft.clone(), leader_tx)));
@@ -186,6 +191,7 @@ impl RaftHost {
         Ok(RaftHost {
             inner: Arc::new(HostInner {
                 node_id,
+                db,
                 shard_count,
                 shards,
                 log_sync,
@@ -204,6 +210,11 @@ impl RaftHost {
         self.inner.shard_count
     }
 
+    /// The node's storage, which every shard's group uses.
+    pub fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
     fn group(&self, shard: u32) -> Result<&ShardGroup, ProposeError> {
         self.inner
             .shards
@@ -214,6 +225,38 @@ impl RaftHost {
     /// The openraft handle of `shard`, for the Raft network service (incoming RPCs).
     pub fn raft(&self, shard: u32) -> Option<&Raft<TypeConfig>> {
         self.inner.shards.get(shard as usize).map(|group| &group.raft)
+    }
+
+    /// Answers a Raft RPC of `shard` that another node sent (`body` encoded by
+    /// [`crate::network::PeerClient`]); returns the encoded [`RpcReply`].
+    pub async fn handle_rpc(&self, shard: u32, kind: RaftRpcKind, body: &[u8]) -> Result<Vec<u8>, IncomingRpcError> {
+        let group = self
+            .group(shard)
+            .map_err(|_| IncomingRpcError::UnknownShard { shard, shard_count: self.inner.shard_count })?;
+        let undecodable =
+            |error: codec::CodecError| IncomingRpcError::Undecodable { kind: kind.name(), detail: error.to_string() };
+        metrics::counter!("weft_raft_rpc_received_total", "rpc" => kind.name()).increment(1);
+        Ok(match kind {
+            RaftRpcKind::AppendEntries => {
+                let request = codec::decode(body).map_err(undecodable)?;
+                codec::encode(&reply_of(group.raft.append_entries(request).await))
+            }
+            RaftRpcKind::Vote => {
+                let request = codec::decode(body).map_err(undecodable)?;
+                codec::encode(&reply_of(group.raft.vote(request).await))
+            }
+            RaftRpcKind::InstallSnapshot => {
+                let request = codec::decode(body).map_err(undecodable)?;
+                let reply = match group.raft.install_snapshot(request).await {
+                    Ok(response) => RpcReply::Ok(response),
+                    Err(RaftError::APIError(InstallSnapshotError::SnapshotMismatch(mismatch))) => {
+                        RpcReply::SnapshotMismatch { expect: mismatch.expect, got: mismatch.got }
+                    }
+                    Err(RaftError::Fatal(fatal)) => RpcReply::Fatal(fatal.to_string()),
+                };
+                codec::encode(&reply)
+            }
+        })
     }
 
     /// Proposes `payload` to `shard`'s group; returns the applier's reply once the entry is
@@ -263,6 +306,14 @@ impl RaftHost {
     /// for unknown shards). Cheaper than [`RaftHost::status`]: reads one field.
     pub fn current_leader(&self, shard: u32) -> Option<u64> {
         self.group(shard).ok().and_then(|group| group.raft.metrics().borrow().current_leader)
+    }
+
+    /// The leader of `shard` once it has one, waiting at most `timeout`; `None` if it still has
+    /// none (or the shard is unknown).
+    pub async fn wait_for_leader(&self, shard: u32, timeout: Duration) -> Option<u64> {
+        let group = self.group(shard).ok()?;
+        let metrics = group.raft.wait(Some(timeout)).metrics(|m| m.current_leader.is_some(), "a leader").await.ok()?;
+        metrics.current_leader
     }
 
     /// Whether this node currently leads `shard` (false for unknown shards).
@@ -342,6 +393,23 @@ impl RaftHost {
             metrics::gauge!("weft_raft_is_leader", "shard" => shard.to_string()).set(0.0);
         }
         tracing::info!(node_id = self.inner.node_id, "raft host shut down");
+    }
+}
+
+/// Why an incoming Raft RPC could not be handed to a group.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IncomingRpcError {
+    #[error("shard {shard} does not exist here (shard count {shard_count})")]
+    UnknownShard { shard: u32, shard_count: u32 },
+    #[error("cannot decode a {kind} request: {detail}")]
+    Undecodable { kind: &'static str, detail: String },
+}
+
+fn reply_of<T>(result: Result<T, RaftError<u64>>) -> RpcReply<T> {
+    match result {
+        Ok(response) => RpcReply::Ok(response),
+        Err(RaftError::APIError(never)) => match never {},
+        Err(RaftError::Fatal(fatal)) => RpcReply::Fatal(fatal.to_string()),
     }
 }
 

@@ -10,14 +10,17 @@
 
 pub mod alarms;
 pub mod applier;
+pub mod cluster;
 pub mod convert;
 pub mod dispatch;
+pub mod fanout;
 pub mod node;
 pub mod query;
 pub mod route;
 pub mod service;
 pub mod shard_store;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,6 +29,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::sync::{mpsc, oneshot};
 use weft_proto::v1::admin_service_server::AdminServiceServer;
+use weft_proto::v1::node_service_server::NodeServiceServer;
 use weft_proto::v1::worker_service_server::WorkerServiceServer;
 use weft_proto::v1::workflow_service_server::WorkflowServiceServer;
 use weft_raft::RaftHost;
@@ -144,66 +148,164 @@ pub fn install_metrics(addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn open_cluster(db: &Db, config: &NodeConfig) -> anyhow::Result<ClusterMeta> {
-    match db.get_cluster_meta()? {
-        Some(meta) => {
-            anyhow::ensure!(
-                meta.node_id == config.node_id,
-                "the data directory {} belongs to node {} of cluster {}, but this node was started with --node-id {}: \
-                 start it with --node-id {} or give it another --data-dir",
-                config.data_dir.display(),
-                meta.node_id,
-                meta.cluster_id,
-                config.node_id,
-                meta.node_id
-            );
-            if meta.shard_count != config.shards {
-                tracing::warn!(
-                    stored = meta.shard_count,
-                    asked = config.shards,
-                    "the data directory was created with a different shard count; keeping the stored one"
-                );
-            }
-            Ok(meta)
+/// The cluster record of a data dir that has one, checked against how the node was started.
+fn check_cluster(mut meta: ClusterMeta, config: &NodeConfig, advertise: &str) -> anyhow::Result<ClusterMeta> {
+    anyhow::ensure!(
+        meta.node_id == config.node_id,
+        "the data directory {} belongs to node {} of cluster {}, but this node was started with --node-id {}: \
+         start it with --node-id {} or give it another --data-dir",
+        config.data_dir.display(),
+        meta.node_id,
+        meta.cluster_id,
+        config.node_id,
+        meta.node_id
+    );
+    if meta.shard_count != config.shards {
+        tracing::debug!(stored = meta.shard_count, asked = config.shards, "keeping the stored shard count");
+    }
+    if meta.nodes.len() <= 1 {
+        // A one-node cluster: no peer knows this node's address, so it may move.
+        meta.nodes = BTreeMap::from([(meta.node_id, advertise.to_string())]);
+        return Ok(meta);
+    }
+    let recorded = meta.nodes.get(&meta.node_id).cloned().unwrap_or_default();
+    anyhow::ensure!(
+        recorded == advertise,
+        "node {} of cluster {} is known to its peers at {recorded}, but it was started to serve at {advertise}: start \
+         it with --listen or --advertise-addr {recorded}",
+        meta.node_id,
+        meta.cluster_id
+    );
+    for (id, address) in &config.cluster.peers {
+        match meta.nodes.get(id) {
+            Some(known) if known != address => tracing::warn!(
+                node = id,
+                flag = %address,
+                recorded = %known,
+                "--peers disagrees with the cluster record; using the record"
+            ),
+            None => tracing::warn!(node = id, "--peers names a node that is not in the cluster record; ignoring it"),
+            _ => {}
         }
+    }
+    Ok(meta)
+}
+
+/// A one-node cluster of this node, created at its first start.
+fn create_single_node_cluster(db: &Db, config: &NodeConfig, advertise: &str) -> anyhow::Result<ClusterMeta> {
+    anyhow::ensure!(
+        (1..=SHARDS_MAX).contains(&config.shards),
+        "--shards must be between 1 and {SHARDS_MAX}, got {}",
+        config.shards
+    );
+    // Before the cluster record: a crash in between just repeats the creation.
+    db.prewrite_wal(config.wal_prewrite_bytes).context("pre-write the WAL")?;
+    let meta = ClusterMeta {
+        cluster_id: uuid::Uuid::new_v4().to_string(),
+        node_id: config.node_id,
+        shard_count: config.shards,
+        created_ms: wall_clock_ms(),
+        replicas: 1,
+        nodes: BTreeMap::from([(config.node_id, advertise.to_string())]),
+    };
+    db.put_cluster_meta(&meta)?;
+    tracing::info!(cluster_id = %meta.cluster_id, shards = meta.shard_count, "created a new one-node cluster");
+    Ok(meta)
+}
+
+/// The nodes `--peers` names, with this node's own entry (its advertised address) added;
+/// refuses an entry for this node at another address.
+fn peers_with_self(config: &NodeConfig, advertise: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+    let mut peers = config.cluster.peers.clone();
+    match peers.get(&config.node_id) {
+        Some(address) if address != advertise => anyhow::bail!(
+            "--peers names this node ({}) at {address}, but it serves at {advertise}: make --peers, --listen and \
+             --advertise-addr agree",
+            config.node_id
+        ),
+        Some(_) => {}
         None => {
-            anyhow::ensure!(
-                (1..=SHARDS_MAX).contains(&config.shards),
-                "--shards must be between 1 and {SHARDS_MAX}, got {}",
-                config.shards
-            );
-            // Before the cluster record: a crash in between just repeats the creation.
-            db.prewrite_wal(config.wal_prewrite_bytes).context("pre-write the WAL")?;
-            let meta = ClusterMeta {
-                cluster_id: uuid::Uuid::new_v4().to_string(),
-                node_id: config.node_id,
-                shard_count: config.shards,
-                created_ms: wall_clock_ms(),
-            };
-            db.put_cluster_meta(&meta)?;
-            tracing::info!(cluster_id = %meta.cluster_id, shards = meta.shard_count, "created a new cluster");
-            Ok(meta)
+            peers.insert(config.node_id, advertise.to_string());
+        }
+    }
+    Ok(peers)
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listen on {addr} (is another process, perhaps another weft node, using that port?)"))
+}
+
+/// Binds the port a formation server just released (retrying briefly while the kernel frees it).
+async fn rebind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => return Ok(listener),
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(error) => {
+                return Err(error).with_context(|| format!("listen on {addr} again after forming the cluster"));
+            }
         }
     }
 }
 
-/// Opens (or creates) the node's data and starts serving; returns once the
-/// gRPC port accepts connections and every shard has a leader.
+/// Opens (or creates) the node's data and starts serving. A node of a one-node cluster returns
+/// once every shard has a leader; a node of a larger cluster returns once it serves (its shards
+/// elect leaders as their peers answer). A node started with `--peers` and no cluster record
+/// first waits for `weft cluster init`.
 pub async fn start_node(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
     let db = Db::open(config.data_dir.join("db")).context("open the node's RocksDB")?;
-    let cluster = open_cluster(&db, &config)?;
-    let listener =
-        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("listen on {}", config.listen))?;
+    let mut listener = bind(config.listen).await?;
     let addr = listener.local_addr()?;
+    let advertise = config.cluster.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let peers = peers_with_self(&config, &advertise)?;
+    let cluster = match db.get_cluster_meta()? {
+        Some(meta) => check_cluster(meta, &config, &advertise)?,
+        None if peers.len() == 1 => create_single_node_cluster(&db, &config, &advertise)?,
+        None => {
+            db.prewrite_wal(config.wal_prewrite_bytes).context("pre-write the WAL")?;
+            let meta = cluster::await_cluster_init(db.clone(), config.node_id, peers, listener).await?;
+            listener = rebind(addr).await?;
+            meta
+        }
+    };
+    let replicated = cluster.nodes.len() > 1;
 
     let (effects_tx, effects_rx) = mpsc::unbounded_channel();
     let shards = Arc::new(ShardSlots::new(cluster.shard_count, effects_tx));
-    let raft = RaftHost::open(db.clone(), config.node_id, addr.to_string(), cluster.shard_count, shards.clone())
+    let peer_connections = cluster::Peers::default();
+    let raft = if replicated {
+        let transport =
+            cluster::GrpcTransport::new(cluster.cluster_id.clone(), config.node_id, peer_connections.clone());
+        let networks = weft_raft::network::TransportNetworks::new(Arc::new(transport));
+        RaftHost::open_with_network(
+            db.clone(),
+            config.node_id,
+            cluster.shard_count,
+            shards.clone(),
+            networks,
+            cluster.nodes.clone(),
+        )
         .await
-        .context("open the shards' Raft groups")?;
-    let node = Arc::new(Node::new(config.node_id, cluster, addr.to_string(), db, raft, shards, config.dispatch));
+    } else {
+        RaftHost::open(db.clone(), config.node_id, advertise.clone(), cluster.shard_count, shards.clone()).await
+    }
+    .context("open the shards' Raft groups")?;
+    let node = Arc::new(Node::new(
+        config.node_id,
+        cluster.clone(),
+        db,
+        raft,
+        shards,
+        config.dispatch,
+        peer_connections,
+    ));
 
     let mut background = vec![
         tokio::spawn(node.clone().run_effects(effects_rx)),
@@ -213,8 +315,18 @@ pub async fn start_node(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     for shard in 0..node.shard_count() {
         background.push(tokio::spawn(node.clone().follow_leadership(shard)));
     }
-    wait_for_leaders(&node).await?;
-    ensure_default_namespace(&node).await?;
+    if replicated {
+        // The peers may be down: serve now, and create the namespace once shard 0 has a leader.
+        let creating = node.clone();
+        background.push(tokio::spawn(async move {
+            if let Err(error) = ensure_default_namespace(&creating, None).await {
+                tracing::warn!(%error, "the default namespace is not created yet");
+            }
+        }));
+    } else {
+        wait_for_leaders(&node).await?;
+        ensure_default_namespace(&node, Some(std::time::Duration::from_secs(30))).await?;
+    }
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let client = WorkflowServiceServer::new(service::client::ClientService::new(node.clone()))
@@ -224,6 +336,9 @@ pub async fn start_node(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
     let admin = AdminServiceServer::new(service::admin::AdminApi::new(node.clone()));
+    let internal = NodeServiceServer::new(cluster::NodeApi::new(cluster, node.raft.clone()))
+        .max_decoding_message_size(cluster::NODE_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(cluster::NODE_MESSAGE_BYTES_MAX);
     // Set on each accepted stream: `Server::tcp_nodelay` covers only listeners tonic binds itself.
     // Without it a reply waits for the client's delayed ACK (Nagle): 40 ms a step.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -232,6 +347,7 @@ pub async fn start_node(config: NodeConfig) -> anyhow::Result<NodeHandle> {
             .add_service(client)
             .add_service(worker)
             .add_service(admin)
+            .add_service(internal)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;
             })
@@ -261,9 +377,10 @@ async fn wait_for_leaders(node: &Node) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates the `default` namespace on a new cluster (waits for shard 0's leader).
-async fn ensure_default_namespace(node: &Node) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+/// Creates the `default` namespace on a new cluster (waits for shard 0's leader, for at most
+/// `wait` when given).
+async fn ensure_default_namespace(node: &Node, wait: Option<std::time::Duration>) -> anyhow::Result<()> {
+    let deadline = wait.map(|wait| tokio::time::Instant::now() + wait);
     loop {
         if node.shards.with_state(0, |state| state.namespaces.contains_key("default")) {
             return Ok(());
@@ -277,7 +394,10 @@ async fn ensure_default_namespace(node: &Node) -> anyhow::Result<()> {
             Err(error) if error.rejection().is_some_and(|r| r.code == weft_core::ErrorCode::AlreadyExists) => {
                 return Ok(());
             }
-            Err(error) if tokio::time::Instant::now() < deadline => {
+            Err(error) if deadline.is_none_or(|deadline| tokio::time::Instant::now() < deadline) => {
+                if node.is_stopping() {
+                    return Ok(());
+                }
                 tracing::debug!(%error, "waiting for shard 0 to elect a leader");
                 let mut leading = node.raft.leader_watch(0);
                 let _ = tokio::time::timeout(std::time::Duration::from_millis(200), leading.changed()).await;

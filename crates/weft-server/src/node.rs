@@ -59,6 +59,10 @@ pub struct Node {
     pub raft: RaftHost,
     pub shards: Arc<ShardSlots>,
     pub dispatch: Dispatcher,
+    /// Connections to the other nodes (Raft traffic and forwarded requests).
+    pub peers: crate::cluster::Peers,
+    /// Polls this node makes to the other nodes for its workers, and what they brought back.
+    pub remote_polls: crate::fanout::RemotePolls,
     pub alarms: Alarms,
     close_watchers: Mutex<CloseWatchers>,
     stamps: Vec<AtomicU64>,
@@ -151,13 +155,14 @@ impl Node {
     pub fn new(
         node_id: u64,
         cluster: ClusterMeta,
-        address: String,
         db: Db,
         raft: RaftHost,
         shards: Arc<ShardSlots>,
         dispatch_limits: DispatchLimits,
+        peers: crate::cluster::Peers,
     ) -> Self {
         let stamps = (0..cluster.shard_count).map(|_| AtomicU64::new(0)).collect();
+        let address = cluster.nodes.get(&node_id).cloned().unwrap_or_default();
         let dispatch = Dispatcher::new(dispatch_limits, Arc::new(DurableReady(db.clone())));
         Node {
             node_id,
@@ -167,6 +172,8 @@ impl Node {
             raft,
             shards,
             dispatch,
+            peers,
+            remote_polls: Default::default(),
             alarms: Alarms::default(),
             close_watchers: Mutex::new(CloseWatchers::default()),
             stamps,
@@ -180,6 +187,11 @@ impl Node {
     }
 
     /// Resolves once the node begins to shut down.
+    /// Whether the node began to shut down.
+    pub fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
     pub fn stopping(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut stopping = self.stopping.subscribe();
         async move {

@@ -113,13 +113,28 @@ fn rocks(op: &'static str) -> impl FnOnce(rocksdb::Error) -> StorageError {
     move |source| StorageError::Rocks { op, source }
 }
 
-/// Node-level cluster metadata, written once when the node's data directory is created.
+/// Node-level cluster metadata, written when the node joins a cluster (at the first start of a
+/// one-node cluster, or by `weft cluster init`): which cluster and node this data dir is, and
+/// the cluster's shape.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterMeta {
     pub cluster_id: String,
     pub node_id: u64,
     pub shard_count: u32,
     pub created_ms: u64,
+    /// Replicas of each shard.
+    pub replicas: u32,
+    /// The cluster's nodes as formed: node id to the address they serve at.
+    pub nodes: std::collections::BTreeMap<u64, String>,
+}
+
+/// [`ClusterMeta`] as one-node releases stored it (no replicas, no node list).
+#[derive(Debug, Clone, Deserialize)]
+struct ClusterMetaV1 {
+    cluster_id: String,
+    node_id: u64,
+    shard_count: u32,
+    created_ms: u64,
 }
 
 /// A per-shard record in `raft_meta`.
@@ -504,7 +519,22 @@ impl Db {
         let op = "read cluster meta";
         let raw =
             self.inner.rocks.get_cf(self.cf(CF_RAFT_META), node_meta_key(META_NAME_CLUSTER)).map_err(rocks(op))?;
-        raw.map(|raw| codec::decode(&raw).map_err(|source| StorageError::Codec { op, source })).transpose()
+        let Some(raw) = raw else { return Ok(None) };
+        match codec::decode::<ClusterMeta>(&raw) {
+            Ok(meta) => Ok(Some(meta)),
+            Err(source) => match codec::decode::<ClusterMetaV1>(&raw) {
+                // A one-node release's data dir: its one node, whose address it did not record.
+                Ok(v1) => Ok(Some(ClusterMeta {
+                    cluster_id: v1.cluster_id,
+                    node_id: v1.node_id,
+                    shard_count: v1.shard_count,
+                    created_ms: v1.created_ms,
+                    replicas: 1,
+                    nodes: std::collections::BTreeMap::new(),
+                })),
+                Err(_) => Err(StorageError::Codec { op, source }),
+            },
+        }
     }
 
     /// Writes the cluster metadata, fsynced.
@@ -762,7 +792,14 @@ mod tests {
             batch.delete_log_entries(7, 15, u64::MAX);
             db.write_raft(batch, Durability::Buffered).expect("delete");
             db.sync_wal().expect("sync");
-            let meta = ClusterMeta { cluster_id: "c1".into(), node_id: 1, shard_count: 16, created_ms: 5 };
+            let meta = ClusterMeta {
+                cluster_id: "c1".into(),
+                node_id: 1,
+                shard_count: 16,
+                created_ms: 5,
+                replicas: 3,
+                nodes: [(1, "a:1".to_string()), (2, "b:2".to_string()), (3, "c:3".to_string())].into(),
+            };
             db.put_cluster_meta(&meta).expect("put meta");
         }
         let db = Db::open(dir.path()).expect("reopen");
@@ -774,7 +811,29 @@ mod tests {
         assert_eq!(db.get_log_entry(7, 6).expect("get"), Some(6u64.to_le_bytes().to_vec()));
         assert_eq!(db.get_raft_meta(7, RaftMetaField::Vote).expect("vote"), Some(b"vote".to_vec()));
         assert_eq!(db.get_raft_meta(8, RaftMetaField::Vote).expect("vote"), None);
-        assert_eq!(db.get_cluster_meta().expect("meta").map(|m| m.shard_count), Some(16));
+        let meta = db.get_cluster_meta().expect("meta").expect("stored");
+        assert_eq!((meta.shard_count, meta.replicas, meta.nodes.len()), (16, 3, 3));
+    }
+
+    #[test]
+    fn cluster_meta_of_a_one_node_release_still_opens() {
+        #[derive(Serialize)]
+        struct V1 {
+            cluster_id: String,
+            node_id: u64,
+            shard_count: u32,
+            created_ms: u64,
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(dir.path()).expect("open");
+        let v1 = V1 { cluster_id: "old".into(), node_id: 4, shard_count: 8, created_ms: 1 };
+        db.inner
+            .rocks
+            .put_cf(db.cf(CF_RAFT_META), node_meta_key(META_NAME_CLUSTER), codec::encode(&v1))
+            .expect("write the old record");
+        let meta = db.get_cluster_meta().expect("read").expect("stored");
+        assert_eq!((meta.cluster_id.as_str(), meta.node_id, meta.shard_count, meta.replicas), ("old", 4, 8, 1));
+        assert!(meta.nodes.is_empty());
     }
 
     #[test]

@@ -283,8 +283,22 @@ pub enum NamespaceCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// Cluster id, nodes and the Raft state of every shard.
+    /// Cluster id, nodes and the Raft state of every shard and replica, from every node.
     Status,
+    /// Form the cluster of the nodes the addressed node was started with (`--peers`): a new
+    /// cluster id, stored on every node, and every shard's Raft group. Run it once, against any
+    /// of them; running it again with the same flags is harmless.
+    Init(InitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Number of shards (fixed for the cluster's life).
+    #[arg(long, default_value_t = weft_server::DEFAULT_SHARDS)]
+    pub shards: u32,
+    /// Replicas of each shard: 1, 3 or 5; today it must equal the number of nodes in `--peers`.
+    #[arg(long, default_value_t = 3)]
+    pub replicas: u32,
 }
 
 #[cfg(test)]

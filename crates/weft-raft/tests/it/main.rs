@@ -341,3 +341,5 @@ async fn acknowledged_proposals_survive_a_sigkill() {
     }
     host.shutdown().await;
 }
+
+mod cluster;

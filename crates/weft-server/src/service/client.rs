@@ -16,6 +16,7 @@ use weft_proto::v1 as pb;
 use weft_proto::v1::workflow_service_server::WorkflowService;
 use weft_storage::codec;
 
+use super::forward::{self, Hop};
 use super::session::{self, CallKind, SessionApi, call_error};
 use super::{LongWait, client_deadline, namespace_or_default, observe, rejection_status};
 use crate::convert::{
@@ -51,9 +52,18 @@ impl ClientService {
         Ok((key, shard))
     }
 
-    async fn start(&self, mut request: pb::StartWorkflowRequest) -> Result<pb::StartWorkflowResponse, Status> {
+    async fn start(
+        &self,
+        mut request: pb::StartWorkflowRequest,
+        hop: Hop,
+    ) -> Result<pb::StartWorkflowResponse, Status> {
         let (key, shard) =
             self.key(std::mem::take(&mut request.namespace), std::mem::take(&mut request.workflow_id))?;
+        if let Some(leader) = self.node.forward_target(shard, hop).await? {
+            (request.namespace, request.workflow_id) = (key.namespace, key.workflow_id);
+            let forwarded = forward::request(request, self.node.node_id, None);
+            return leader.answer(shard, leader.workflow().start_workflow(forwarded).await);
+        }
         self.start_keyed(key, shard, request).await
     }
 
@@ -90,8 +100,16 @@ impl ClientService {
         }
     }
 
-    async fn describe(&self, request: pb::DescribeWorkflowRequest) -> Result<pb::DescribeWorkflowResponse, Status> {
-        let (key, shard) = self.key(request.namespace, request.workflow_id)?;
+    async fn describe(
+        &self,
+        request: pb::DescribeWorkflowRequest,
+        hop: Hop,
+    ) -> Result<pb::DescribeWorkflowResponse, Status> {
+        let (key, shard) = self.key(request.namespace.clone(), request.workflow_id.clone())?;
+        if let Some(leader) = self.node.forward_target(shard, hop).await? {
+            let forwarded = forward::request(request, self.node.node_id, None);
+            return leader.answer(shard, leader.workflow().describe_workflow(forwarded).await);
+        }
         let view = self.node.read_run(shard, &key, &request.run_id).await?;
         let info = Some(summary_to_proto(&view.summary, shard));
         let Some(run) = view.current else {
@@ -141,8 +159,16 @@ impl ClientService {
         })
     }
 
-    async fn history(&self, request: pb::GetWorkflowHistoryRequest) -> Result<pb::GetWorkflowHistoryResponse, Status> {
-        let (key, shard) = self.key(request.namespace, request.workflow_id)?;
+    async fn history(
+        &self,
+        request: pb::GetWorkflowHistoryRequest,
+        hop: Hop,
+    ) -> Result<pb::GetWorkflowHistoryResponse, Status> {
+        let (key, shard) = self.key(request.namespace.clone(), request.workflow_id.clone())?;
+        if let Some(leader) = self.node.forward_target(shard, hop).await? {
+            let forwarded = forward::request(request, self.node.node_id, None);
+            return leader.answer(shard, leader.workflow().get_workflow_history(forwarded).await);
+        }
         let max = match request.max_events {
             0 => HISTORY_PAGE_EVENTS_DEFAULT,
             n => n.min(HISTORY_PAGE_EVENTS_MAX),
@@ -163,8 +189,13 @@ impl ClientService {
         &self,
         request: pb::GetWorkflowResultRequest,
         deadline: Option<Duration>,
+        hop: Hop,
     ) -> Result<pb::GetWorkflowResultResponse, Status> {
-        let (key, shard) = self.key(request.namespace, request.workflow_id)?;
+        let (key, shard) = self.key(request.namespace.clone(), request.workflow_id.clone())?;
+        if let Some(leader) = self.node.forward_target(shard, hop).await? {
+            let forwarded = forward::request(request, self.node.node_id, deadline);
+            return leader.answer(shard, leader.workflow().get_workflow_result(forwarded).await);
+        }
         let wait = LongWait::new(Duration::from_millis(request.wait_ms), deadline);
         self.wait_result(&key, shard, request.run_id, wait, request.follow_runs, false).await
     }
@@ -172,12 +203,19 @@ impl ClientService {
     /// StartWorkflow, then GetWorkflowResult of its run.
     async fn execute(
         &self,
-        request: pb::ExecuteWorkflowRequest,
+        mut request: pb::ExecuteWorkflowRequest,
         deadline: Option<Duration>,
+        hop: Hop,
     ) -> Result<pb::ExecuteWorkflowResponse, Status> {
         let mut start =
-            request.start.ok_or_else(|| Status::invalid_argument("execute_workflow has no start request"))?;
+            request.start.take().ok_or_else(|| Status::invalid_argument("execute_workflow has no start request"))?;
         let (key, shard) = self.key(std::mem::take(&mut start.namespace), std::mem::take(&mut start.workflow_id))?;
+        if let Some(leader) = self.node.forward_target(shard, hop).await? {
+            (start.namespace, start.workflow_id) = (key.namespace, key.workflow_id);
+            request.start = Some(start);
+            let forwarded = forward::request(request, self.node.node_id, deadline);
+            return leader.answer(shard, leader.workflow().execute_workflow(forwarded).await);
+        }
         let wait = LongWait::new(Duration::from_millis(request.wait_ms), deadline);
         let started = self.start_keyed(key.clone(), shard, start).await?;
         // The start was just applied on this node, the shard's leader: its state is current.
@@ -345,16 +383,22 @@ impl WorkflowService for ClientService {
         &self,
         request: Request<pb::StartWorkflowRequest>,
     ) -> Result<Response<pb::StartWorkflowResponse>, Status> {
-        observe("StartWorkflow", self.start(request.into_inner())).await
+        let hop = Hop::of(&request);
+        observe("StartWorkflow", self.start(request.into_inner(), hop)).await
     }
 
     async fn signal_workflow(
         &self,
         request: Request<pb::SignalWorkflowRequest>,
     ) -> Result<Response<pb::SignalWorkflowResponse>, Status> {
+        let hop = Hop::of(&request);
         observe("SignalWorkflow", async {
             let request = request.into_inner();
-            let (key, shard) = self.key(request.namespace, request.workflow_id)?;
+            let (key, shard) = self.key(request.namespace.clone(), request.workflow_id.clone())?;
+            if let Some(leader) = self.node.forward_target(shard, hop).await? {
+                let forwarded = forward::request(request, self.node.node_id, None);
+                return leader.answer(shard, leader.workflow().signal_workflow(forwarded).await);
+            }
             let command = CommandKind::Signal {
                 key: key.clone(),
                 run_id: request.run_id.clone(),
@@ -372,9 +416,14 @@ impl WorkflowService for ClientService {
         &self,
         request: Request<pb::RequestCancelWorkflowRequest>,
     ) -> Result<Response<pb::RequestCancelWorkflowResponse>, Status> {
+        let hop = Hop::of(&request);
         observe("RequestCancelWorkflow", async {
             let request = request.into_inner();
-            let (key, shard) = self.key(request.namespace, request.workflow_id)?;
+            let (key, shard) = self.key(request.namespace.clone(), request.workflow_id.clone())?;
+            if let Some(leader) = self.node.forward_target(shard, hop).await? {
+                let forwarded = forward::request(request, self.node.node_id, None);
+                return leader.answer(shard, leader.workflow().request_cancel_workflow(forwarded).await);
+            }
             let command =
                 CommandKind::RequestCancel { key: key.clone(), run_id: request.run_id.clone(), reason: request.reason };
             self.run_command(&key, shard, &request.run_id, command).await?;
@@ -387,9 +436,14 @@ impl WorkflowService for ClientService {
         &self,
         request: Request<pb::TerminateWorkflowRequest>,
     ) -> Result<Response<pb::TerminateWorkflowResponse>, Status> {
+        let hop = Hop::of(&request);
         observe("TerminateWorkflow", async {
             let request = request.into_inner();
-            let (key, shard) = self.key(request.namespace, request.workflow_id)?;
+            let (key, shard) = self.key(request.namespace.clone(), request.workflow_id.clone())?;
+            if let Some(leader) = self.node.forward_target(shard, hop).await? {
+                let forwarded = forward::request(request, self.node.node_id, None);
+                return leader.answer(shard, leader.workflow().terminate_workflow(forwarded).await);
+            }
             let command =
                 CommandKind::Terminate { key: key.clone(), run_id: request.run_id.clone(), reason: request.reason };
             self.run_command(&key, shard, &request.run_id, command).await?;
@@ -402,14 +456,16 @@ impl WorkflowService for ClientService {
         &self,
         request: Request<pb::DescribeWorkflowRequest>,
     ) -> Result<Response<pb::DescribeWorkflowResponse>, Status> {
-        observe("DescribeWorkflow", self.describe(request.into_inner())).await
+        let hop = Hop::of(&request);
+        observe("DescribeWorkflow", self.describe(request.into_inner(), hop)).await
     }
 
     async fn get_workflow_history(
         &self,
         request: Request<pb::GetWorkflowHistoryRequest>,
     ) -> Result<Response<pb::GetWorkflowHistoryResponse>, Status> {
-        observe("GetWorkflowHistory", self.history(request.into_inner())).await
+        let hop = Hop::of(&request);
+        observe("GetWorkflowHistory", self.history(request.into_inner(), hop)).await
     }
 
     async fn get_workflow_result(
@@ -417,7 +473,8 @@ impl WorkflowService for ClientService {
         request: Request<pb::GetWorkflowResultRequest>,
     ) -> Result<Response<pb::GetWorkflowResultResponse>, Status> {
         let deadline = client_deadline(&request);
-        observe("GetWorkflowResult", self.result(request.into_inner(), deadline)).await
+        let hop = Hop::of(&request);
+        observe("GetWorkflowResult", self.result(request.into_inner(), deadline, hop)).await
     }
 
     async fn list_workflows(
@@ -432,7 +489,8 @@ impl WorkflowService for ClientService {
         request: Request<pb::ExecuteWorkflowRequest>,
     ) -> Result<Response<pb::ExecuteWorkflowResponse>, Status> {
         let deadline = client_deadline(&request);
-        observe("ExecuteWorkflow", self.execute(request.into_inner(), deadline)).await
+        let hop = Hop::of(&request);
+        observe("ExecuteWorkflow", self.execute(request.into_inner(), deadline, hop)).await
     }
 
     type ClientSessionStream = Pin<Box<dyn Stream<Item = Result<pb::ClientSessionResponse, Status>> + Send>>;
@@ -468,13 +526,13 @@ impl SessionApi for ClientService {
         use pb::client_session_request::Call;
         use pb::client_session_response::Result as CallResult;
         match request.call {
-            Some(Call::StartWorkflow(call)) => observe("StartWorkflow", self.start(call))
+            Some(Call::StartWorkflow(call)) => observe("StartWorkflow", self.start(call, Hop::Client))
                 .await
                 .map(|response| CallResult::StartWorkflow(response.into_inner())),
-            Some(Call::GetWorkflowResult(call)) => observe("GetWorkflowResult", self.result(call, None))
+            Some(Call::GetWorkflowResult(call)) => observe("GetWorkflowResult", self.result(call, None, Hop::Client))
                 .await
                 .map(|response| CallResult::GetWorkflowResult(response.into_inner())),
-            Some(Call::ExecuteWorkflow(call)) => observe("ExecuteWorkflow", self.execute(call, None))
+            Some(Call::ExecuteWorkflow(call)) => observe("ExecuteWorkflow", self.execute(call, None, Hop::Client))
                 .await
                 .map(|response| CallResult::ExecuteWorkflow(response.into_inner())),
             Some(Call::Cancel(_)) => Err(Status::internal("a cancel request reached the call handler")),

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod forward;
 pub mod session;
 pub mod worker;
 

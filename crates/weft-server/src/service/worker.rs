@@ -16,13 +16,16 @@ use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 use weft_core::ids::TokenTask;
-use weft_core::{CommandKind, ErrorCode, Payload, Reply, TaskToken, limits};
+use weft_core::{CommandKind, ErrorCode, Payload, Reply, TaskKind, TaskToken, limits};
 use weft_proto::v1 as pb;
 use weft_proto::v1::worker_service_server::WorkerService;
 
+use super::forward::{self, Hop};
 use super::session::{self, CallKind, SessionApi, call_error};
 use super::{LongWait, client_deadline, namespace_or_default, observe};
 use crate::convert::{commands_from_proto, failure_from_proto};
+use crate::dispatch::QueueKey;
+use crate::fanout::RemoteTask;
 use crate::node::{LONG_POLL_MAX, Node};
 use crate::route::RouteError;
 use crate::service::rejection_status;
@@ -53,23 +56,44 @@ impl WorkerApi {
         &self,
         request: pb::PollWorkflowTaskRequest,
         deadline: Option<Duration>,
+        hop: Hop,
     ) -> Result<pb::PollWorkflowTaskResponse, Status> {
         let namespace = self.queue(request.namespace, &request.task_queue)?;
         let wait = LongWait::new(poll_wait(request.wait_ms), deadline);
-        let polled =
-            self.node.poll_workflow_task(&namespace, &request.task_queue, wait.remaining().unwrap_or_default());
-        let task = self.node.unless_stopping(polled).await?;
+        let remaining = wait.remaining().unwrap_or_default();
+        let task = if self.fans_out(hop) {
+            let queue = QueueKey { namespace, task_queue: request.task_queue, kind: TaskKind::Workflow };
+            match self.node.unless_stopping(self.node.poll_everywhere(queue, remaining)).await? {
+                Some(RemoteTask::Workflow(task)) => Some(task),
+                Some(RemoteTask::Activity(_)) => return Err(Status::internal("an activity task for a workflow poll")),
+                None => None,
+            }
+        } else {
+            let polled = self.node.poll_workflow_task(&namespace, &request.task_queue, remaining);
+            self.node.unless_stopping(polled).await?
+        };
         if task.is_none() && wait.deadline_passed() {
             return Err(LongWait::deadline_exceeded("no workflow task was ready"));
         }
         Ok(pb::PollWorkflowTaskResponse { task })
     }
 
+    /// Whether a poll waits on every node's queues (a worker's poll in a cluster) rather than
+    /// this node's alone.
+    fn fans_out(&self, hop: Hop) -> bool {
+        hop == Hop::Client && self.node.cluster.nodes.len() > 1
+    }
+
     async fn fail_workflow_task(
         &self,
         request: pb::FailWorkflowTaskRequest,
+        hop: Hop,
     ) -> Result<pb::FailWorkflowTaskResponse, Status> {
         let token = self.node.decode_token(&request.task_token)?;
+        if let Some(leader) = self.node.forward_target(token.shard, hop).await? {
+            let forwarded = forward::request(request, self.node.node_id, None);
+            return leader.answer(token.shard, leader.worker().fail_workflow_task(forwarded).await);
+        }
         let failure = failure_from_proto(request.failure);
         tracing::warn!(workflow_id = %token.key.workflow_id, error_type = %failure.error_type, message = %failure.message, "workflow task failed");
         self.complete(&token, CommandKind::FailWorkflowTask { token: token.clone(), failure }).await?;
@@ -99,8 +123,13 @@ impl WorkerApi {
     async fn complete_workflow_task(
         &self,
         request: pb::CompleteWorkflowTaskRequest,
+        hop: Hop,
     ) -> Result<pb::CompleteWorkflowTaskResponse, Status> {
         let token = self.node.decode_token(&request.task_token)?;
+        if let Some(leader) = self.node.forward_target(token.shard, hop).await? {
+            let forwarded = forward::request(request, self.node.node_id, None);
+            return leader.answer(token.shard, leader.worker().complete_workflow_task(forwarded).await);
+        }
         let TokenTask::Workflow { seen_event_id, .. } = token.task else {
             return Err(Status::invalid_argument("task_token is an activity task token"));
         };
@@ -154,16 +183,20 @@ impl SessionApi for WorkerApi {
         use pb::worker_session_response::Result as CallResult;
         match request.call {
             Some(Call::CompleteWorkflowTask(call)) => {
-                observe("CompleteWorkflowTask", self.complete_workflow_task(call))
+                observe("CompleteWorkflowTask", self.complete_workflow_task(call, Hop::Client))
                     .await
                     .map(|response| CallResult::CompleteWorkflowTask(response.into_inner()))
             }
-            Some(Call::FailWorkflowTask(call)) => observe("FailWorkflowTask", self.fail_workflow_task(call))
-                .await
-                .map(|response| CallResult::FailWorkflowTask(response.into_inner())),
-            Some(Call::PollWorkflowTask(call)) => observe("PollWorkflowTask", self.poll_workflow_task(call, None))
-                .await
-                .map(|response| CallResult::PollWorkflowTask(response.into_inner())),
+            Some(Call::FailWorkflowTask(call)) => {
+                observe("FailWorkflowTask", self.fail_workflow_task(call, Hop::Client))
+                    .await
+                    .map(|response| CallResult::FailWorkflowTask(response.into_inner()))
+            }
+            Some(Call::PollWorkflowTask(call)) => {
+                observe("PollWorkflowTask", self.poll_workflow_task(call, None, Hop::Client))
+                    .await
+                    .map(|response| CallResult::PollWorkflowTask(response.into_inner()))
+            }
             Some(Call::CancelPoll(_)) => Err(Status::internal("a cancel request reached the call handler")),
             None => Err(Status::invalid_argument("worker session request has no call (unknown to this server?)")),
         }
@@ -182,21 +215,24 @@ impl WorkerService for WorkerApi {
         request: Request<pb::PollWorkflowTaskRequest>,
     ) -> Result<Response<pb::PollWorkflowTaskResponse>, Status> {
         let deadline = client_deadline(&request);
-        observe("PollWorkflowTask", self.poll_workflow_task(request.into_inner(), deadline)).await
+        let hop = Hop::of(&request);
+        observe("PollWorkflowTask", self.poll_workflow_task(request.into_inner(), deadline, hop)).await
     }
 
     async fn complete_workflow_task(
         &self,
         request: Request<pb::CompleteWorkflowTaskRequest>,
     ) -> Result<Response<pb::CompleteWorkflowTaskResponse>, Status> {
-        observe("CompleteWorkflowTask", self.complete_workflow_task(request.into_inner())).await
+        let hop = Hop::of(&request);
+        observe("CompleteWorkflowTask", self.complete_workflow_task(request.into_inner(), hop)).await
     }
 
     async fn fail_workflow_task(
         &self,
         request: Request<pb::FailWorkflowTaskRequest>,
     ) -> Result<Response<pb::FailWorkflowTaskResponse>, Status> {
-        observe("FailWorkflowTask", self.fail_workflow_task(request.into_inner())).await
+        let hop = Hop::of(&request);
+        observe("FailWorkflowTask", self.fail_workflow_task(request.into_inner(), hop)).await
     }
 
     type WorkerSessionStream = Pin<Box<dyn Stream<Item = Result<pb::WorkerSessionResponse, Status>> + Send>>;
@@ -214,13 +250,25 @@ impl WorkerService for WorkerApi {
         request: Request<pb::PollActivityTaskRequest>,
     ) -> Result<Response<pb::PollActivityTaskResponse>, Status> {
         let deadline = client_deadline(&request);
+        let hop = Hop::of(&request);
         observe("PollActivityTask", async {
             let request = request.into_inner();
             let namespace = self.queue(request.namespace, &request.task_queue)?;
             let wait = LongWait::new(poll_wait(request.wait_ms), deadline);
-            let polled =
-                self.node.poll_activity_task(&namespace, &request.task_queue, wait.remaining().unwrap_or_default());
-            let task = self.node.unless_stopping(polled).await?;
+            let remaining = wait.remaining().unwrap_or_default();
+            let task = if self.fans_out(hop) {
+                let queue = QueueKey { namespace, task_queue: request.task_queue, kind: TaskKind::Activity };
+                match self.node.unless_stopping(self.node.poll_everywhere(queue, remaining)).await? {
+                    Some(RemoteTask::Activity(task)) => Some(task),
+                    Some(RemoteTask::Workflow(_)) => {
+                        return Err(Status::internal("a workflow task for an activity poll"));
+                    }
+                    None => None,
+                }
+            } else {
+                let polled = self.node.poll_activity_task(&namespace, &request.task_queue, remaining);
+                self.node.unless_stopping(polled).await?
+            };
             if task.is_none() && wait.deadline_passed() {
                 return Err(LongWait::deadline_exceeded("no activity task was ready"));
             }
@@ -233,9 +281,14 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<pb::CompleteActivityTaskRequest>,
     ) -> Result<Response<pb::CompleteActivityTaskResponse>, Status> {
+        let hop = Hop::of(&request);
         observe("CompleteActivityTask", async {
             let request = request.into_inner();
             let token = self.node.decode_token(&request.task_token)?;
+            if let Some(leader) = self.node.forward_target(token.shard, hop).await? {
+                let forwarded = forward::request(request, self.node.node_id, None);
+                return leader.answer(token.shard, leader.worker().complete_activity_task(forwarded).await);
+            }
             let command = CommandKind::CompleteActivity { token: token.clone(), result: Payload(request.result) };
             self.complete(&token, command).await?;
             Ok(pb::CompleteActivityTaskResponse {})
@@ -247,9 +300,14 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<pb::FailActivityTaskRequest>,
     ) -> Result<Response<pb::FailActivityTaskResponse>, Status> {
+        let hop = Hop::of(&request);
         observe("FailActivityTask", async {
             let request = request.into_inner();
             let token = self.node.decode_token(&request.task_token)?;
+            if let Some(leader) = self.node.forward_target(token.shard, hop).await? {
+                let forwarded = forward::request(request, self.node.node_id, None);
+                return leader.answer(token.shard, leader.worker().fail_activity_task(forwarded).await);
+            }
             let command =
                 CommandKind::FailActivity { token: token.clone(), failure: failure_from_proto(request.failure) };
             self.complete(&token, command).await?;
@@ -262,9 +320,14 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<pb::RecordWorkflowTaskHeartbeatRequest>,
     ) -> Result<Response<pb::RecordWorkflowTaskHeartbeatResponse>, Status> {
+        let hop = Hop::of(&request);
         observe("RecordWorkflowTaskHeartbeat", async {
             let request = request.into_inner();
             let token = self.node.decode_token(&request.task_token)?;
+            if let Some(leader) = self.node.forward_target(token.shard, hop).await? {
+                let forwarded = forward::request(request, self.node.node_id, None);
+                return leader.answer(token.shard, leader.worker().record_workflow_task_heartbeat(forwarded).await);
+            }
             if !matches!(token.task, TokenTask::Workflow { .. }) {
                 return Err(Status::invalid_argument("task_token is an activity task token"));
             }
@@ -288,9 +351,14 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<pb::RecordActivityHeartbeatRequest>,
     ) -> Result<Response<pb::RecordActivityHeartbeatResponse>, Status> {
+        let hop = Hop::of(&request);
         observe("RecordActivityHeartbeat", async {
             let request = request.into_inner();
             let token = self.node.decode_token(&request.task_token)?;
+            if let Some(leader) = self.node.forward_target(token.shard, hop).await? {
+                let forwarded = forward::request(request, self.node.node_id, None);
+                return leader.answer(token.shard, leader.worker().record_activity_heartbeat(forwarded).await);
+            }
             let TokenTask::Activity { seq } = token.task else {
                 return Err(Status::invalid_argument("task_token is a workflow task token"));
             };

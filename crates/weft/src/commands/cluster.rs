@@ -1,9 +1,10 @@
-//! `weft cluster status`: cluster id, nodes and the Raft state of every shard.
+//! `weft cluster status`: cluster id, nodes and the Raft state of every shard and replica;
+//! `weft cluster init`: forms the cluster of the nodes started with `--peers`.
 
 use std::process::ExitCode;
 
 use serde_json::json;
-use weft_proto::v1::{ClusterStatusRequest, ClusterStatusResponse};
+use weft_proto::v1::{ClusterStatusRequest, ClusterStatusResponse, InitClusterRequest, InitClusterResponse};
 
 use super::Context;
 use crate::cli::ClusterCommand;
@@ -16,22 +17,59 @@ pub async fn run(context: &mut Context, command: ClusterCommand) -> Result<ExitC
             let status = context.admin().await?.cluster_status(ClusterStatusRequest {}).await?.into_inner();
             output::print(context.output, status_json(&status), || status_text(&status));
         }
+        ClusterCommand::Init(args) => {
+            let request = InitClusterRequest { shards: args.shards, replicas: args.replicas };
+            let formed = context.admin().await?.init_cluster(request).await?.into_inner();
+            output::print(context.output, init_json(&formed), || init_text(&formed));
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn init_json(formed: &InitClusterResponse) -> serde_json::Value {
+    json!({
+        "cluster_id": formed.cluster_id,
+        "created": formed.created,
+        "shard_count": formed.shard_count,
+        "replicas": formed.replicas,
+        "nodes": formed.nodes.iter().map(|node| json!({"id": node.node_id, "address": node.address})).collect::<Vec<_>>(),
+    })
+}
+
+fn init_text(formed: &InitClusterResponse) -> String {
+    let verb = if formed.created { "created" } else { "already existed:" };
+    let nodes = formed.nodes.iter().map(|node| format!("{} {}", node.node_id, node.address)).collect::<Vec<_>>();
+    format!(
+        "cluster {} {verb} {} shards, {} replicas, nodes {}",
+        formed.cluster_id,
+        formed.shard_count,
+        formed.replicas,
+        nodes.join(", ")
+    )
 }
 
 fn status_json(status: &ClusterStatusResponse) -> serde_json::Value {
     json!({
         "cluster_id": status.cluster_id,
         "shard_count": status.shard_count,
+        "replicas": status.replicas,
         "this_node_id": status.this_node_id,
         "nodes": status.nodes.iter().map(|node| json!({
+            "id": node.node_id,
             "node_id": node.node_id,
             "address": node.address,
+            "reachable": node.reachable,
         })).collect::<Vec<_>>(),
         "shards": status.shards.iter().map(|shard| json!({
+            "shard": shard.shard_id,
             "shard_id": shard.shard_id,
+            "leader": (shard.leader_node_id != 0).then_some(shard.leader_node_id),
             "leader_node_id": (shard.leader_node_id != 0).then_some(shard.leader_node_id),
+            "replicas": shard.replicas.iter().map(|replica| json!({
+                "node": replica.node_id,
+                "applied": replica.applied_index,
+                "lag": replica.lag,
+            })).collect::<Vec<_>>(),
             "term": shard.term,
             "committed_index": shard.committed_index,
             "applied_index": shard.applied_index,
@@ -48,18 +86,29 @@ fn status_text(status: &ClusterStatusResponse) -> String {
         .iter()
         .map(|node| {
             let this = if node.node_id == status.this_node_id { " (this node)" } else { "" };
-            format!("{} {}{this}", node.node_id, node.address)
+            let reachable = if node.reachable { "" } else { " UNREACHABLE" };
+            format!("{} {}{this}{reachable}", node.node_id, node.address)
         })
         .collect::<Vec<_>>()
         .join("\n");
     let summary = output::key_values(&[
         ("cluster id", status.cluster_id.clone()),
         ("shards", status.shard_count.to_string()),
+        ("replicas", status.replicas.to_string()),
         ("nodes", output::or_dash(&nodes)),
     ]);
 
-    let mut shards =
-        output::table(&["shard", "leader", "term", "committed", "applied", "last log", "snapshot", "open workflows"]);
+    let mut shards = output::table(&[
+        "shard",
+        "leader",
+        "term",
+        "committed",
+        "applied",
+        "last log",
+        "snapshot",
+        "open workflows",
+        "replicas (node:applied/lag)",
+    ]);
     for shard in &status.shards {
         shards.add_row(vec![
             shard.shard_id.to_string(),
@@ -70,6 +119,12 @@ fn status_text(status: &ClusterStatusResponse) -> String {
             shard.last_log_index.to_string(),
             shard.snapshot_index.to_string(),
             shard.open_workflows.to_string(),
+            shard
+                .replicas
+                .iter()
+                .map(|replica| format!("{}:{}/{}", replica.node_id, replica.applied_index, replica.lag))
+                .collect::<Vec<_>>()
+                .join(" "),
         ]);
     }
     format!("{summary}\n{shards}")

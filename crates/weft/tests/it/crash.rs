@@ -15,7 +15,7 @@ use crate::support::{Clients, WeftProcess, endpoint, free_port, json, wait_for};
 
 const WORKER_ADDR_ENV: &str = "WEFT_IT_WORKER_ADDR";
 
-async fn crashy(ctx: WorkflowContext, n: u64) -> Result<u64, WorkflowError> {
+pub(crate) async fn crashy(ctx: WorkflowContext, n: u64) -> Result<u64, WorkflowError> {
     let a: u64 = ctx.step("a", move || async move { Ok::<_, anyhow::Error>(n) }).await?;
     ctx.sleep(Duration::from_millis(300)).await?;
     let b: u64 = ctx.step("b", move || async move { Ok::<_, anyhow::Error>(a + 1) }).await?;
@@ -25,7 +25,7 @@ async fn crashy(ctx: WorkflowContext, n: u64) -> Result<u64, WorkflowError> {
     ctx.step("c", move || async move { Ok::<_, anyhow::Error>(c + 1) }).await
 }
 
-async fn double(_ctx: ActivityContext, n: u64) -> Result<u64, ActivityError> {
+pub(crate) async fn double(_ctx: ActivityContext, n: u64) -> Result<u64, ActivityError> {
     Ok(n * 2)
 }
 
@@ -105,7 +105,7 @@ async fn history(clients: &mut Clients, id: &str) -> Vec<pb::HistoryEvent> {
 }
 
 /// Every operation resolved exactly once; the run completed with the right value.
-fn check_exactly_once(id: &str, n: u64, events: &[pb::HistoryEvent]) {
+pub(crate) fn check_exactly_once(id: &str, n: u64, events: &[pb::HistoryEvent]) {
     for (index, event) in events.iter().enumerate() {
         assert_eq!(event.event_id, index as u64 + 1, "{id}: event ids are consecutive");
     }

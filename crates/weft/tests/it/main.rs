@@ -16,10 +16,13 @@
 //!   every start it acknowledged.
 //! - `crash`: real `weft` processes killed with SIGKILL at random moments,
 //!   restarted, and checked for what survived.
+//! - `cluster`: three nodes formed with `InitCluster`, replicating every shard, serving any
+//!   request on any node, failing over when the node leading most shards stops.
 
 mod architecture;
 mod bad_input;
 mod cli;
+mod cluster;
 mod crash;
 mod dispatch;
 mod failpoints;

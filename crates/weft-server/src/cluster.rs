@@ -1,0 +1,522 @@
+//! The cluster: how a node reaches its peers and how a cluster is formed.
+//!
+//! Owns: the connections to peer nodes ([`Peers`]: one lazily connecting gRPC channel per
+//! address, shared by Raft traffic and forwarded requests), the Raft transport over them
+//! ([`GrpcTransport`], `weft.v1.NodeService/Raft`), the node-to-node service ([`NodeApi`]), and
+//! cluster formation ([`await_cluster_init`], [`join_peers`]): `weft cluster init` sent to any
+//! node of a set started with `--peers` creates the cluster id, stores the cluster record on
+//! every node, and each node then starts its shards, every one initialising each shard's group
+//! with the same members.
+//!
+//! Invariants:
+//! - A node stores its cluster record before it starts any shard, and never replaces it with
+//!   another cluster's: a join or a Raft message of another cluster id, or addressed to another
+//!   node id, is refused with a message naming both.
+//! - Messages between nodes are bounded: [`NODE_MESSAGE_BYTES_MAX`] (Raft's append-entries are
+//!   cut by bytes in `weft-raft`; snapshots travel in chunks).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+use weft_proto::v1 as pb;
+use weft_proto::v1::admin_service_server::AdminService;
+use weft_proto::v1::node_service_client::NodeServiceClient;
+use weft_proto::v1::node_service_server::NodeService;
+use weft_raft::RaftHost;
+use weft_raft::network::{RaftRpcKind, RaftTransport, TransportError, TransportFuture};
+use weft_storage::{ClusterMeta, Db};
+
+use crate::GRPC_MESSAGE_BYTES_MAX;
+use crate::node::wall_clock_ms;
+
+/// Largest message between nodes: a forwarded request (up to [`GRPC_MESSAGE_BYTES_MAX`]) with
+/// room for its envelope, or a Raft message (cut at 16 MiB of entries plus one entry).
+pub const NODE_MESSAGE_BYTES_MAX: usize = GRPC_MESSAGE_BYTES_MAX + 16 * 1024 * 1024;
+/// How long connecting to a peer may take before it counts as unreachable.
+pub const PEER_CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// How long `weft cluster init` waits for each peer to store the cluster record.
+pub const JOIN_TIMEOUT_MS: u64 = 5_000;
+/// Replica counts a cluster may have.
+pub const REPLICAS_ALLOWED: [u32; 3] = [1, 3, 5];
+
+/// The connections of this node to the others, by address. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Peers {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Peers {
+    /// The channel to `addr` (`host:port`), connecting lazily; reconnects by itself.
+    pub fn channel(&self, addr: &str) -> Result<Channel, Status> {
+        if let Some(channel) = self.channels.lock().get(addr) {
+            return Ok(channel.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|error| Status::internal(format!("peer address {addr:?} is not a valid URI: {error}")))?
+            .connect_timeout(Duration::from_millis(PEER_CONNECT_TIMEOUT_MS))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true);
+        let channel = endpoint.connect_lazy();
+        self.channels.lock().insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    pub fn node_client(&self, addr: &str) -> Result<NodeServiceClient<Channel>, Status> {
+        Ok(NodeServiceClient::new(self.channel(addr)?)
+            .max_decoding_message_size(NODE_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(NODE_MESSAGE_BYTES_MAX))
+    }
+}
+
+/// Raft messages over `weft.v1.NodeService/Raft`.
+pub struct GrpcTransport {
+    cluster_id: String,
+    node_id: u64,
+    peers: Peers,
+}
+
+impl GrpcTransport {
+    pub fn new(cluster_id: String, node_id: u64, peers: Peers) -> GrpcTransport {
+        GrpcTransport { cluster_id, node_id, peers }
+    }
+}
+
+impl RaftTransport for GrpcTransport {
+    fn send(
+        &self,
+        target: u64,
+        addr: &str,
+        shard: u32,
+        kind: RaftRpcKind,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> TransportFuture {
+        let addr = addr.to_string();
+        let client = self.peers.node_client(&addr);
+        let message = pb::RaftMessage {
+            cluster_id: self.cluster_id.clone(),
+            from_node: self.node_id,
+            to_node: target,
+            shard,
+            kind: kind as u32,
+            body,
+        };
+        Box::pin(async move {
+            let mut client = client.map_err(|status| TransportError::Refused {
+                target,
+                addr: addr.clone(),
+                detail: status.to_string(),
+            })?;
+            let mut request = Request::new(message);
+            request.set_timeout(timeout);
+            match tokio::time::timeout(timeout, client.raft(request)).await {
+                Ok(Ok(reply)) => Ok(reply.into_inner().body),
+                Ok(Err(status)) => Err(match status.code() {
+                    tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                        TransportError::Timeout { target, addr, timeout_ms: timeout.as_millis() as u64 }
+                    }
+                    tonic::Code::Unavailable | tonic::Code::Unknown => {
+                        TransportError::Unreachable { target, addr, detail: status.message().to_string() }
+                    }
+                    _ => TransportError::Refused { target, addr, detail: status.message().to_string() },
+                }),
+                Err(_) => Err(TransportError::Timeout { target, addr, timeout_ms: timeout.as_millis() as u64 }),
+            }
+        })
+    }
+}
+
+/// Checks that a node-to-node message is for this cluster and this node.
+fn check_addressed(meta: &ClusterMeta, cluster_id: &str, to_node: u64) -> Result<(), Status> {
+    if cluster_id != meta.cluster_id {
+        return Err(Status::failed_precondition(format!(
+            "this node belongs to cluster {}, not to cluster {cluster_id}",
+            meta.cluster_id
+        )));
+    }
+    if to_node != meta.node_id {
+        return Err(Status::failed_precondition(format!(
+            "this is node {}, not node {to_node} (check the peers' addresses)",
+            meta.node_id
+        )));
+    }
+    Ok(())
+}
+
+/// `weft.v1.NodeService` of a node that is part of a cluster.
+pub struct NodeApi {
+    meta: ClusterMeta,
+    raft: RaftHost,
+}
+
+impl NodeApi {
+    pub fn new(meta: ClusterMeta, raft: RaftHost) -> NodeApi {
+        NodeApi { meta, raft }
+    }
+}
+
+#[tonic::async_trait]
+impl NodeService for NodeApi {
+    async fn raft(&self, request: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessageReply>, Status> {
+        let message = request.into_inner();
+        check_addressed(&self.meta, &message.cluster_id, message.to_node)?;
+        let kind = RaftRpcKind::from_u32(message.kind)
+            .ok_or_else(|| Status::invalid_argument(format!("unknown raft message kind {}", message.kind)))?;
+        let body = self
+            .raft
+            .handle_rpc(message.shard, kind, &message.body)
+            .await
+            .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        Ok(Response::new(pb::RaftMessageReply { body }))
+    }
+
+    async fn join_cluster(
+        &self,
+        request: Request<pb::JoinClusterRequest>,
+    ) -> Result<Response<pb::JoinClusterResponse>, Status> {
+        let request = request.into_inner();
+        check_addressed(&self.meta, &request.cluster_id, request.node_id)?;
+        Ok(Response::new(pb::JoinClusterResponse {}))
+    }
+}
+
+/// The cluster record a join request carries, as this node stores it.
+fn meta_of_join(request: &pb::JoinClusterRequest) -> ClusterMeta {
+    ClusterMeta {
+        cluster_id: request.cluster_id.clone(),
+        node_id: request.node_id,
+        shard_count: request.shard_count,
+        created_ms: request.created_time_ms,
+        replicas: request.replicas,
+        nodes: request.nodes.iter().map(|node| (node.node_id, node.address.clone())).collect(),
+    }
+}
+
+fn join_request(meta: &ClusterMeta, node_id: u64) -> pb::JoinClusterRequest {
+    pb::JoinClusterRequest {
+        cluster_id: meta.cluster_id.clone(),
+        node_id,
+        shard_count: meta.shard_count,
+        replicas: meta.replicas,
+        nodes: meta
+            .nodes
+            .iter()
+            .map(|(id, address)| pb::ClusterNode { node_id: *id, address: address.clone() })
+            .collect(),
+        created_time_ms: meta.created_ms,
+    }
+}
+
+/// Sends the cluster record to every other node of `meta`; names every node that did not take
+/// it.
+pub async fn join_peers(peers: &Peers, meta: &ClusterMeta) -> Result<(), Status> {
+    let mut failures = Vec::new();
+    for (id, address) in &meta.nodes {
+        if *id == meta.node_id {
+            continue;
+        }
+        let mut request = Request::new(join_request(meta, *id));
+        request.set_timeout(Duration::from_millis(JOIN_TIMEOUT_MS));
+        let joined = match peers.node_client(address) {
+            Ok(mut client) => client.join_cluster(request).await.map(|_| ()),
+            Err(status) => Err(status),
+        };
+        if let Err(status) = joined {
+            failures.push(format!("node {id} at {address}: {}", status.message()));
+        }
+    }
+    if failures.is_empty() {
+        return Ok(());
+    }
+    Err(Status::unavailable(format!(
+        "cluster {} is created, but not every node took it ({}); run `weft cluster init` again with the same \
+         flags once they are up",
+        meta.cluster_id,
+        failures.join("; ")
+    )))
+}
+
+/// What `InitCluster` asks, checked: a new cluster record of the nodes this node was started
+/// with, or the stored one if it has the same shape.
+pub fn cluster_to_init(
+    stored: Option<&ClusterMeta>,
+    node_id: u64,
+    peers: &BTreeMap<u64, String>,
+    request: &pb::InitClusterRequest,
+) -> Result<(ClusterMeta, bool), Status> {
+    if !(1..=crate::SHARDS_MAX).contains(&request.shards) {
+        return Err(Status::invalid_argument(format!(
+            "--shards must be between 1 and {}, got {}",
+            crate::SHARDS_MAX,
+            request.shards
+        )));
+    }
+    if !REPLICAS_ALLOWED.contains(&request.replicas) {
+        return Err(Status::invalid_argument(format!(
+            "--replicas must be 1, 3 or 5 (a majority of an even count tolerates no more failures), got {}",
+            request.replicas
+        )));
+    }
+    if let Some(meta) = stored {
+        if meta.shard_count != request.shards || meta.replicas != request.replicas {
+            return Err(Status::failed_precondition(format!(
+                "cluster {} exists with {} shards and {} replicas; it cannot be initialised again as {} shards and \
+                 {} replicas",
+                meta.cluster_id, meta.shard_count, meta.replicas, request.shards, request.replicas
+            )));
+        }
+        return Ok((meta.clone(), false));
+    }
+    if peers.len() as u32 != request.replicas {
+        return Err(Status::invalid_argument(format!(
+            "this node was started with {} node(s) in --peers ({}), but --replicas is {}: every shard has a replica \
+             on every node of a new cluster, so the two must match (add nodes later with `weft cluster add-node`)",
+            peers.len(),
+            peers.keys().map(u64::to_string).collect::<Vec<_>>().join(", "),
+            request.replicas
+        )));
+    }
+    Ok((
+        ClusterMeta {
+            cluster_id: uuid::Uuid::new_v4().to_string(),
+            node_id,
+            shard_count: request.shards,
+            created_ms: wall_clock_ms(),
+            replicas: request.replicas,
+            nodes: peers.clone(),
+        },
+        true,
+    ))
+}
+
+pub fn init_response(meta: &ClusterMeta, created: bool) -> pb::InitClusterResponse {
+    pb::InitClusterResponse {
+        cluster_id: meta.cluster_id.clone(),
+        created,
+        shard_count: meta.shard_count,
+        replicas: meta.replicas,
+        nodes: meta
+            .nodes
+            .iter()
+            .map(|(id, address)| pb::NodeStatus { node_id: *id, address: address.clone(), reachable: true })
+            .collect(),
+    }
+}
+
+/// A node of a cluster not formed yet: it serves only cluster formation, and answers
+/// everything else UNAVAILABLE.
+struct Forming {
+    db: Db,
+    node_id: u64,
+    peers: BTreeMap<u64, String>,
+    connections: Peers,
+    /// Fires once the cluster record is stored.
+    formed: Mutex<Option<oneshot::Sender<ClusterMeta>>>,
+    /// Serialises formation requests.
+    forming: tokio::sync::Mutex<()>,
+}
+
+impl Forming {
+    fn formed(&self, meta: ClusterMeta) {
+        if let Some(formed) = self.formed.lock().take() {
+            let _ = formed.send(meta);
+        }
+    }
+
+    fn store(&self, meta: &ClusterMeta) -> Result<(), Status> {
+        self.db.put_cluster_meta(meta).map_err(|error| Status::internal(format!("store the cluster record: {error}")))
+    }
+}
+
+fn not_formed() -> Status {
+    Status::unavailable(
+        "this node is not part of a cluster yet: run `weft cluster init --shards N --replicas R` against any node of \
+         its --peers",
+    )
+}
+
+struct FormingNode(Arc<Forming>);
+struct FormingAdmin(Arc<Forming>);
+
+#[tonic::async_trait]
+impl NodeService for FormingNode {
+    async fn raft(&self, _request: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessageReply>, Status> {
+        Err(not_formed())
+    }
+
+    async fn join_cluster(
+        &self,
+        request: Request<pb::JoinClusterRequest>,
+    ) -> Result<Response<pb::JoinClusterResponse>, Status> {
+        let request = request.into_inner();
+        let forming = &self.0;
+        let _serial = forming.forming.lock().await;
+        if request.node_id != forming.node_id {
+            return Err(Status::failed_precondition(format!(
+                "this is node {}, not node {} (check the peers' addresses)",
+                forming.node_id, request.node_id
+            )));
+        }
+        let meta = meta_of_join(&request);
+        if !(1..=crate::SHARDS_MAX).contains(&meta.shard_count) || !meta.nodes.contains_key(&forming.node_id) {
+            return Err(Status::invalid_argument("a cluster record without this node or with no shards"));
+        }
+        if let Some(stored) = forming.db.get_cluster_meta().map_err(|e| Status::internal(e.to_string()))? {
+            if stored.cluster_id != meta.cluster_id {
+                return Err(Status::failed_precondition(format!(
+                    "node {} already belongs to cluster {}, not to cluster {}",
+                    forming.node_id, stored.cluster_id, meta.cluster_id
+                )));
+            }
+        } else {
+            forming.store(&meta)?;
+            tracing::info!(cluster_id = %meta.cluster_id, shards = meta.shard_count, "joined a new cluster");
+        }
+        forming.formed(meta);
+        Ok(Response::new(pb::JoinClusterResponse {}))
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for FormingAdmin {
+    async fn create_namespace(
+        &self,
+        _request: Request<pb::CreateNamespaceRequest>,
+    ) -> Result<Response<pb::CreateNamespaceResponse>, Status> {
+        Err(not_formed())
+    }
+
+    async fn list_namespaces(
+        &self,
+        _request: Request<pb::ListNamespacesRequest>,
+    ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
+        Err(not_formed())
+    }
+
+    async fn describe_namespace(
+        &self,
+        _request: Request<pb::DescribeNamespaceRequest>,
+    ) -> Result<Response<pb::DescribeNamespaceResponse>, Status> {
+        Err(not_formed())
+    }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        Err(not_formed())
+    }
+
+    async fn init_cluster(
+        &self,
+        request: Request<pb::InitClusterRequest>,
+    ) -> Result<Response<pb::InitClusterResponse>, Status> {
+        let request = request.into_inner();
+        let forming = &self.0;
+        let _serial = forming.forming.lock().await;
+        let stored = forming.db.get_cluster_meta().map_err(|e| Status::internal(e.to_string()))?;
+        let (meta, created) = cluster_to_init(stored.as_ref(), forming.node_id, &forming.peers, &request)?;
+        if created {
+            forming.store(&meta)?;
+            tracing::info!(cluster_id = %meta.cluster_id, shards = meta.shard_count, replicas = meta.replicas, "created the cluster");
+        }
+        let joined = join_peers(&forming.connections, &meta).await;
+        forming.formed(meta.clone());
+        joined?;
+        Ok(Response::new(init_response(&meta, created)))
+    }
+}
+
+/// Serves cluster formation on `listener` until this node has a cluster record (from
+/// `weft cluster init` sent here, or a join sent by the node it was sent to); returns the
+/// record once the formation server has stopped and the port is free again.
+pub async fn await_cluster_init(
+    db: Db,
+    node_id: u64,
+    peers: BTreeMap<u64, String>,
+    listener: tokio::net::TcpListener,
+) -> anyhow::Result<ClusterMeta> {
+    let (formed_tx, formed_rx) = oneshot::channel();
+    let forming = Arc::new(Forming {
+        db,
+        node_id,
+        peers: peers.clone(),
+        connections: Peers::default(),
+        formed: Mutex::new(Some(formed_tx)),
+        forming: tokio::sync::Mutex::new(()),
+    });
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let meta_slot: Arc<Mutex<Option<ClusterMeta>>> = Arc::default();
+    let slot = meta_slot.clone();
+    let waiter = tokio::spawn(async move {
+        if let Ok(meta) = formed_rx.await {
+            *slot.lock() = Some(meta);
+        }
+        let _ = stop_tx.send(());
+    });
+    tracing::info!(
+        node_id,
+        peers = ?peers,
+        "waiting for `weft cluster init` to form the cluster"
+    );
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .add_service(weft_proto::v1::node_service_server::NodeServiceServer::new(FormingNode(forming.clone())))
+        .add_service(weft_proto::v1::admin_service_server::AdminServiceServer::new(FormingAdmin(forming)))
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop_rx.await;
+        })
+        .await?;
+    let _ = waiter.await;
+    let meta = meta_slot.lock().take();
+    meta.ok_or_else(|| anyhow::anyhow!("the cluster formation server stopped before the cluster was formed"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peers(n: u64) -> BTreeMap<u64, String> {
+        (1..=n).map(|id| (id, format!("127.0.0.1:747{id}"))).collect()
+    }
+
+    #[test]
+    fn init_checks_its_shape_and_is_idempotent() {
+        let request = |shards, replicas| pb::InitClusterRequest { shards, replicas };
+        let code = |result: Result<(ClusterMeta, bool), Status>| result.expect_err("refused").code();
+        assert_eq!(code(cluster_to_init(None, 1, &peers(3), &request(0, 3))), tonic::Code::InvalidArgument);
+        assert_eq!(code(cluster_to_init(None, 1, &peers(3), &request(16, 2))), tonic::Code::InvalidArgument);
+        assert_eq!(code(cluster_to_init(None, 1, &peers(3), &request(16, 5))), tonic::Code::InvalidArgument);
+        let (meta, created) = cluster_to_init(None, 1, &peers(3), &request(16, 3)).expect("a new cluster");
+        assert!(created);
+        assert_eq!((meta.shard_count, meta.replicas, meta.nodes.len(), meta.node_id), (16, 3, 3, 1));
+        let (again, created) = cluster_to_init(Some(&meta), 1, &peers(3), &request(16, 3)).expect("same shape");
+        assert!(!created);
+        assert_eq!(again.cluster_id, meta.cluster_id);
+        assert_eq!(code(cluster_to_init(Some(&meta), 1, &peers(3), &request(8, 3))), tonic::Code::FailedPrecondition);
+    }
+
+    #[test]
+    fn messages_of_another_cluster_or_node_are_refused() {
+        let meta = ClusterMeta {
+            cluster_id: "c".into(),
+            node_id: 2,
+            shard_count: 1,
+            created_ms: 0,
+            replicas: 3,
+            nodes: peers(3),
+        };
+        assert!(check_addressed(&meta, "c", 2).is_ok());
+        let other = check_addressed(&meta, "d", 2).expect_err("another cluster");
+        assert!(other.message().contains("cluster c") && other.message().contains("cluster d"));
+        let wrong = check_addressed(&meta, "c", 3).expect_err("another node");
+        assert!(wrong.message().contains("node 2") && wrong.message().contains("node 3"));
+    }
+}
