@@ -544,6 +544,9 @@ mod tests {
         }
     }
 
+    /// Flags, variables and file text of one resolution.
+    type Layers<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
     /// For each option: a value in all four layers, then one layer fewer each time; the
     /// highest layer left wins.
     #[test]
@@ -621,7 +624,7 @@ mod tests {
             },
         ];
         for case in &cases {
-            let layers: [(&[&str], &[(&str, &str)], &str); 4] = [
+            let layers: [Layers<'_>; 4] = [
                 (&case.flag, &[case.env], case.file),
                 (&[], &[case.env], case.file),
                 (&[], &[], case.file),
