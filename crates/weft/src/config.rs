@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
+use toml::Spanned;
 use weft_server::{ClusterConfig, NodeConfig};
 
 use crate::cli::{NodeArgs, ServerArgs};
@@ -253,7 +254,10 @@ pub struct FileConfig {
     pub node_id: Option<u64>,
     #[serde(default, deserialize_with = "file_advertise_addr")]
     pub advertise_addr: Option<String>,
-    #[serde(default, deserialize_with = "file_peers")]
+    /// Checked into `peers` by [`parse_file`].
+    #[serde(default, rename = "peers")]
+    peers_as_written: Option<Spanned<FilePeers>>,
+    #[serde(skip)]
     pub peers: Option<Peers>,
     #[serde(default, deserialize_with = "file_shards")]
     pub shards: Option<u32>,
@@ -310,52 +314,100 @@ fn file_queue_window<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::
     file_integer(d, QUEUE_WINDOW.key, check_queue_window)
 }
 
-/// `peers = "1=HOST:PORT,2=HOST:PORT"` or a table `[peers]` of `1 = "HOST:PORT"`.
-fn file_peers<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Peers>, D::Error> {
-    struct PeersVisitor;
-    impl<'de> Visitor<'de> for PeersVisitor {
-        type Value = Peers;
+/// `peers` as the file writes it, with the positions of its entries: checked by
+/// [`parse_file`], which has the text at hand, so that an entry's error names its own line.
+#[derive(Debug)]
+pub enum FilePeers {
+    /// `peers = "1=HOST:PORT,2=HOST:PORT"`.
+    List(String),
+    /// `[peers]` with `1 = "HOST:PORT"` lines.
+    Table(Vec<(Spanned<String>, Spanned<toml::Value>)>),
+}
 
-        fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
-            formatter.write_str("a string \"1=HOST:PORT,2=HOST:PORT\" or a table of node id = \"HOST:PORT\"")
-        }
+impl<'de> Deserialize<'de> for FilePeers {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<FilePeers, D::Error> {
+        struct PeersVisitor;
+        impl<'de> Visitor<'de> for PeersVisitor {
+            type Value = FilePeers;
 
-        fn visit_str<E: de::Error>(self, value: &str) -> Result<Peers, E> {
-            parse_peers(value).map_err(|why| E::custom(format!("key `peers`: {why}")))
-        }
-
-        fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Peers, M::Error> {
-            let mut entries: Vec<(String, String)> = Vec::new();
-            while let Some(id) = map.next_key::<String>()? {
-                let address: String = map.next_value().map_err(|error| {
-                    de::Error::custom(format!("key `peers.{id}`: expected a string \"HOST:PORT\" ({error})"))
-                })?;
-                entries.push((id, address));
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a string \"1=HOST:PORT,2=HOST:PORT\" or a table of node id = \"HOST:PORT\"")
             }
-            peers_from_entries(entries.iter().map(|(id, address)| (id.as_str(), address.as_str())))
-                .map_err(|why| de::Error::custom(format!("key `peers`: {why}")))
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<FilePeers, E> {
+                Ok(FilePeers::List(value.to_string()))
+            }
+
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<FilePeers, M::Error> {
+                let mut entries = Vec::new();
+                while let Some(id) = map.next_key::<Spanned<String>>()? {
+                    entries.push((id, map.next_value::<Spanned<toml::Value>>()?));
+                }
+                Ok(FilePeers::Table(entries))
+            }
         }
+        deserializer.deserialize_any(PeersVisitor)
     }
-    deserializer.deserialize_any(PeersVisitor).map(Some)
+}
+
+/// Line number and trimmed text of the line holding byte `offset` of `text`.
+fn line_at(text: &str, offset: usize) -> (usize, &str) {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |newline| newline + 1);
+    let end = text[offset..].find('\n').map_or(text.len(), |newline| offset + newline);
+    (text[..offset].matches('\n').count() + 1, text[start..end].trim())
+}
+
+fn file_error(path: &Path, text: &str, offset: Option<usize>, message: &str) -> anyhow::Error {
+    let place = match offset {
+        Some(offset) => {
+            let (line, line_text) = line_at(text, offset);
+            format!(", line {line} (`{line_text}`)")
+        }
+        None => String::new(),
+    };
+    anyhow::anyhow!("config file {}{place}: {message}", path.display())
 }
 
 /// Parses a config file's text; `path` is only for messages. The error names the file, the
 /// line (with its text) and the key.
 pub fn parse_file(path: &Path, text: &str) -> anyhow::Result<FileConfig> {
-    toml::from_str::<FileConfig>(text).map_err(|error| {
-        let place = match error.span() {
-            Some(span) => {
-                let line_start = text[..span.start].rfind('\n').map_or(0, |newline| newline + 1);
-                let line_end = text[span.start..].find('\n').map_or(text.len(), |newline| span.start + newline);
-                let line = text[..span.start].matches('\n').count() + 1;
-                format!(", line {line} (`{}`)", text[line_start..line_end].trim())
-            }
-            None => String::new(),
-        };
+    let mut file = toml::from_str::<FileConfig>(text).map_err(|error| {
         // toml ends some messages with "\nin `key`": keep the message on one line.
         let message = error.message().trim().replace('\n', " ");
-        anyhow::anyhow!("config file {}{place}: {message}", path.display())
-    })
+        file_error(path, text, error.span().map(|span| span.start), &message)
+    })?;
+    if let Some(peers) = file.peers_as_written.take() {
+        let start = peers.span().start;
+        let peers = check_file_peers(peers.into_inner(), start).map_err(|(offset, message)| {
+            file_error(path, text, Some(offset), &format!("key `{}`: {message}", PEERS.key))
+        })?;
+        file.peers = Some(peers);
+    }
+    Ok(file)
+}
+
+/// The peers of the file, or the offset of the entry at fault and why.
+fn check_file_peers(peers: FilePeers, start: usize) -> Result<Peers, (usize, String)> {
+    match peers {
+        FilePeers::List(list) => parse_peers(&list).map_err(|why| (start, why)),
+        FilePeers::Table(entries) => {
+            let mut checked: Vec<(&str, &str)> = Vec::new();
+            for (id, address) in &entries {
+                let Some(address_text) = address.get_ref().as_str() else {
+                    let (id, found) = (id.get_ref(), address.get_ref().type_str());
+                    return Err((
+                        address.span().start,
+                        format!("peer entry `{id}`: expected a string \"HOST:PORT\", got {found}"),
+                    ));
+                };
+                checked.push((id.get_ref(), address_text));
+                // One entry more each time, so the error is placed at the entry that fails.
+                peers_from_entries(checked.iter().copied()).map_err(|why| (id.span().start, why))?;
+            }
+            peers_from_entries(checked).map_err(|why| (start, why))
+        }
+    }
 }
 
 /// Reads and parses the config file at `path`.
@@ -687,10 +739,11 @@ mod tests {
             ("advertise_addr = \"http://a:1\"\n", &["line 1", "key `advertise_addr`", "no scheme"]),
             ("data_dir = \"\"\n", &["line 1", "key `data_dir`"]),
             ("peers = \"1=a:1,x=b:2\"\n", &["line 1", "key `peers`", "peer entry `x=b:2`"]),
-            ("[peers]\n1 = \"a:1\"\n2 = \"a:1\"\n", &["line 1", "key `peers`", "peer entry `2=a:1`", "also node 1"]),
-            ("[peers]\n0 = \"a:1\"\n", &["key `peers`", "peer entry `0=a:1`", "positive integer"]),
-            // An entry of the table form is placed at the table's first line.
-            ("[peers]\n1 = 7471\n", &["line 1", "key `peers.1`", "HOST:PORT"]),
+            ("[peers]\n1 = \"a:1\"\n2 = \"a:1\"\n", &["line 3", "key `peers`", "peer entry `2=a:1`", "also node 1"]),
+            ("x = 1\n[peers]\n1 = \"a:1\"\n", &["line 1", "unknown field `x`"]),
+            ("\npeers = \"1=a:1,2=a\"\n", &["line 2", "key `peers`", "peer entry `2=a`"]),
+            ("[peers]\n0 = \"a:1\"\n", &["line 2", "key `peers`", "peer entry `0=a:1`", "positive integer"]),
+            ("[peers]\n1 = 7471\n", &["line 2", "key `peers`", "peer entry `1`", "got integer"]),
             ("peers = 3\n", &["line 1", "peers"]),
         ];
         for (text, parts) in cases {
