@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::config::{self, MetricsListen, Peers};
+
 /// Address the client commands call when neither `--server` nor `WEFT_SERVER` is set.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7470";
 
@@ -68,71 +70,62 @@ pub enum ClientCommand {
     Cluster(ClusterCommand),
 }
 
-/// Flags of a node (`weft dev` and `weft server`).
+/// Flags of a node (`weft dev` and `weft server`). Each is `None` when not given on the
+/// command line; `config.rs` fills in the environment, the config file (`weft server` only)
+/// and the default written in its help.
 #[derive(Debug, Args)]
 pub struct NodeArgs {
-    /// Directory of the node's storage; created on first start, reopened after.
-    #[arg(long, default_value = "./.weft")]
-    pub data_dir: PathBuf,
+    /// Directory of the node's storage; created on first start, reopened after [default: ./.weft]
+    #[arg(long, value_name = "DIR", value_parser = config::parse_data_dir)]
+    pub data_dir: Option<PathBuf>,
 
-    /// Address the gRPC services listen on.
-    #[arg(long, default_value = weft_server::DEFAULT_LISTEN)]
-    pub listen: SocketAddr,
+    /// Address the gRPC services listen on [default: 127.0.0.1:7470]
+    #[arg(long, value_name = "IP:PORT", value_parser = config::parse_listen)]
+    pub listen: Option<SocketAddr>,
 
-    /// Number of shards; used when the cluster is created, ignored when reopened.
-    #[arg(
-        long,
-        default_value_t = weft_server::DEFAULT_SHARDS,
-        value_parser = clap::value_parser!(u32).range(1..=i64::from(weft_server::SHARDS_MAX))
-    )]
-    pub shards: u32,
+    /// Number of shards; used when the cluster is created, ignored when reopened [default: 16]
+    #[arg(long, value_name = "N", value_parser = config::parse_shards)]
+    pub shards: Option<u32>,
 
-    /// Address of the Prometheus metrics endpoint, or `off` to disable it.
-    #[arg(long, default_value = weft_server::DEFAULT_METRICS_LISTEN, value_parser = parse_metrics_listen)]
-    pub metrics_listen: MetricsListen,
+    /// Address of the Prometheus metrics endpoint, or `off` to disable it [default: 127.0.0.1:7471]
+    #[arg(long, value_name = "IP:PORT|off", value_parser = config::parse_metrics_listen)]
+    pub metrics_listen: Option<MetricsListen>,
 
     /// MiB of WAL written ahead when the data directory is created, so that fsyncs overwrite
-    /// allocated blocks instead of growing the file, which makes each one cheaper. 0 skips it.
-    #[arg(
-        long,
-        default_value_t = weft_server::DEFAULT_WAL_PREWRITE_MIB,
-        value_parser = clap::value_parser!(u64).range(0..=weft_server::WAL_PREWRITE_MIB_MAX)
-    )]
-    pub wal_prewrite_mib: u64,
+    /// allocated blocks instead of growing the file, which makes each one cheaper. 0 skips it
+    /// [default: 64]
+    #[arg(long, value_name = "MIB", value_parser = config::parse_wal_prewrite_mib)]
+    pub wal_prewrite_mib: Option<u64>,
 
     /// Ready tasks each task queue holds in memory; beyond it they wait in storage and are read
-    /// back as the queue drains. Hidden: for tests that fill a queue quickly.
-    #[arg(
-        long,
-        hide = true,
-        default_value_t = weft_server::dispatch::QUEUE_TASKS_MAX as u64,
-        value_parser = clap::value_parser!(u64).range(1..=weft_server::dispatch::QUEUE_TASKS_MAX as u64)
-    )]
-    pub queue_window: u64,
+    /// back as the queue drains. Hidden: for tests that fill a queue quickly [default: 10000]
+    #[arg(long, hide = true, value_parser = config::parse_queue_window)]
+    pub queue_window: Option<u64>,
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = config::server_after_help())]
 pub struct ServerArgs {
+    /// TOML file of options, keys as in deploy/node.toml (env WEFT_CONFIG)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     #[command(flatten)]
     pub node: NodeArgs,
 
-    /// This node's id in the cluster.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
-    pub node_id: u64,
-}
+    /// This node's id in the cluster [default: 1]
+    #[arg(long, value_name = "ID", value_parser = config::parse_node_id)]
+    pub node_id: Option<u64>,
 
-/// `--metrics-listen`: an address, or disabled.
-#[derive(Debug, Clone, Copy)]
-pub struct MetricsListen(pub Option<SocketAddr>);
+    /// HOST:PORT other nodes and clients reach this node at [default: this node's --peers
+    /// entry, else the --listen address]
+    #[arg(long, value_name = "HOST:PORT", value_parser = config::parse_host_port)]
+    pub advertise_addr: Option<String>,
 
-fn parse_metrics_listen(value: &str) -> Result<MetricsListen, String> {
-    match value {
-        "off" | "none" | "" => Ok(MetricsListen(None)),
-        address => address
-            .parse::<SocketAddr>()
-            .map(|address| MetricsListen(Some(address)))
-            .map_err(|error| format!("expected HOST:PORT or `off`: {error}")),
-    }
+    /// The nodes of the cluster `weft cluster init` creates, by node id; none or only this node
+    /// is a one-node cluster [default: none]
+    #[arg(long, value_name = "ID=HOST:PORT,...", value_parser = config::parse_peers)]
+    pub peers: Option<Peers>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -339,7 +332,7 @@ mod tests {
     fn metrics_listen_can_be_disabled() {
         let cli = Cli::try_parse_from(["weft", "dev", "--metrics-listen", "off"]).expect("valid command line");
         match cli.command {
-            Command::Dev(node) => assert!(node.metrics_listen.0.is_none()),
+            Command::Dev(node) => assert_eq!(node.metrics_listen, Some(MetricsListen(None))),
             other => panic!("unexpected command {other:?}"),
         }
     }

@@ -7,6 +7,7 @@
 mod cli;
 mod client;
 mod commands;
+mod config;
 #[cfg(feature = "failpoints")]
 mod failpoints;
 mod node;
@@ -41,8 +42,8 @@ async fn main() -> ExitCode {
         Command::Client(_) => None,
     };
     match cli.command {
-        Command::Dev(node) => node_exit(node::run(node, 1).await),
-        Command::Server(server) => node_exit(node::run(server.node, server.node_id).await),
+        Command::Dev(node) => node_exit(node::run_dev(node).await),
+        Command::Server(server) => node_exit(node::run_server(server).await),
         Command::Client(command) => match run_client(cli.global, command).await {
             Ok(code) => code,
             Err(error) => {

@@ -6,6 +6,8 @@
 //!   garbage on the gRPC port does not stop the node.
 //! - `cli`: the `weft` binary's commands, output and exit codes against a
 //!   spawned node.
+//! - `config`: `weft server` configured by file, variables and flags; bad files, bad peers
+//!   and addresses in use refused with a message naming them.
 //! - `workflows`: a node and SDK workers in this process, on 127.0.0.1 port 0.
 //! - `semantics`: what a review and outside testing found, each pinned by a test:
 //!   idempotent retries, answers naming the right run and status, cancels and signals never
@@ -23,6 +25,7 @@ mod architecture;
 mod bad_input;
 mod cli;
 mod cluster;
+mod config;
 mod crash;
 mod dispatch;
 mod failpoints;
