@@ -52,7 +52,9 @@ const CLIENTS_MAX: u32 = 4_096;
 #[derive(Debug, Parser)]
 #[command(name = "weft-bench", about = "Weft load generator: workload W3 (3 sequential no-op steps)")]
 struct Args {
-    /// Benchmark a running node at this address instead of an embedded one.
+    /// Benchmark a running node at this address (or a cluster: a comma-separated list of its
+    /// nodes, `a:7471,b:7472,c:7473`; clients move to another node when one fails) instead of
+    /// an embedded one.
     #[arg(long, conflicts_with = "embedded")]
     server: Option<String>,
 
@@ -224,7 +226,7 @@ async fn run(plan: Plan, json_report: bool) -> anyhow::Result<PhaseOutcome> {
     // Embedded: a node in a fresh temporary directory, removed when `_data_dir` drops
     // (after the node has shut down).
     let (address, node, _data_dir) = match &plan.server {
-        Some(server) => (server_uri(server), None, None),
+        Some(server) => (server.clone(), None, None),
         None => {
             let data_dir = tempfile::Builder::new()
                 .prefix("weft-bench-")
@@ -518,11 +520,6 @@ fn report(plan: &Plan, outcome: &PhaseOutcome, json_report: bool) {
 
 fn round3(value: f64) -> f64 {
     (value * 1000.0).round() / 1000.0
-}
-
-/// `127.0.0.1:7470` and `http://127.0.0.1:7470` both name the same node.
-fn server_uri(server: &str) -> String {
-    if server.contains("://") { server.to_string() } else { format!("http://{server}") }
 }
 
 /// Makes this run's workflow ids distinct from every earlier run's on the same node.

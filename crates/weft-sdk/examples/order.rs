@@ -4,7 +4,10 @@
 //! ```text
 //! cargo run --release -p weft-sdk --example order -- --server http://127.0.0.1:7470
 //! cargo run --release -p weft-sdk --example order -- --start 3 --exit-after-start
+//! cargo run --release -p weft-sdk --example order -- --server 127.0.0.1:7471,127.0.0.1:7472,127.0.0.1:7473
 //! ```
+//!
+//! Given a cluster's nodes, the worker and the starter move to another node when one fails.
 //!
 //! Workflow type `order` on task queue `orders`; input
 //! `{"order_id": "...", "amount_cents": N, "fail_first_charge": bool}`.
@@ -26,8 +29,9 @@ const TASK_QUEUE: &str = "orders";
 #[derive(Parser, Debug)]
 #[command(about = "Runs a worker for the `order` workflow and optionally starts sample orders")]
 struct Args {
-    /// Address of a Weft server.
-    #[arg(long, env = "WEFT_SERVER", default_value = "http://127.0.0.1:7470")]
+    /// Address of a Weft node, or a comma-separated list of the cluster's nodes
+    /// (`a:7471,b:7472,c:7473`): calls move to another node when one fails.
+    #[arg(long, env = "WEFT_SERVER", default_value = "http://127.0.0.1:7470", value_name = "ADDR[,ADDR...]")]
     server: String,
     #[arg(long, default_value = weft_sdk::DEFAULT_NAMESPACE)]
     namespace: String,
@@ -199,7 +203,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let client = Client::connect(&args.server)
         .await
-        .with_context(|| format!("connect to the Weft server at {}", args.server))?
+        .with_context(|| format!("connect to the Weft nodes at {}", args.server))?
         .with_namespace(args.namespace.clone());
     let worker = Worker::builder(client.clone(), TASK_QUEUE)
         .register_workflow("order", order_workflow)

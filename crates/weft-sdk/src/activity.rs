@@ -18,6 +18,14 @@ use weft_proto::v1 as pb;
 
 use crate::client::Client;
 use crate::error::{ActivityError, Failure, PANIC_ERROR_TYPE, PAYLOAD_ERROR_TYPE};
+use crate::worker::{Reported, reported, task_over};
+
+/// What the worker tells the server at the end of an activity attempt.
+#[derive(Clone)]
+enum ActivityReport {
+    Completed(pb::CompleteActivityTaskRequest),
+    Failed(pb::FailActivityTaskRequest),
+}
 
 /// The boxed future of one activity attempt; its output is the JSON result.
 pub(crate) type ActivityFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, ActivityError>> + Send>>;
@@ -119,7 +127,14 @@ impl ActivityContext {
             }
         };
         let request = pb::RecordActivityHeartbeatRequest { task_token: self.inner.task_token.clone(), details };
-        match self.inner.client.raw().worker.record_activity_heartbeat(request).await {
+        // Sent once: after a failure the client is on the next node and the next beat goes there.
+        let beat = self
+            .inner
+            .client
+            .nodes
+            .once(|t| async move { t.node.clients.worker.clone().record_activity_heartbeat(request).await })
+            .await;
+        match beat {
             Ok(response) => {
                 if response.into_inner().cancel_requested {
                     self.inner.cancel_requested.store(true, Ordering::SeqCst);
@@ -226,29 +241,43 @@ pub(crate) async fn run_activity_task(
             }
         }
     };
-    let mut worker = client.raw().worker;
+    let report = |request: ActivityReport| {
+        let nodes = client.nodes.clone();
+        async move {
+            nodes
+                .call("report the activity result", |t| {
+                    let request = request.clone();
+                    let mut worker = t.node.clients.worker.clone();
+                    async move {
+                        let answer = match request {
+                            ActivityReport::Completed(request) => {
+                                worker.complete_activity_task(request).await.map(|_| ())
+                            }
+                            ActivityReport::Failed(request) => worker.fail_activity_task(request).await.map(|_| ()),
+                        };
+                        reported(t.retried, answer)
+                    }
+                })
+                .await
+        }
+    };
     let (refused_token, refused_identity) = (task_token.clone(), identity.clone());
-    let reported = match outcome {
+    let sent = match outcome {
         Ok(result) => {
             tracing::debug!("activity completed");
-            worker
-                .complete_activity_task(pb::CompleteActivityTaskRequest { task_token, result, identity })
-                .await
-                .map(|_| ())
+            report(ActivityReport::Completed(pb::CompleteActivityTaskRequest { task_token, result, identity })).await
         }
         Err(error) => {
             tracing::info!(retryable = error.is_retryable(), "activity attempt failed: {error}");
-            worker
-                .fail_activity_task(pb::FailActivityTaskRequest {
-                    task_token,
-                    failure: Some(error.failure.into()),
-                    identity,
-                })
-                .await
-                .map(|_| ())
+            report(ActivityReport::Failed(pb::FailActivityTaskRequest {
+                task_token,
+                failure: Some(error.failure.into()),
+                identity,
+            }))
+            .await
         }
     };
-    let reported = match reported {
+    let sent = match sent {
         Err(status) if crate::worker::refuses_for_good(&status) => {
             // Sending it again cannot succeed (a result over the payload limit): end the
             // activity with the server's reason instead of letting the attempt time out and
@@ -264,16 +293,18 @@ pub(crate) async fn run_activity_task(
                 failure: Some(failure.into()),
                 identity: refused_identity,
             };
-            worker.fail_activity_task(request).await.map(|_| ())
+            report(ActivityReport::Failed(request)).await
         }
         other => other,
     };
-    match reported {
-        Ok(()) => {}
-        // The attempt timed out or the run closed meanwhile; nothing to do.
-        Err(status) if matches!(status.code(), tonic::Code::NotFound | tonic::Code::FailedPrecondition) => {
-            tracing::info!("activity result not accepted: {}", status.message())
+    match sent {
+        Ok(Reported::Accepted(())) => {}
+        Ok(Reported::AlreadyDone(status)) => {
+            // An earlier attempt whose reply was lost was recorded, or the attempt is over.
+            tracing::info!("activity result retried and refused ({}): already recorded or superseded", status.message())
         }
+        // The attempt timed out or the run closed meanwhile; nothing to do.
+        Err(status) if task_over(&status) => tracing::info!("activity result not accepted: {}", status.message()),
         Err(status) => tracing::warn!("reporting the activity result failed: {status}"),
     }
 }

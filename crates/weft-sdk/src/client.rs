@@ -1,45 +1,42 @@
 //! [`Client`]: starts, signals, cancels and inspects workflows; the worker
-//! uses it too. One HTTP/2 channel, shared by clones.
+//! uses it too. It talks to a list of nodes ([`crate::nodes`]): every call goes
+//! to the current node and moves to another, retrying as the rule in
+//! [`crate::nodes`] says, when that node fails. Clones share the connections.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use weft_proto::v1 as pb;
 use weft_proto::v1::admin_service_client::AdminServiceClient;
 use weft_proto::v1::worker_service_client::WorkerServiceClient;
 use weft_proto::v1::workflow_service_client::WorkflowServiceClient;
 
 use crate::error::{Failure, WorkflowResultError};
+use crate::nodes::{ClientOptions, ConnectError, Nodes, Try};
 use crate::retry::duration_ms;
-use crate::session::{ClientCalls, Session};
 
 /// Namespace used unless [`Client::with_namespace`] says otherwise.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-/// Largest message the client sends or accepts, as the server does. Messages of history (a
-/// workflow task, a history page) stay within about 4 MiB, the server pages them; a completion
-/// carrying several 2 MiB payloads needs more than tonic's default of 4 MiB.
-const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
-
 /// How long one `GetWorkflowResult` call waits; the server caps it at 60 s.
 const RESULT_WAIT_MS: u64 = 60_000;
 
-/// Transient errors `workflow_result` retries before giving up.
+/// `DEADLINE_EXCEEDED` answers to a result wait that `workflow_result` waits through before
+/// giving up (transient failures are retried by the node rule instead).
 const RESULT_RETRIES_MAX: u32 = 10;
 
 /// Events asked for per `GetWorkflowHistory` page.
 const HISTORY_PAGE_EVENTS: u32 = 1_000;
 
-/// A connection to a Weft server, bound to one namespace. Cheap to clone.
+/// A connection to a list of Weft nodes, bound to one namespace. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Client {
     namespace: String,
-    clients: RawClients,
-    /// Starts and result waits go over one `ClientSession` stream, shared by clones.
-    session: Arc<Session<ClientCalls>>,
+    pub(crate) nodes: Arc<Nodes>,
 }
 
 /// The generated gRPC clients, for tools that need calls the SDK does not wrap.
@@ -48,6 +45,18 @@ pub struct RawClients {
     pub workflow: WorkflowServiceClient<Channel>,
     pub worker: WorkerServiceClient<Channel>,
     pub admin: AdminServiceClient<Channel>,
+}
+
+/// One attempt of a [`Client::with_retry`] call.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    /// The clients of the node this attempt goes to.
+    pub clients: RawClients,
+    /// That node's address.
+    pub address: String,
+    /// An earlier attempt of this call failed transiently and may have taken effect (see the
+    /// retry rule in the crate's `nodes` module doc: a refusal now may be the echo of it).
+    pub retried: bool,
 }
 
 /// A started run.
@@ -81,6 +90,14 @@ pub struct SignalOptions {
     pub request_id: Option<String>,
 }
 
+/// Everything [`Client::cancel_workflow_with`] and [`Client::terminate_workflow_with`] can set.
+#[derive(Clone, Debug, Default)]
+pub struct CloseOptions {
+    /// The run to cancel or terminate; the current run of the workflow id when `None`.
+    pub run_id: Option<String>,
+    pub reason: String,
+}
+
 /// Filter and page of [`Client::list_workflows`].
 #[derive(Clone, Debug, Default)]
 pub struct ListWorkflowsOptions {
@@ -92,34 +109,26 @@ pub struct ListWorkflowsOptions {
 }
 
 impl Client {
-    /// Connects to `address` ("http://host:port", or "host:port").
-    pub async fn connect(address: &str) -> Result<Client, tonic::transport::Error> {
-        let uri = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
-        let channel = Endpoint::from_shared(uri)?
-            .connect_timeout(Duration::from_secs(5))
-            // Small requests must not wait for the previous segment's ACK (Nagle + delayed ACK = 40 ms a step).
-            .tcp_nodelay(true)
-            .tcp_keepalive(Some(Duration::from_secs(30)))
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(true)
-            .connect()
-            .await?;
-        Ok(Client::from_channel(channel))
+    /// Connects to `addresses`: one node ("http://host:port" or "host:port") or a
+    /// comma-separated list of them ("a:7471,a:7472,a:7473"), with [`ClientOptions::default`].
+    /// Succeeds once one node of the list answers; calls move to the others when it fails.
+    pub async fn connect(addresses: &str) -> Result<Client, ConnectError> {
+        Client::connect_with(addresses, ClientOptions::default()).await
     }
 
-    /// A client over a channel you built (TLS, interceptors, ...).
+    /// [`Client::connect`] with chosen retry and connect settings.
+    pub async fn connect_with(addresses: &str, options: ClientOptions) -> Result<Client, ConnectError> {
+        let nodes = Nodes::connect(addresses, options).await?;
+        Ok(Client { namespace: DEFAULT_NAMESPACE.to_string(), nodes: Arc::new(nodes) })
+    }
+
+    /// A client over a channel you built (TLS, interceptors, ...): one node, default retries.
     pub fn from_channel(channel: Channel) -> Client {
-        let clients = RawClients {
-            workflow: WorkflowServiceClient::new(channel.clone())
-                .max_decoding_message_size(MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(MESSAGE_BYTES_MAX),
-            worker: WorkerServiceClient::new(channel.clone())
-                .max_decoding_message_size(MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(MESSAGE_BYTES_MAX),
-            admin: AdminServiceClient::new(channel),
-        };
-        let session = Arc::new(Session::new(clients.workflow.clone()));
-        Client { namespace: DEFAULT_NAMESPACE.to_string(), clients, session }
+        Client::from_channel_with(channel, ClientOptions::default())
+    }
+
+    pub fn from_channel_with(channel: Channel, options: ClientOptions) -> Client {
+        Client { namespace: DEFAULT_NAMESPACE.to_string(), nodes: Arc::new(Nodes::from_channel(channel, options)) }
     }
 
     /// The same connection, bound to another namespace.
@@ -132,9 +141,33 @@ impl Client {
         &self.namespace
     }
 
-    /// The generated gRPC clients (clones sharing the connection).
+    /// The nodes' addresses, in list order.
+    pub fn addresses(&self) -> Vec<String> {
+        self.nodes.addresses()
+    }
+
+    /// The generated gRPC clients of the current node (clones sharing its connection). A call
+    /// made on them is not retried; [`Client::with_retry`] is.
     pub fn raw(&self) -> RawClients {
-        self.clients.clone()
+        self.nodes.current().1.clients.clone()
+    }
+
+    /// Makes a raw call with the client's retry rule: `call` is made on the current node and,
+    /// after `UNAVAILABLE` or a transport failure, again on the next node with backoff, until
+    /// the retry deadline. Only for calls that are safe to repeat (reads, long polls, starts
+    /// and signals with a request id fixed before the first attempt); `Attempt::retried` says
+    /// when a refusal may be the echo of an earlier attempt that took effect.
+    pub async fn with_retry<T, F, Fut>(&self, call: F) -> Result<T, tonic::Status>
+    where
+        F: FnMut(Attempt) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let mut call = call;
+        self.nodes
+            .call("call", |t: Try| {
+                call(Attempt { clients: t.node.clients.clone(), address: t.node.address.clone(), retried: t.retried })
+            })
+            .await
     }
 
     /// Starts workflow `workflow_type` with id `workflow_id` on `task_queue`.
@@ -160,8 +193,19 @@ impl Client {
         input: &I,
     ) -> Result<WorkflowRun, tonic::Status> {
         let workflow_id = options.workflow_id.clone();
-        let response = self.session.start_workflow(self.start_request(options, input)?).await?;
-        Ok(WorkflowRun { workflow_id, run_id: response.run_id, started: response.started })
+        // A request id made here is this call's alone: a repeat answering "not started" after
+        // a lost reply means an earlier attempt of this call started the run.
+        let own_request_id = options.request_id.is_none();
+        let request = self.start_request(options, input)?;
+        let (response, retried) = self
+            .nodes
+            .call("start workflow", |t| {
+                let request = request.clone();
+                async move { Ok((t.node.session.start_workflow(request).await?, t.retried)) }
+            })
+            .await?;
+        let started = response.started || (own_request_id && retried);
+        Ok(WorkflowRun { workflow_id, run_id: response.run_id, started })
     }
 
     /// Starts a run and waits for its result, in one call while the run takes less than a
@@ -174,7 +218,14 @@ impl Client {
         let workflow_id = options.workflow_id.clone();
         let start = self.start_request(options, input).map_err(WorkflowResultError::Rpc)?;
         let request = pb::ExecuteWorkflowRequest { start: Some(start), wait_ms: RESULT_WAIT_MS };
-        let response = self.session.execute_workflow(request).await.map_err(WorkflowResultError::Rpc)?;
+        let response = self
+            .nodes
+            .call("execute workflow", |t| {
+                let request = request.clone();
+                async move { t.node.session.execute_workflow(request).await }
+            })
+            .await
+            .map_err(WorkflowResultError::Rpc)?;
         let result = response.result.unwrap_or_default();
         match outcome(result) {
             Outcome::Closed(result) => result,
@@ -229,32 +280,61 @@ impl Client {
             input: encode(payload, "signal payload")?,
             request_id: options.request_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         };
-        self.clients.workflow.clone().signal_workflow(request).await?;
+        self.nodes
+            .call("signal workflow", |t| {
+                let request = request.clone();
+                async move { t.node.clients.workflow.clone().signal_workflow(request).await }
+            })
+            .await?;
         Ok(())
     }
 
     /// Asks the current run to cancel; its code sees the request and decides.
     pub async fn cancel_workflow(&self, workflow_id: &str, reason: &str) -> Result<(), tonic::Status> {
+        let options = CloseOptions { run_id: None, reason: reason.to_string() };
+        self.cancel_workflow_with(workflow_id, options).await
+    }
+
+    /// Asks a run to cancel. A retry answered "already closed" after a lost reply is done: the
+    /// earlier attempt (or the run's own end) closed it.
+    pub async fn cancel_workflow_with(&self, workflow_id: &str, options: CloseOptions) -> Result<(), tonic::Status> {
         let request = pb::RequestCancelWorkflowRequest {
             namespace: self.namespace.clone(),
             workflow_id: workflow_id.to_string(),
-            run_id: String::new(),
-            reason: reason.to_string(),
+            run_id: options.run_id.unwrap_or_default(),
+            reason: options.reason,
         };
-        self.clients.workflow.clone().request_cancel_workflow(request).await?;
-        Ok(())
+        self.nodes
+            .call("cancel workflow", |t| {
+                let request = request.clone();
+                async move {
+                    closed_on_retry(t.retried, t.node.clients.workflow.clone().request_cancel_workflow(request).await)
+                }
+            })
+            .await
     }
 
     /// Ends the current run at once, without running its code.
     pub async fn terminate_workflow(&self, workflow_id: &str, reason: &str) -> Result<(), tonic::Status> {
+        let options = CloseOptions { run_id: None, reason: reason.to_string() };
+        self.terminate_workflow_with(workflow_id, options).await
+    }
+
+    /// Ends a run at once. A retry answered "already closed" after a lost reply is done, as
+    /// for [`Client::cancel_workflow_with`].
+    pub async fn terminate_workflow_with(&self, workflow_id: &str, options: CloseOptions) -> Result<(), tonic::Status> {
         let request = pb::TerminateWorkflowRequest {
             namespace: self.namespace.clone(),
             workflow_id: workflow_id.to_string(),
-            run_id: String::new(),
-            reason: reason.to_string(),
+            run_id: options.run_id.unwrap_or_default(),
+            reason: options.reason,
         };
-        self.clients.workflow.clone().terminate_workflow(request).await?;
-        Ok(())
+        self.nodes
+            .call("terminate workflow", |t| {
+                let request = request.clone();
+                async move { closed_on_retry(t.retried, t.node.clients.workflow.clone().terminate_workflow(request).await) }
+            })
+            .await
     }
 
     pub async fn describe_workflow(&self, workflow_id: &str) -> Result<pb::DescribeWorkflowResponse, tonic::Status> {
@@ -263,7 +343,12 @@ impl Client {
             workflow_id: workflow_id.to_string(),
             run_id: String::new(),
         };
-        Ok(self.clients.workflow.clone().describe_workflow(request).await?.into_inner())
+        self.nodes
+            .call("describe workflow", |t| {
+                let request = request.clone();
+                async move { Ok(t.node.clients.workflow.clone().describe_workflow(request).await?.into_inner()) }
+            })
+            .await
     }
 
     /// The whole history of a run (`None`: the current run), fetched page by page.
@@ -320,7 +405,13 @@ impl Client {
                 from_event_id: next,
                 max_events: u32::try_from(wanted).unwrap_or(u32::MAX).min(HISTORY_PAGE_EVENTS),
             };
-            let page = self.clients.workflow.clone().get_workflow_history(request).await?.into_inner();
+            let page = self
+                .nodes
+                .call("read history", |t| {
+                    let request = request.clone();
+                    async move { Ok(t.node.clients.workflow.clone().get_workflow_history(request).await?.into_inner()) }
+                })
+                .await?;
             // Later pages must come from the same run even if it continues as new meanwhile.
             if run_id.is_empty() {
                 run_id = page.run_id.clone();
@@ -356,11 +447,17 @@ impl Client {
                 wait_ms: RESULT_WAIT_MS,
                 follow_runs: true,
             };
-            let response = match self.session.get_workflow_result(request).await {
+            let waited = self
+                .nodes
+                .call("wait for the result", |t| {
+                    let request = request.clone();
+                    async move { t.node.session.get_workflow_result(request).await }
+                })
+                .await;
+            let response = match waited {
                 Ok(response) => response,
                 Err(status)
-                    if transient_errors < RESULT_RETRIES_MAX
-                        && matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) =>
+                    if transient_errors < RESULT_RETRIES_MAX && status.code() == tonic::Code::DeadlineExceeded =>
                 {
                     transient_errors += 1;
                     tokio::time::sleep(Duration::from_millis(200 * u64::from(transient_errors))).await;
@@ -389,7 +486,29 @@ impl Client {
             page_size: options.page_size,
             next_page_token: options.next_page_token,
         };
-        Ok(self.clients.workflow.clone().list_workflows(request).await?.into_inner())
+        self.nodes
+            .call("list workflows", |t| {
+                let request = request.clone();
+                async move { Ok(t.node.clients.workflow.clone().list_workflows(request).await?.into_inner()) }
+            })
+            .await
+    }
+}
+
+/// The answer of a cancel or terminate attempt: `FAILED_PRECONDITION` (the run is closed) on a
+/// retry means an earlier attempt whose reply was lost closed it, or the run ended by itself
+/// meanwhile; either way what was asked is done.
+fn closed_on_retry<T>(retried: bool, answer: Result<T, tonic::Status>) -> Result<(), tonic::Status> {
+    match answer {
+        Ok(_) => Ok(()),
+        Err(status) if retried && status.code() == tonic::Code::FailedPrecondition => {
+            tracing::info!(
+                "the run is already closed (an earlier attempt of this call may have closed it): {}",
+                status.message()
+            );
+            Ok(())
+        }
+        Err(status) => Err(status),
     }
 }
 

@@ -28,7 +28,29 @@
 //! # }
 //! ```
 //!
-//! Code map: `client` (RPC wrappers), `worker` (pollers, run cache),
+//! # Many nodes, and failures
+//!
+//! [`Client::connect`] takes one address or a comma-separated list (`"a:7471,b:7472,c:7473"`).
+//! Every call goes to one node; when that node fails (`UNAVAILABLE`, or the connection
+//! breaks) the client moves to the next and retries with capped, jittered exponential
+//! backoff, for at most [`ClientOptions::retry_deadline`] (default 30 s). Retries never make a
+//! call take effect twice:
+//!
+//! - starts and signals keep one request id over every retry, and the server records a
+//!   request id once (a repeated start returns the first one's run);
+//! - reads and long polls are safe to repeat;
+//! - a task completion, failure or heartbeat carries a task token the server accepts once: a
+//!   retried completion refused `FAILED_PRECONDITION` or `NOT_FOUND` means the first attempt
+//!   landed (or the task was superseded), and the worker logs it at info and goes on;
+//! - cancel and terminate refused `FAILED_PRECONDITION` ("already closed") on a retry are
+//!   reported done.
+//!
+//! Workers ([`Worker`]) built from such a client poll the current node and move on the same
+//! way; a dead node never stops them. The full rule, with the statuses, is in the `nodes`
+//! module's doc (`src/nodes.rs`).
+//!
+//! Code map: `client` (RPC wrappers), `nodes` (the address list, failover and the retry
+//! rule), `worker` (pollers, run cache),
 //! `replay` (the engine: history in, commands out, no I/O), `workflow`
 //! (the operations of [`WorkflowContext`]), `activity`, `error`, `retry`,
 //! `rng` (the deterministic generator).
@@ -36,6 +58,7 @@
 mod activity;
 mod client;
 mod error;
+mod nodes;
 mod replay;
 mod retry;
 mod rng;
@@ -45,11 +68,16 @@ mod workflow;
 
 pub use activity::{ActivityContext, ActivityInfo};
 pub use client::{
-    Client, DEFAULT_NAMESPACE, ListWorkflowsOptions, RawClients, SignalOptions, StartWorkflowOptions, WorkflowRun,
+    Attempt, Client, CloseOptions, DEFAULT_NAMESPACE, ListWorkflowsOptions, RawClients, SignalOptions,
+    StartWorkflowOptions, WorkflowRun,
 };
 pub use error::{
     ActivityError, CANCELED_ERROR_TYPE, ContinueAsNewRequest, Failure, NON_DETERMINISM_ERROR_TYPE, PANIC_ERROR_TYPE,
     WorkflowError, WorkflowResultError,
+};
+pub use nodes::{
+    ADDRESSES_MAX, ClientOptions, ConnectError, RETRY_AFTER_METADATA, is_transient, parse_addresses, retry_after_hint,
+    retry_delay,
 };
 pub use retry::RetryPolicy;
 pub use worker::{Worker, WorkerBuilder};

@@ -4,8 +4,14 @@
 //! machine is kept in an LRU cache between tasks, so a task that only brings
 //! new events costs no replay. Concurrency is bounded by one semaphore per
 //! task kind; a poller takes a slot before it polls, so the worker never holds
-//! a task it has no room to run. Workflow-task completions go over one
-//! long-lived session stream ([`crate::session`]).
+//! a task it has no room to run. Workflow-task polls and completions go over one
+//! long-lived session stream per node ([`crate::session`]).
+//!
+//! Polls and completions follow the client's node rule ([`crate::nodes`]): a poll that fails
+//! with `UNAVAILABLE` or a transport error moves to the next node and goes on after a backoff;
+//! the worker never stops because a node died. A completion retried after a lost reply and
+//! then refused (`FAILED_PRECONDITION`, `NOT_FOUND`: its task token is no longer current) was
+//! already recorded or superseded: it is logged at info, never reported as a failure.
 //!
 //! While a workflow task's code runs (step bodies do real work), the worker heartbeats the
 //! task about three times per workflow task timeout, so a step longer than that timeout runs
@@ -22,15 +28,14 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
-use tonic::transport::Channel;
 use tracing::Instrument;
 use weft_proto::errors;
 use weft_proto::v1 as pb;
-use weft_proto::v1::worker_service_client::WorkerServiceClient;
 
 use crate::activity::{ActivityContext, ActivityFactory, activity_factory, run_activity_task};
 use crate::client::Client;
 use crate::error::{ActivityError, Failure, WorkflowError};
+use crate::nodes::Nodes;
 use crate::replay::{Activation, ActivationError, DEFAULT_MAX_STEP_DURATION, RunMachine, WorkflowFactory};
 use crate::session::{Session, WorkerCalls};
 use crate::workflow::{RunInfo, WorkflowContext, workflow_factory};
@@ -138,7 +143,7 @@ impl WorkerBuilder {
                 workflow_slots: Arc::new(Semaphore::new(self.max_concurrent_workflow_tasks)),
                 activity_slots: Arc::new(Semaphore::new(self.max_concurrent_activities)),
                 cache: Mutex::new(RunCache::new(self.cached_runs_max)),
-                session: Session::new(self.client.raw().worker),
+                sessions: self.client.nodes.all().map(|node| Session::new(node.clients.worker.clone())).collect(),
                 client: self.client,
                 task_queue: self.task_queue,
                 workflows: self.workflows,
@@ -176,8 +181,9 @@ struct WorkerShared {
     identity: String,
     max_step_duration: Duration,
     cache: Mutex<RunCache>,
-    /// Workflow-task completions and failures go over this stream.
-    session: Session<WorkerCalls>,
+    /// Workflow-task polls, completions and failures go over these streams, one per node of
+    /// the client (by its place in the list).
+    sessions: Vec<Session<WorkerCalls>>,
 }
 
 impl Worker {
@@ -350,8 +356,16 @@ async fn poll_workflow_tasks(shared: Arc<WorkerShared>, stop: watch::Receiver<bo
             wait_ms: POLL_WAIT_MS,
         };
         async move {
-            let task = shared.session.poll_workflow_task(request).await?.task;
-            Ok(task.filter(|task| !task.task_token.is_empty()))
+            let polled = shared
+                .client
+                .nodes
+                .call("poll workflow tasks", |t| {
+                    let request = request.clone();
+                    let session = &shared.sessions[t.index];
+                    async move { session.poll_workflow_task(request).await }
+                })
+                .await?;
+            Ok(polled.task.filter(|task| !task.task_token.is_empty()))
         }
     };
     let dispatch = |task: pb::WorkflowTask, permit| {
@@ -367,10 +381,9 @@ async fn poll_workflow_tasks(shared: Arc<WorkerShared>, stop: watch::Receiver<bo
 }
 
 async fn poll_activity_tasks(shared: Arc<WorkerShared>, stop: watch::Receiver<bool>) {
-    let worker = shared.client.raw().worker;
     let registered = sorted_names(&shared.activities).into_iter().map(String::from).collect::<Vec<_>>();
     let poll = || {
-        let mut worker = worker.clone();
+        let nodes = shared.client.nodes.clone();
         let request = pb::PollActivityTaskRequest {
             namespace: shared.client.namespace().to_string(),
             task_queue: shared.task_queue.clone(),
@@ -378,8 +391,13 @@ async fn poll_activity_tasks(shared: Arc<WorkerShared>, stop: watch::Receiver<bo
             wait_ms: POLL_WAIT_MS,
         };
         async move {
-            let task = worker.poll_activity_task(request).await?.into_inner().task;
-            Ok(task.filter(|task| !task.task_token.is_empty()))
+            let polled = nodes
+                .call("poll activity tasks", |t| {
+                    let request = request.clone();
+                    async move { Ok(t.node.clients.worker.clone().poll_activity_task(request).await?.into_inner()) }
+                })
+                .await?;
+            Ok(polled.task.filter(|task| !task.task_token.is_empty()))
         }
     };
     let dispatch = |task: pb::ActivityTask, permit: OwnedSemaphorePermit| {
@@ -457,8 +475,26 @@ async fn process_workflow_task(shared: Arc<WorkerShared>, mut task: pb::Workflow
             identity: shared.identity.clone(),
             steps_observed: activation.steps_observed,
         };
-        match shared.session.complete_workflow_task(request).await {
-            Ok(response) => {
+        let completed = shared
+            .client
+            .nodes
+            .call("complete the workflow task", |t| {
+                let request = request.clone();
+                let session = &shared.sessions[t.index];
+                async move { reported(t.retried, session.complete_workflow_task(request).await) }
+            })
+            .await;
+        match completed {
+            Ok(Reported::AlreadyDone(status)) => {
+                // An earlier attempt whose reply was lost landed, or the task was superseded.
+                tracing::info!(
+                    "workflow task completion retried and refused ({}): already recorded or superseded; dropping \
+                     the cached run",
+                    status.message()
+                );
+                return;
+            }
+            Ok(Reported::Accepted(response)) => {
                 if activation.finished {
                     return;
                 }
@@ -607,7 +643,7 @@ async fn advance_keeping_alive(shared: &WorkerShared, task_token: &[u8], machine
     let interval = (task_timeout / 3).max(Duration::from_millis(50));
     let (over_tx, over_rx) = oneshot::channel();
     let beats = tokio::spawn(heartbeat_task(
-        shared.client.raw().worker,
+        shared.client.nodes.clone(),
         task_token.to_vec(),
         shared.identity.clone(),
         interval,
@@ -625,7 +661,7 @@ async fn advance_keeping_alive(shared: &WorkerShared, task_token: &[u8], machine
 /// Heartbeats a workflow task every `interval` until aborted; reports a refusal (the task is
 /// over) on `over` and stops. Other errors are logged: the next beat may get through.
 async fn heartbeat_task(
-    mut worker: WorkerServiceClient<Channel>,
+    nodes: Arc<Nodes>,
     task_token: Vec<u8>,
     identity: String,
     interval: Duration,
@@ -635,7 +671,11 @@ async fn heartbeat_task(
         tokio::time::sleep(interval).await;
         let request =
             pb::RecordWorkflowTaskHeartbeatRequest { task_token: task_token.clone(), identity: identity.clone() };
-        match worker.record_workflow_task_heartbeat(request).await {
+        // Sent once: after a failure the client is on the next node and the next beat goes there.
+        let beat = nodes
+            .once(|t| async move { t.node.clients.worker.clone().record_workflow_task_heartbeat(request).await })
+            .await;
+        match beat {
             Ok(_) => tracing::debug!("workflow task heartbeat"),
             Err(status) if matches!(status.code(), tonic::Code::FailedPrecondition | tonic::Code::NotFound) => {
                 let _ = over.send(status.message().to_string());
@@ -652,11 +692,47 @@ pub(crate) fn refuses_for_good(status: &tonic::Status) -> bool {
     matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted | tonic::Code::OutOfRange)
 }
 
+/// The answer to a call carrying a task token, read with the retry rule of [`crate::nodes`].
+pub(crate) enum Reported<T> {
+    /// The server accepted this attempt.
+    Accepted(T),
+    /// The server refused a retry because the token is no longer current: an earlier attempt
+    /// whose reply was lost was recorded, or the task was superseded (timed out, run closed).
+    AlreadyDone(tonic::Status),
+}
+
+/// Reads one attempt's answer: a refusal of a retried attempt is [`Reported::AlreadyDone`].
+pub(crate) fn reported<T>(retried: bool, answer: Result<T, tonic::Status>) -> Result<Reported<T>, tonic::Status> {
+    match answer {
+        Ok(value) => Ok(Reported::Accepted(value)),
+        Err(status) if retried && task_over(&status) => Ok(Reported::AlreadyDone(status)),
+        Err(status) => Err(status),
+    }
+}
+
+/// Whether the server refused a task-token call because the task is no longer current.
+pub(crate) fn task_over(status: &tonic::Status) -> bool {
+    matches!(status.code(), tonic::Code::FailedPrecondition | tonic::Code::NotFound)
+}
+
 async fn fail_workflow_task(shared: &WorkerShared, task_token: Vec<u8>, failure: Failure) {
     let request =
         pb::FailWorkflowTaskRequest { task_token, failure: Some(failure.into()), identity: shared.identity.clone() };
-    if let Err(status) = shared.session.fail_workflow_task(request).await {
-        tracing::warn!("reporting the failed workflow task failed: {status}");
+    let failed = shared
+        .client
+        .nodes
+        .call("fail the workflow task", |t| {
+            let request = request.clone();
+            let session = &shared.sessions[t.index];
+            async move { reported(t.retried, session.fail_workflow_task(request).await) }
+        })
+        .await;
+    match failed {
+        Ok(Reported::Accepted(_)) => {}
+        Ok(Reported::AlreadyDone(status)) => {
+            tracing::info!("workflow task failure retried and refused ({}): already recorded", status.message())
+        }
+        Err(status) => tracing::warn!("reporting the failed workflow task failed: {status}"),
     }
 }
 

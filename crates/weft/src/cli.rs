@@ -25,8 +25,10 @@ pub struct Cli {
 /// Flags every client command understands; they may appear before or after the subcommand.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// Address of a Weft node, with or without `http://`.
-    #[arg(long, global = true, env = "WEFT_SERVER", default_value = DEFAULT_SERVER)]
+    /// Address of a Weft node, with or without `http://`, or a comma-separated list of the
+    /// cluster's nodes (`a:7471,b:7472,c:7473`): a command goes to the first that answers and
+    /// moves to another, retrying, when a node fails.
+    #[arg(long, global = true, env = "WEFT_SERVER", default_value = DEFAULT_SERVER, value_name = "ADDR[,ADDR...]")]
     pub server: String,
 
     /// Namespace of the workflows a command addresses.

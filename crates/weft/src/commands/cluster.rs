@@ -14,7 +14,9 @@ use crate::output;
 pub async fn run(context: &mut Context, command: ClusterCommand) -> Result<ExitCode, CliError> {
     match command {
         ClusterCommand::Status => {
-            let status = context.admin().await?.cluster_status(ClusterStatusRequest {}).await?.into_inner();
+            let status = context
+                .admin(ClusterStatusRequest {}, |mut admin, r| async move { admin.cluster_status(r).await })
+                .await?;
             output::print(context.output, status_json(&status), || status_text(&status));
         }
         ClusterCommand::Init(args) => {

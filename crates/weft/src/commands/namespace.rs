@@ -13,19 +13,18 @@ use crate::output;
 pub async fn run(context: &mut Context, command: NamespaceCommand) -> Result<ExitCode, CliError> {
     match command {
         NamespaceCommand::Create { name, description } => {
-            let response = context
-                .admin()
-                .await?
-                .create_namespace(CreateNamespaceRequest { name: name.clone(), description })
-                .await?
-                .into_inner();
+            let request = CreateNamespaceRequest { name: name.clone(), description };
+            let response =
+                context.admin(request, |mut admin, r| async move { admin.create_namespace(r).await }).await?;
             let namespace = response.namespace.unwrap_or(Namespace { name, ..Default::default() });
             output::print(context.output, namespace_json(&namespace), || {
                 format!("namespace {} created", namespace.name)
             });
         }
         NamespaceCommand::List => {
-            let response = context.admin().await?.list_namespaces(ListNamespacesRequest {}).await?.into_inner();
+            let response = context
+                .admin(ListNamespacesRequest {}, |mut admin, r| async move { admin.list_namespaces(r).await })
+                .await?;
             let json = json!({
                 "namespaces": response.namespaces.iter().map(namespace_json).collect::<Vec<_>>(),
             });
@@ -42,12 +41,9 @@ pub async fn run(context: &mut Context, command: NamespaceCommand) -> Result<Exi
             });
         }
         NamespaceCommand::Describe { name } => {
-            let response = context
-                .admin()
-                .await?
-                .describe_namespace(DescribeNamespaceRequest { name: name.clone() })
-                .await?
-                .into_inner();
+            let request = DescribeNamespaceRequest { name: name.clone() };
+            let response =
+                context.admin(request, |mut admin, r| async move { admin.describe_namespace(r).await }).await?;
             let namespace = response.namespace.unwrap_or(Namespace { name, ..Default::default() });
             let mut json = namespace_json(&namespace);
             json["open_workflows"] = json!(response.open_workflows);

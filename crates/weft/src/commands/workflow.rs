@@ -8,10 +8,10 @@ use tokio::time::Instant;
 use serde_json::{Value, json};
 use weft_proto::v1::{
     DescribeWorkflowRequest, DescribeWorkflowResponse, ExecuteWorkflowRequest, GetWorkflowHistoryRequest,
-    GetWorkflowResultRequest, GetWorkflowResultResponse, HistoryEvent, ListWorkflowsRequest,
-    RequestCancelWorkflowRequest, SignalWorkflowRequest, StartWorkflowRequest, TerminateWorkflowRequest, WorkflowInfo,
-    WorkflowStatus,
+    GetWorkflowResultRequest, GetWorkflowResultResponse, HistoryEvent, ListWorkflowsRequest, SignalWorkflowRequest,
+    StartWorkflowRequest, WorkflowInfo, WorkflowStatus,
 };
+use weft_sdk::CloseOptions;
 
 use super::Context;
 use crate::cli::{
@@ -69,7 +69,16 @@ fn start_request(context: &Context, args: &StartArgs) -> Result<StartWorkflowReq
 
 async fn start(context: &mut Context, args: StartArgs) -> Result<ExitCode, CliError> {
     let request = start_request(context, &args)?;
-    let response = context.workflows().await?.start_workflow(request.clone()).await?.into_inner();
+    // A request id made here is this command's alone: "not started" on a retry after a lost
+    // reply means an earlier attempt of this command started the run.
+    let own_request_id = args.request_id.is_none();
+    let response = context
+        .workflows(request.clone(), |mut workflows, r, retried| async move {
+            let mut response = workflows.start_workflow(r).await?;
+            response.get_mut().started |= retried && own_request_id;
+            Ok(response)
+        })
+        .await?;
     let json = json!({
         "namespace": context.namespace,
         "workflow_id": args.id,
@@ -98,7 +107,8 @@ async fn execute(context: &mut Context, args: ExecuteArgs) -> Result<ExitCode, C
     let deadline = args.timeout.map(|seconds| Instant::now() + Duration::from_secs(seconds));
     let request =
         ExecuteWorkflowRequest { start: Some(start_request(context, &args.start)?), wait_ms: wait_ms(deadline) };
-    let response = context.workflows().await?.execute_workflow(request).await?.into_inner();
+    let response =
+        context.workflows(request, |mut workflows, r, _| async move { workflows.execute_workflow(r).await }).await?;
     let workflow_id = args.start.id;
     let first = response.result.unwrap_or_default();
     // The first answer does not follow continue-as-new; the wait does, from the run started.
@@ -116,18 +126,16 @@ async fn execute(context: &mut Context, args: ExecuteArgs) -> Result<ExitCode, C
 async fn signal(context: &mut Context, args: SignalArgs) -> Result<ExitCode, CliError> {
     let input = json_input("--input", args.input.as_deref())?;
     let request_id = args.request_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    context
-        .workflows()
-        .await?
-        .signal_workflow(SignalWorkflowRequest {
-            namespace: context.namespace.clone(),
-            workflow_id: args.id.clone(),
-            run_id: args.run_id.clone().unwrap_or_default(),
-            signal_name: args.name.clone(),
-            input,
-            request_id: request_id.clone(),
-        })
-        .await?;
+    let request = SignalWorkflowRequest {
+        namespace: context.namespace.clone(),
+        workflow_id: args.id.clone(),
+        run_id: args.run_id.clone().unwrap_or_default(),
+        signal_name: args.name.clone(),
+        input,
+        request_id: request_id.clone(),
+    };
+    // The request id is the same on every retry: the signal is recorded once.
+    context.workflows(request, |mut workflows, r, _| async move { workflows.signal_workflow(r).await }).await?;
     let json = json!({
         "workflow_id": args.id,
         "run_id": args.run_id,
@@ -140,48 +148,29 @@ async fn signal(context: &mut Context, args: SignalArgs) -> Result<ExitCode, Cli
 }
 
 async fn cancel(context: &mut Context, args: CloseArgs) -> Result<ExitCode, CliError> {
-    context
-        .workflows()
-        .await?
-        .request_cancel_workflow(RequestCancelWorkflowRequest {
-            namespace: context.namespace.clone(),
-            workflow_id: args.id.clone(),
-            run_id: args.run_id.clone().unwrap_or_default(),
-            reason: args.reason.clone().unwrap_or_default(),
-        })
-        .await?;
+    let options = CloseOptions { run_id: args.run_id.clone(), reason: args.reason.clone().unwrap_or_default() };
+    context.client().await?.cancel_workflow_with(&args.id, options).await?;
     let json = json!({ "workflow_id": args.id, "run_id": args.run_id, "cancel_requested": true });
     output::print(context.output, json, || format!("cancellation requested for workflow {}", args.id));
     Ok(ExitCode::SUCCESS)
 }
 
 async fn terminate(context: &mut Context, args: CloseArgs) -> Result<ExitCode, CliError> {
-    context
-        .workflows()
-        .await?
-        .terminate_workflow(TerminateWorkflowRequest {
-            namespace: context.namespace.clone(),
-            workflow_id: args.id.clone(),
-            run_id: args.run_id.clone().unwrap_or_default(),
-            reason: args.reason.clone().unwrap_or_default(),
-        })
-        .await?;
+    let options = CloseOptions { run_id: args.run_id.clone(), reason: args.reason.clone().unwrap_or_default() };
+    context.client().await?.terminate_workflow_with(&args.id, options).await?;
     let json = json!({ "workflow_id": args.id, "run_id": args.run_id, "terminated": true });
     output::print(context.output, json, || format!("workflow {} terminated", args.id));
     Ok(ExitCode::SUCCESS)
 }
 
 async fn describe(context: &mut Context, args: RunArgs) -> Result<ExitCode, CliError> {
-    let response = context
-        .workflows()
-        .await?
-        .describe_workflow(DescribeWorkflowRequest {
-            namespace: context.namespace.clone(),
-            workflow_id: args.id,
-            run_id: args.run_id.unwrap_or_default(),
-        })
-        .await?
-        .into_inner();
+    let request = DescribeWorkflowRequest {
+        namespace: context.namespace.clone(),
+        workflow_id: args.id,
+        run_id: args.run_id.unwrap_or_default(),
+    };
+    let response =
+        context.workflows(request, |mut workflows, r, _| async move { workflows.describe_workflow(r).await }).await?;
     output::print(context.output, describe_json(&response), || describe_text(&response));
     Ok(ExitCode::SUCCESS)
 }
@@ -282,18 +271,16 @@ async fn history(context: &mut Context, args: RunArgs) -> Result<ExitCode, CliEr
     let mut from_event_id = 1;
     let mut events: Vec<HistoryEvent> = Vec::new();
     loop {
+        let request = GetWorkflowHistoryRequest {
+            namespace: context.namespace.clone(),
+            workflow_id: args.id.clone(),
+            run_id: run_id.clone(),
+            from_event_id,
+            max_events: HISTORY_PAGE_EVENTS_MAX,
+        };
         let page = context
-            .workflows()
-            .await?
-            .get_workflow_history(GetWorkflowHistoryRequest {
-                namespace: context.namespace.clone(),
-                workflow_id: args.id.clone(),
-                run_id: run_id.clone(),
-                from_event_id,
-                max_events: HISTORY_PAGE_EVENTS_MAX,
-            })
-            .await?
-            .into_inner();
+            .workflows(request, |mut workflows, r, _| async move { workflows.get_workflow_history(r).await })
+            .await?;
         // Later pages must come from the run the first page came from, even if the workflow
         // continues as new meanwhile.
         if run_id.is_empty() {
@@ -424,18 +411,16 @@ async fn wait_for_result(
     timeout_s: Option<u64>,
 ) -> Result<GetWorkflowResultResponse, CliError> {
     loop {
+        let request = GetWorkflowResultRequest {
+            namespace: context.namespace.clone(),
+            workflow_id: workflow_id.to_string(),
+            run_id: run_id.clone(),
+            wait_ms: wait_ms(deadline),
+            follow_runs: true,
+        };
         let response = context
-            .workflows()
-            .await?
-            .get_workflow_result(GetWorkflowResultRequest {
-                namespace: context.namespace.clone(),
-                workflow_id: workflow_id.to_string(),
-                run_id: run_id.clone(),
-                wait_ms: wait_ms(deadline),
-                follow_runs: true,
-            })
-            .await?
-            .into_inner();
+            .workflows(request, |mut workflows, r, _| async move { workflows.get_workflow_result(r).await })
+            .await?;
         if response.closed {
             // The server follows continue-as-new chains itself; should a closed link come back
             // anyway, wait for the run it continued as.
@@ -503,18 +488,15 @@ async fn list(context: &mut Context, args: ListArgs) -> Result<ExitCode, CliErro
     };
     let mut workflows: Vec<WorkflowInfo> = Vec::new();
     loop {
-        let page = context
-            .workflows()
-            .await?
-            .list_workflows(ListWorkflowsRequest {
-                namespace: context.namespace.clone(),
-                status: status as i32,
-                workflow_type: args.workflow_type.clone().unwrap_or_default(),
-                page_size: args.page_size.unwrap_or(0),
-                next_page_token: page_token.clone(),
-            })
-            .await?
-            .into_inner();
+        let request = ListWorkflowsRequest {
+            namespace: context.namespace.clone(),
+            status: status as i32,
+            workflow_type: args.workflow_type.clone().unwrap_or_default(),
+            page_size: args.page_size.unwrap_or(0),
+            next_page_token: page_token.clone(),
+        };
+        let page =
+            context.workflows(request, |mut workflows, r, _| async move { workflows.list_workflows(r).await }).await?;
         workflows.extend(page.workflows);
         let advanced = page.next_page_token != page_token;
         page_token = page.next_page_token;

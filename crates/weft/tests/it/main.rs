@@ -16,6 +16,8 @@
 //! - `dispatch`: task queues past their memory window deliver every task (a spawned node).
 //! - `failpoints`: a node armed to abort at one exact durable write (each in turn) keeps
 //!   every start it acknowledged.
+//! - `failover`: clients and workers given a list of nodes skip a dead address and ride
+//!   through a node SIGKILLed mid-workflow and restarted (a retried start takes effect once).
 //! - `crash`: real `weft` processes killed with SIGKILL at random moments,
 //!   restarted, and checked for what survived.
 //! - `cluster`: three nodes formed with `InitCluster`, replicating every shard, serving any
@@ -28,6 +30,7 @@ mod cluster;
 mod config;
 mod crash;
 mod dispatch;
+mod failover;
 mod failpoints;
 mod large_history;
 mod semantics;
