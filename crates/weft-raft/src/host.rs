@@ -178,10 +178,20 @@ impl RaftHost {
             if !initialized && !members.is_empty() {
                 let nodes: BTreeMap<u64, BasicNode> =
                     members.iter().map(|(id, addr)| (*id, BasicNode::new(addr.clone()))).collect();
-                raft.initialize(nodes)
-                    .await
-                    .with_context(|| format!("initialize shard {shard} as a group of nodes {:?}", members.keys()))?;
-                tracing::info!(shard, node_id, members = ?members.keys(), "initialized the shard's raft group");
+                // One node per shard initialises it at once and so stands for election first,
+                // which spreads the first leaders over the nodes (shard i on the i-th node, mod
+                // the count). The others initialise it too, identically, only if it has not
+                // reached them after a grace period (its first node died before it could).
+                let ids: Vec<u64> = members.keys().copied().collect();
+                let first = ids[shard as usize % ids.len()];
+                if first == node_id {
+                    raft.initialize(nodes)
+                        .await
+                        .with_context(|| format!("initialize shard {shard} as a group of nodes {ids:?}"))?;
+                    tracing::info!(shard, node_id, members = ?ids, "initialized the shard's raft group");
+                } else {
+                    watchers.push(tokio::spawn(initialize_late(shard, raft.clone(), nodes)));
+                }
             }
             let (leader_tx, leader_rx) = watch::channel(false);
             watchers.push(tokio::spawn(watch_metrics(shard, node_id, raft.clone(), leader_tx)));
@@ -410,6 +420,21 @@ fn reply_of<T>(result: Result<T, RaftError<u64>>) -> RpcReply<T> {
         Ok(response) => RpcReply::Ok(response),
         Err(RaftError::APIError(never)) => match never {},
         Err(RaftError::Fatal(fatal)) => RpcReply::Fatal(fatal.to_string()),
+    }
+}
+
+/// How long a node waits for a shard's first node to initialise the shard's group before it
+/// initialises it itself (with the same members: safe).
+pub const LATE_INITIALIZE_MS: u64 = 5_000;
+
+async fn initialize_late(shard: u32, raft: Raft<TypeConfig>, nodes: BTreeMap<u64, BasicNode>) {
+    tokio::time::sleep(Duration::from_millis(LATE_INITIALIZE_MS)).await;
+    if raft.is_initialized().await.unwrap_or(true) {
+        return;
+    }
+    match raft.initialize(nodes).await {
+        Ok(()) => tracing::info!(shard, "initialized the shard's raft group after its first node did not"),
+        Err(error) => tracing::debug!(shard, %error, "late initialization not needed"),
     }
 }
 
