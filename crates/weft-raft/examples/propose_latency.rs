@@ -10,9 +10,9 @@ use weft_storage::{Db, StateBatch};
 
 struct Noop;
 impl ShardApplier for Noop {
-    fn apply(&self, shard: u32, index: u64, payload: &[u8], batch: &mut StateBatch) -> Vec<u8> {
+    fn apply(&self, shard: u32, index: u64, payload: &[u8], batch: &mut StateBatch) -> anyhow::Result<Vec<u8>> {
         batch.put(&weft_storage::keys::KeyBuilder::new(shard, 0x10).u64(index).finish(), payload);
-        Vec::new()
+        Ok(Vec::new())
     }
     fn after_write(&self, _shard: u32) {}
     fn reload(&self, _shard: u32, _db: &Db) -> anyhow::Result<()> {

@@ -82,7 +82,18 @@ pub type SnapshotMeta = openraft::SnapshotMeta<u64, openraft::BasicNode>;
 pub trait ShardApplier: Send + Sync + 'static {
     /// Applies the payload of one committed normal entry at `index` for `shard`, adding its state
     /// changes to `batch`. Deterministic, never panics on any bytes; returns the reply bytes.
-    fn apply(&self, shard: u32, index: u64, payload: &[u8], batch: &mut weft_storage::StateBatch) -> Vec<u8>;
+    ///
+    /// An error means this node cannot apply the entry at all (a command of a format this build
+    /// does not know, from a newer release): the shard's group stops with that error on this
+    /// node rather than skip the entry, since skipping would make this replica diverge from
+    /// the ones that applied it.
+    fn apply(
+        &self,
+        shard: u32,
+        index: u64,
+        payload: &[u8],
+        batch: &mut weft_storage::StateBatch,
+    ) -> anyhow::Result<Vec<u8>>;
     /// Called once per batch of applied entries, after the last entry was applied and before
     /// the batch is written: for records that sum up the whole batch, written once per batch
     /// instead of once per entry (the clock floor).

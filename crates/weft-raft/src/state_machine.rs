@@ -286,7 +286,18 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             let reply = match entry.payload {
                 EntryPayload::Blank => Vec::new(),
                 EntryPayload::Normal(Proposal(payload)) => {
-                    self.applier.apply(shard, entry.log_id.index, &payload, &mut batch)
+                    match self.applier.apply(shard, entry.log_id.index, &payload, &mut batch) {
+                        Ok(reply) => reply,
+                        Err(error) => {
+                            tracing::error!(shard, index = entry.log_id.index, error = %format!("{error:#}"), "cannot apply a committed entry: the shard stops on this node");
+                            metrics::counter!("weft_raft_apply_failures_total").increment(1);
+                            let error = std::io::Error::other(format!(
+                                "shard {shard}: cannot apply committed entry {}: {error:#}",
+                                entry.log_id.index
+                            ));
+                            return Err(StorageIOError::apply(entry.log_id, AnyError::new(&error)).into());
+                        }
+                    }
                 }
                 EntryPayload::Membership(config) => {
                     membership = Some(StoredMembership::new(Some(entry.log_id), config));

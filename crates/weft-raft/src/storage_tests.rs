@@ -25,8 +25,8 @@ struct NoopApplier;
 const BAD_RECORD: &[u8] = b"corrupt";
 
 impl ShardApplier for NoopApplier {
-    fn apply(&self, _shard: u32, _index: u64, payload: &[u8], _batch: &mut StateBatch) -> Vec<u8> {
-        payload.to_vec()
+    fn apply(&self, _shard: u32, _index: u64, payload: &[u8], _batch: &mut StateBatch) -> anyhow::Result<Vec<u8>> {
+        Ok(payload.to_vec())
     }
     fn after_write(&self, _shard: u32) {}
     fn reload(&self, _shard: u32, _db: &Db) -> anyhow::Result<()> {

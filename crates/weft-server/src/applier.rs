@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use weft_core::apply::Effect;
-use weft_core::{Command, ErrorCode, Rejection, Reply, ShardState};
+use weft_core::{Command, ShardState};
 use weft_raft::ShardApplier;
 use weft_storage::{Db, StateBatch, codec};
 
@@ -66,22 +66,16 @@ impl ShardSlots {
 }
 
 impl ShardApplier for ShardSlots {
-    fn apply(&self, shard: u32, _index: u64, payload: &[u8], batch: &mut StateBatch) -> Vec<u8> {
+    fn apply(&self, shard: u32, _index: u64, payload: &[u8], batch: &mut StateBatch) -> anyhow::Result<Vec<u8>> {
         let Some(slot) = self.slots.get(shard as usize) else {
-            return codec::encode(&Reply::Rejected(Rejection::new(ErrorCode::InvalidArgument, "no such shard")));
+            anyhow::bail!("shard {shard} is not hosted here (shard count {})", self.slots.len());
         };
-        let command: Command = match codec::decode(payload) {
-            Ok(command) => command,
-            Err(error) => {
-                // Only this node's leaders propose, with this codec: an undecodable
-                // entry is refused identically on every replica.
-                tracing::error!(shard, %error, "undecodable command in the raft log");
-                return codec::encode(&Reply::Rejected(Rejection::new(
-                    ErrorCode::InvalidArgument,
-                    format!("undecodable command: {error}"),
-                )));
-            }
-        };
+        // A command this build cannot decode (another record format: a newer release's leader)
+        // must not be skipped or refused here while other replicas apply it: the shard stops on
+        // this node with the error, and starts again once the node runs a build that reads it.
+        let command: Command = codec::decode(payload).map_err(|error| {
+            anyhow::anyhow!("undecodable command in the raft log (a newer release's format?): {error}")
+        })?;
         let mut state = slot.state.lock();
         let outcome = weft_core::apply(&mut state, &command);
         shard_store::write_outcome(shard, &state, &outcome, batch);
@@ -91,7 +85,7 @@ impl ShardApplier for ShardSlots {
         if !outcome.effects.is_empty() {
             slot.pending_effects.lock().extend(outcome.effects);
         }
-        codec::encode(&outcome.reply)
+        Ok(codec::encode(&outcome.reply))
     }
 
     fn before_write(&self, shard: u32, batch: &mut StateBatch) {

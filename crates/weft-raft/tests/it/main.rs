@@ -15,6 +15,9 @@ const KIND_PAYLOAD: u8 = 0x10;
 /// Generous bound for elections and background work in tests.
 const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A payload the test applier cannot apply (as a build meets a command of a newer format).
+const POISON: &[u8] = b"poison";
+
 /// Stores each payload under `[shard][0x10][index]` and replies `"ok:<payload>"`.
 #[derive(Default)]
 struct RecordingApplier {
@@ -23,11 +26,12 @@ struct RecordingApplier {
 }
 
 impl ShardApplier for RecordingApplier {
-    fn apply(&self, shard: u32, index: u64, payload: &[u8], batch: &mut StateBatch) -> Vec<u8> {
+    fn apply(&self, shard: u32, index: u64, payload: &[u8], batch: &mut StateBatch) -> anyhow::Result<Vec<u8>> {
+        anyhow::ensure!(payload != POISON, "the test applier cannot apply this payload");
         batch.put(&KeyBuilder::new(shard, KIND_PAYLOAD).u64(index).finish(), payload);
         let mut reply = b"ok:".to_vec();
         reply.extend_from_slice(payload);
-        reply
+        Ok(reply)
     }
     fn after_write(&self, _shard: u32) {
         self.writes.fetch_add(1, Ordering::Relaxed);
@@ -135,6 +139,29 @@ async fn proposals_survive_restart() {
     tokio::time::timeout(WAIT_TIMEOUT, leader.wait_for(|l| *l)).await.expect("re-elected").expect("watch");
     assert_eq!(host.propose(1, b"again".to_vec()).await.expect("propose after restart"), b"ok:again".to_vec());
     assert_eq!(host.propose(9, b"x".to_vec()).await, Err(ProposeError::UnknownShard { shard: 9, shard_count: 2 }));
+    host.shutdown().await;
+}
+
+/// An entry the applier cannot apply stops its shard's group on this node (every later
+/// proposal fails, nothing after it is applied) instead of being skipped; other shards go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_entry_that_cannot_be_applied_stops_its_shard_and_only_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = Db::open(dir.path()).expect("open db");
+    let host = open_host(&db, 2, Arc::new(RecordingApplier::default())).await;
+    host.propose(0, b"before".to_vec()).await.expect("propose");
+    let poisoned = host.propose(0, POISON.to_vec()).await;
+    assert!(
+        matches!(&poisoned, Err(ProposeError::Fatal(message)) if message.contains("cannot apply")),
+        "the proposal fails with the apply error: {poisoned:?}"
+    );
+    let after = host.propose(0, b"after".to_vec()).await;
+    assert!(
+        matches!(after, Err(ProposeError::Fatal(_) | ProposeError::ShuttingDown)),
+        "the shard stays stopped: {after:?}"
+    );
+    assert_eq!(stored_payloads(&db, 0), vec![b"before".to_vec()], "nothing from the poisoned entry on is applied");
+    assert_eq!(host.propose(1, b"other".to_vec()).await.expect("another shard"), b"ok:other".to_vec());
     host.shutdown().await;
 }
 
