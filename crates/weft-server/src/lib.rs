@@ -231,24 +231,35 @@ fn peers_with_self(config: &NodeConfig, advertise: &str) -> anyhow::Result<BTree
     Ok(peers)
 }
 
-async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listen on {addr} (is another process, perhaps another weft node, using that port?)"))
+/// Binds the node's port without listening yet: the port is taken (and its number known, for
+/// port 0) before the data dir is set up, but connections are refused until the node serves,
+/// so a node that accepts a connection has its cluster record.
+fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpSocket> {
+    let context = || format!("listen on {addr} (is another process, perhaps another weft node, using that port?)");
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
+        .with_context(context)?;
+    socket.set_reuseaddr(true).with_context(context)?;
+    socket.bind(addr).with_context(context)?;
+    Ok(socket)
+}
+
+/// Connections a bound port queues before they are accepted.
+const LISTEN_BACKLOG: u32 = 1024;
+
+fn listen(socket: tokio::net::TcpSocket, addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    socket.listen(LISTEN_BACKLOG).with_context(|| format!("listen on {addr}"))
 }
 
 /// Binds the port a formation server just released (retrying briefly while the kernel frees it).
-async fn rebind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+async fn rebind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpSocket> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(listener) => return Ok(listener),
+        match bind(addr) {
+            Ok(socket) => return Ok(socket),
             Err(_) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
-            Err(error) => {
-                return Err(error).with_context(|| format!("listen on {addr} again after forming the cluster"));
-            }
+            Err(error) => return Err(error.context("listen again after forming the cluster")),
         }
     }
 }
@@ -261,8 +272,8 @@ pub async fn start_node(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
     let db = Db::open(config.data_dir.join("db")).context("open the node's RocksDB")?;
-    let mut listener = bind(config.listen).await?;
-    let addr = listener.local_addr()?;
+    let mut socket = bind(config.listen)?;
+    let addr = socket.local_addr()?;
     let advertise = config.cluster.advertise.clone().unwrap_or_else(|| addr.to_string());
     let peers = peers_with_self(&config, &advertise)?;
     let cluster = match db.get_cluster_meta()? {
@@ -270,8 +281,9 @@ pub async fn start_node(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         None if peers.len() == 1 => create_single_node_cluster(&db, &config, &advertise)?,
         None => {
             db.prewrite_wal(config.wal_prewrite_bytes).context("pre-write the WAL")?;
-            let meta = cluster::await_cluster_init(db.clone(), config.node_id, peers, listener).await?;
-            listener = rebind(addr).await?;
+            let forming = listen(socket, addr)?;
+            let meta = cluster::await_cluster_init(db.clone(), config.node_id, peers, forming).await?;
+            socket = rebind(addr).await?;
             meta
         }
     };
@@ -334,6 +346,7 @@ pub async fn start_node(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         .max_encoding_message_size(cluster::NODE_MESSAGE_BYTES_MAX);
     // Set on each accepted stream: `Server::tcp_nodelay` covers only listeners tonic binds itself.
     // Without it a reply waits for the client's delayed ACK (Nagle): 40 ms a step.
+    let listener = listen(socket, addr)?;
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let served = tokio::spawn(async move {
         tonic::transport::Server::builder()
