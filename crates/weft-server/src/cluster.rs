@@ -318,15 +318,16 @@ struct Forming {
     peers: BTreeMap<u64, String>,
     connections: Peers,
     /// Fires once the cluster record is stored.
-    formed: Mutex<Option<oneshot::Sender<ClusterMeta>>>,
+    formed: Mutex<Option<oneshot::Sender<(ClusterMeta, bool)>>>,
     /// Serialises formation requests.
     forming: tokio::sync::Mutex<()>,
 }
 
 impl Forming {
-    fn formed(&self, meta: ClusterMeta) {
+    /// The cluster record is stored; `rejoined`: found from the peers (this node lost its data).
+    fn formed(&self, meta: ClusterMeta, rejoined: bool) {
         if let Some(formed) = self.formed.lock().take() {
-            let _ = formed.send(meta);
+            let _ = formed.send((meta, rejoined));
         }
     }
 
@@ -379,7 +380,7 @@ impl NodeService for FormingNode {
             forming.store(&meta)?;
             tracing::info!(cluster_id = %meta.cluster_id, shards = meta.shard_count, "joined a new cluster");
         }
-        forming.formed(meta);
+        forming.formed(meta, false);
         Ok(Response::new(pb::JoinClusterResponse {}))
     }
 }
@@ -428,21 +429,69 @@ impl AdminService for FormingAdmin {
             tracing::info!(cluster_id = %meta.cluster_id, shards = meta.shard_count, replicas = meta.replicas, "created the cluster");
         }
         let joined = join_peers(&forming.connections, &meta).await;
-        forming.formed(meta.clone());
+        forming.formed(meta.clone(), false);
         joined?;
         Ok(Response::new(init_response(&meta, created)))
     }
 }
 
+/// How often a node without a cluster record asks its peers whether they form a cluster that
+/// includes it.
+pub const REJOIN_POLL_MS: u64 = 1_000;
+
+/// Asks the peers, until one answers, for a cluster record that names this node at its address
+/// (a cluster this node was part of before its data dir was lost); stores it and ends the
+/// formation. The node then starts its shards without initialising them: their leaders
+/// replicate the log (or a snapshot) to it.
+async fn find_cluster_of_peers(forming: Arc<Forming>) {
+    let own_address = forming.peers.get(&forming.node_id).cloned().unwrap_or_default();
+    loop {
+        for (id, address) in forming.peers.iter().filter(|(id, _)| **id != forming.node_id) {
+            let Ok(channel) = forming.connections.channel(address) else { continue };
+            let mut admin = weft_proto::v1::admin_service_client::AdminServiceClient::new(channel);
+            let mut request = Request::new(pb::ClusterStatusRequest {});
+            request.metadata_mut().insert("weft-local-status", tonic::metadata::MetadataValue::from_static("1"));
+            request.set_timeout(Duration::from_millis(JOIN_TIMEOUT_MS));
+            let Ok(status) = admin.cluster_status(request).await.map(|r| r.into_inner()) else { continue };
+            let names_me = status.nodes.iter().any(|n| n.node_id == forming.node_id && n.address == own_address);
+            if status.cluster_id.is_empty() || !names_me {
+                continue;
+            }
+            let meta = ClusterMeta {
+                cluster_id: status.cluster_id,
+                node_id: forming.node_id,
+                shard_count: status.shard_count,
+                created_ms: 0,
+                replicas: status.replicas,
+                nodes: status.nodes.iter().map(|n| (n.node_id, n.address.clone())).collect(),
+            };
+            let _serial = forming.forming.lock().await;
+            if forming.db.get_cluster_meta().ok().flatten().is_none() && forming.store(&meta).is_err() {
+                return;
+            }
+            tracing::warn!(
+                cluster_id = %meta.cluster_id,
+                from = id,
+                "this node has no data but its peers form a cluster that includes it: rejoining; its shards are \
+                 rebuilt from their leaders (a wiped node forgets its Raft votes: wipe at most one node at a time)"
+            );
+            forming.formed(meta, true);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(REJOIN_POLL_MS)).await;
+    }
+}
+
 /// Serves cluster formation on `listener` until this node has a cluster record (from
-/// `weft cluster init` sent here, or a join sent by the node it was sent to); returns the
-/// record once the formation server has stopped and the port is free again.
+/// `weft cluster init` sent here, or a join sent by the node it was sent to, or found from its
+/// peers); returns the record, and whether it was found from the peers (the node rejoins a
+/// cluster it lost its data of), once the formation server has stopped and the port is free.
 pub async fn await_cluster_init(
     db: Db,
     node_id: u64,
     peers: BTreeMap<u64, String>,
     listener: tokio::net::TcpListener,
-) -> anyhow::Result<ClusterMeta> {
+) -> anyhow::Result<(ClusterMeta, bool)> {
     let (formed_tx, formed_rx) = oneshot::channel();
     let forming = Arc::new(Forming {
         db,
@@ -452,8 +501,10 @@ pub async fn await_cluster_init(
         formed: Mutex::new(Some(formed_tx)),
         forming: tokio::sync::Mutex::new(()),
     });
+    // A node whose data dir was wiped finds its cluster from its peers and rejoins it.
+    let rejoin = tokio::spawn(find_cluster_of_peers(forming.clone()));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let meta_slot: Arc<Mutex<Option<ClusterMeta>>> = Arc::default();
+    let meta_slot: Arc<Mutex<Option<(ClusterMeta, bool)>>> = Arc::default();
     let slot = meta_slot.clone();
     let waiter = tokio::spawn(async move {
         if let Ok(meta) = formed_rx.await {
@@ -475,6 +526,7 @@ pub async fn await_cluster_init(
         })
         .await?;
     let _ = waiter.await;
+    rejoin.abort();
     let meta = meta_slot.lock().take();
     meta.ok_or_else(|| anyhow::anyhow!("the cluster formation server stopped before the cluster was formed"))
 }

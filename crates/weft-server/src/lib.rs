@@ -276,15 +276,15 @@ pub async fn start_node(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     let addr = socket.local_addr()?;
     let advertise = config.cluster.advertise.clone().unwrap_or_else(|| addr.to_string());
     let peers = peers_with_self(&config, &advertise)?;
-    let cluster = match db.get_cluster_meta()? {
-        Some(meta) => check_cluster(meta, &config, &advertise)?,
-        None if peers.len() == 1 => create_single_node_cluster(&db, &config, &advertise)?,
+    let (cluster, rejoined) = match db.get_cluster_meta()? {
+        Some(meta) => (check_cluster(meta, &config, &advertise)?, false),
+        None if peers.len() == 1 => (create_single_node_cluster(&db, &config, &advertise)?, false),
         None => {
             db.prewrite_wal(config.wal_prewrite_bytes).context("pre-write the WAL")?;
             let forming = listen(socket, addr)?;
-            let meta = cluster::await_cluster_init(db.clone(), config.node_id, peers, forming).await?;
+            let formed = cluster::await_cluster_init(db.clone(), config.node_id, peers, forming).await?;
             socket = rebind(addr).await?;
-            meta
+            formed
         }
     };
     let replicated = cluster.nodes.len() > 1;
@@ -302,7 +302,9 @@ pub async fn start_node(config: NodeConfig) -> anyhow::Result<NodeHandle> {
             cluster.shard_count,
             shards.clone(),
             networks,
-            cluster.nodes.clone(),
+            // A node that rejoins after losing its data must not initialise its shards anew:
+            // their leaders bring it up to date.
+            if rejoined { BTreeMap::new() } else { cluster.nodes.clone() },
         )
         .await
     } else {

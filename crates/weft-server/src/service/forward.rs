@@ -12,6 +12,7 @@
 //! - While a shard has no leader (an election), the node waits for one for at most
 //!   [`LEADER_WAIT_MS`], then answers UNAVAILABLE with a retry hint ([`RETRY_AFTER_HEADER`]).
 
+use std::error::Error as _;
 use std::time::Duration;
 
 use tonic::transport::Channel;
@@ -86,8 +87,13 @@ impl Leader {
     pub fn answer<T>(&self, shard: u32, result: Result<tonic::Response<T>, Status>) -> Result<T, Status> {
         match result {
             Ok(response) => Ok(response.into_inner()),
-            // A transport failure (the leader died or is unreachable): the client retries.
-            Err(status) if status.code() == tonic::Code::Unavailable && status.metadata().is_empty() => {
+            // A transport failure (the leader died or is unreachable; tonic makes it UNAVAILABLE
+            // or UNKNOWN "transport error", with the error as its source, which a status the
+            // leader answered never has): the client retries, elsewhere if need be.
+            Err(status)
+                if status.source().is_some()
+                    || status.code() == tonic::Code::Unavailable && status.metadata().is_empty() =>
+            {
                 Err(unavailable_retry(
                     format!(
                         "shard {shard}'s leader, node {} at {}, did not answer: {}; retry",
