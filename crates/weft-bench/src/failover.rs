@@ -43,8 +43,10 @@ const BETWEEN_KILLS: Duration = Duration::from_millis(500);
 /// One probe attempt's deadline; it is retried (same request id) after that.
 const PROBE_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
-/// How long the load clients may take to finish their workflow in flight at the end.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the load clients together may take to finish their workflows in flight at the end.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(35);
+/// How long a load client waits for one workflow's result before it moves on.
+const RESULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the final check waits for one acknowledged workflow's result.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
 const ERROR_SAMPLES_MAX: usize = 10;
@@ -155,12 +157,19 @@ pub async fn run(
 
     // Stop the load; every client finishes the workflow it has in flight.
     stop.store(true, Ordering::Relaxed);
+    if !json_report {
+        eprintln!("weft-bench: stopping the load");
+    }
+    let drain_deadline = Instant::now() + DRAIN_TIMEOUT;
     let mut timelines = Vec::new();
-    for task in clients {
-        match tokio::time::timeout(DRAIN_TIMEOUT, task).await {
+    for mut task in clients {
+        match tokio::time::timeout_at(drain_deadline, &mut task).await {
             Ok(Ok(times)) => timelines.push(times),
             Ok(Err(error)) => ledger.lock().error(format!("a load client panicked: {error}")),
-            Err(_) => ledger.lock().error("a load client did not finish within 60 s".to_string()),
+            Err(_) => {
+                task.abort();
+                ledger.lock().error(format!("a load client did not finish within {DRAIN_TIMEOUT:?}"));
+            }
         }
     }
     let load_end = origin.elapsed();
@@ -185,16 +194,28 @@ pub async fn run(
         (unchecked, ledger.completed.len())
     };
     let verifier = Client::connect(&addresses).await.map_err(|error| anyhow::anyhow!("connect: {error}"))?;
-    let mut lost = Vec::new();
-    for id in &unchecked {
-        let result = tokio::time::timeout(VERIFY_TIMEOUT, verifier.workflow_result::<String>(id)).await;
-        match result {
-            Ok(Ok(value)) if value == STEP_RESULTS[2] => {}
-            Ok(Ok(value)) => lost.push(format!("{id}: result {value:?}")),
-            Ok(Err(error)) => lost.push(format!("{id}: {error}")),
-            Err(_) => lost.push(format!("{id}: no result within {VERIFY_TIMEOUT:?}")),
-        }
+    if !json_report {
+        eprintln!("weft-bench: checking {} acknowledged workflows whose result the load did not see", unchecked.len());
     }
+    let checks = unchecked.iter().map(|id| {
+        let verifier = verifier.clone();
+        async move {
+            let result = tokio::time::timeout(VERIFY_TIMEOUT, verifier.workflow_result::<String>(id)).await;
+            let problem = match result {
+                Ok(Ok(value)) if value == STEP_RESULTS[2] => return None,
+                Ok(Ok(value)) => format!("result {value:?}"),
+                Ok(Err(error)) => format!("{error}"),
+                Err(_) => format!("no result within {VERIFY_TIMEOUT:?}"),
+            };
+            // What the cluster says about it, for the report.
+            let state = match verifier.describe_workflow(id).await {
+                Ok(described) => format!("{described:?}").chars().take(1200).collect::<String>(),
+                Err(error) => format!("describe failed: {error}"),
+            };
+            Some(format!("{id}: {problem}; {state}"))
+        }
+    });
+    let lost: Vec<String> = futures::future::join_all(checks).await.into_iter().flatten().collect();
 
     let ledger = ledger.lock();
     let failovers: Vec<f64> = kills.iter().filter_map(Kill::failover_ms).collect();
@@ -329,14 +350,16 @@ async fn load_client(
             continue;
         }
         ledger.lock().acknowledged.push(workflow_id.clone());
-        match client.workflow_result::<String>(&workflow_id).await {
-            Ok(result) if result == STEP_RESULTS[2] => {
+        // Bounded, so one stuck workflow does not stop this client's load; such a workflow is
+        // checked again after the run and counts as lost only if it never completes.
+        match tokio::time::timeout(RESULT_TIMEOUT, client.workflow_result::<String>(&workflow_id)).await {
+            Ok(Ok(result)) if result == STEP_RESULTS[2] => {
                 times.push(origin.elapsed());
                 ledger.lock().completed.insert(workflow_id);
             }
-            // Checked again after the run: it counts as lost only if it never completes.
-            Ok(result) => ledger.lock().error(format!("{workflow_id}: result {result:?}")),
-            Err(error) => ledger.lock().error(format!("{workflow_id}: result: {error}")),
+            Ok(Ok(result)) => ledger.lock().error(format!("{workflow_id}: result {result:?}")),
+            Ok(Err(error)) => ledger.lock().error(format!("{workflow_id}: result: {error}")),
+            Err(_) => ledger.lock().error(format!("{workflow_id}: no result within {RESULT_TIMEOUT:?}")),
         }
     }
     times

@@ -79,8 +79,8 @@ struct Args {
     #[arg(long, requires = "cluster")]
     weft_bin: Option<std::path::PathBuf>,
 
-    /// Replicas of each shard in the cluster (`weft cluster init --replicas`); default: 3, or
-    /// the node count if smaller.
+    /// Replicas of each shard in the cluster (`weft cluster init --replicas`); default: the
+    /// node count (a new cluster has a replica of every shard on every node).
     #[arg(long, requires = "cluster")]
     replicas: Option<u32>,
 
@@ -249,12 +249,23 @@ async fn main() -> std::process::ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 
-    // Ctrl-C drops the run: a cluster it started SIGKILLs its processes as it drops.
+    // Ctrl-C or SIGTERM drops the run: a cluster it started SIGKILLs its processes as it drops.
+    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(terminate) => terminate,
+        Err(error) => {
+            eprintln!("error: cannot listen for SIGTERM: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let outcome = tokio::select! {
         outcome = run_args(&args) => outcome,
         _ = tokio::signal::ctrl_c() => {
             eprintln!("weft-bench: interrupted; the processes it started are stopped");
             return std::process::ExitCode::from(130);
+        }
+        _ = terminate.recv() => {
+            eprintln!("weft-bench: terminated; the processes it started are stopped");
+            return std::process::ExitCode::from(143);
         }
     };
     match outcome {
@@ -282,7 +293,7 @@ async fn run_args(args: &Args) -> anyhow::Result<bool> {
             .context("this executable's directory")?
             .join("weft"),
     };
-    let replicas = args.replicas.unwrap_or(nodes.min(3));
+    let replicas = args.replicas.unwrap_or(nodes);
     let mut local = cluster::LocalCluster::start(&weft, nodes, args.shards, replicas)
         .await
         .with_context(|| format!("start a cluster of {nodes} nodes"))?;

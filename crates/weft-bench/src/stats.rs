@@ -67,8 +67,10 @@ mod tests {
     #[test]
     fn longest_gap_counts_only_gaps_overlapping_the_window() {
         let times = [ms(0), ms(10), ms(20), ms(1_020), ms(1_030), ms(5_030)];
-        // The 4 s gap at the end lies outside; the 1 s gap spans the window's start.
-        assert_eq!(longest_gap(&times, ms(500), ms(1_500)), ms(1_000));
+        // The 4 s gap at the end begins after the window; the 1 s gap spans the window's start.
+        assert_eq!(longest_gap(&times, ms(500), ms(1_025)), ms(1_000));
+        // A gap that begins inside the window counts in full: the client was stuck from then.
+        assert_eq!(longest_gap(&times, ms(500), ms(1_500)), ms(4_000));
         // A window wholly inside one gap sees that gap.
         assert_eq!(longest_gap(&times, ms(100), ms(200)), ms(1_000));
         // A window touching the last gap sees it: the client was stuck until its end.
