@@ -8,7 +8,10 @@
 //! Modes: `--latency` (one client, workflows one after another) and `--throughput`
 //! (`--clients` clients, each running workflows one after another). The node is either
 //! started in this process (`--embedded`, the default: a fresh data directory in a temp dir)
-//! or reached at `--server`. The worker always runs in this process.
+//! or reached at `--server`, or a cluster of `--cluster N` real `weft server` processes is
+//! started on 127.0.0.1 for the run ([`cluster`]) and stopped after it. The worker always runs
+//! in this process. With `--cluster`, `--failover K` kills the busiest leader K times under
+//! load ([`failover`]) and `--idle S` measures the idle nodes' CPU over S seconds.
 //!
 //! Everything is bounded: `--count` workflows and `--max-seconds` of wall time, after which
 //! the run stops and reports what completed.
@@ -26,6 +29,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use weft_sdk::{Client, StartWorkflowOptions, Worker, WorkflowContext, WorkflowError};
 
+mod cluster;
+mod failover;
+mod stats;
+
 /// mimalloc instead of the system allocator: the request path allocates many small buffers
 /// (protobuf messages, write batches, log entries), and glibc malloc showed up at ~8% of CPU
 /// under load.
@@ -33,11 +40,11 @@ use weft_sdk::{Client, StartWorkflowOptions, Worker, WorkflowContext, WorkflowEr
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Task queue the bench's worker polls and its workflows run on.
-const TASK_QUEUE: &str = "bench";
+pub(crate) const TASK_QUEUE: &str = "bench";
 /// Registered name of workload W3.
-const WORKFLOW_TYPE: &str = "w3";
+pub(crate) const WORKFLOW_TYPE: &str = "w3";
 /// What each step returns: 16 bytes of text, so each step result is a small fixed payload.
-const STEP_RESULTS: [&str; 3] = ["0123456789abcdef", "fedcba9876543210", "weft-bench-s3-ok"];
+pub(crate) const STEP_RESULTS: [&str; 3] = ["0123456789abcdef", "fedcba9876543210", "weft-bench-s3-ok"];
 /// Latencies above this are clamped; one hour in µs.
 const LATENCY_US_MAX: u64 = 3_600_000_000;
 /// Error messages kept for the report.
@@ -55,14 +62,40 @@ struct Args {
     /// Benchmark a running node at this address (or a cluster: a comma-separated list of its
     /// nodes, `a:7471,b:7472,c:7473`; clients move to another node when one fails) instead of
     /// an embedded one.
-    #[arg(long, conflicts_with = "embedded")]
+    #[arg(long, conflicts_with_all = ["embedded", "cluster"])]
     server: Option<String>,
 
     /// Start a node in this process, in a temporary directory (the default).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "cluster")]
     embedded: bool,
 
-    /// Shards of the embedded node.
+    /// Start a cluster of this many `weft server` processes on 127.0.0.1 (free ports, a
+    /// temporary directory), form it with `weft cluster init`, run against all its nodes and
+    /// stop every process afterwards (also on an error or Ctrl-C).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=9))]
+    cluster: Option<u32>,
+
+    /// The `weft` binary the cluster runs; default: the `weft` next to this executable.
+    #[arg(long, requires = "cluster")]
+    weft_bin: Option<std::path::PathBuf>,
+
+    /// Replicas of each shard in the cluster (`weft cluster init --replicas`); default: the
+    /// node count (a new cluster has a replica of every shard on every node).
+    #[arg(long, requires = "cluster")]
+    replicas: Option<u32>,
+
+    /// With --cluster: 16 clients (or --clients if given) run W3 in a loop while the node
+    /// leading the most shards is SIGKILLed this many times, restarted and caught up each time;
+    /// reports failover time and stalls. --max-seconds bounds the whole run.
+    #[arg(long, requires = "cluster", conflicts_with_all = ["latency", "throughput", "idle"])]
+    failover: Option<u32>,
+
+    /// With --cluster: no load; every node's CPU (user + system, /proc/PID/stat) over this many
+    /// seconds once every shard has a leader.
+    #[arg(long, requires = "cluster", conflicts_with_all = ["latency", "throughput"])]
+    idle: Option<u64>,
+
+    /// Shards of the embedded node or of the cluster.
     #[arg(long, default_value_t = 16)]
     shards: u32,
 
@@ -78,9 +111,10 @@ struct Args {
     #[arg(long)]
     count: Option<u64>,
 
-    /// Concurrent clients in --throughput mode (--latency always uses one).
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=i64::from(CLIENTS_MAX)))]
-    clients: u32,
+    /// Concurrent clients in --throughput mode (--latency always uses one) [default: 64; 16
+    /// with --failover].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(CLIENTS_MAX)))]
+    clients: Option<u32>,
 
     /// Workflows run before measuring, with the same concurrency, and not reported.
     #[arg(long, default_value_t = 200)]
@@ -154,6 +188,8 @@ struct Plan {
     max_seconds: u64,
     /// `None` when the node is embedded.
     server: Option<String>,
+    /// Nodes of the cluster this run started, if it did.
+    cluster: Option<u32>,
     shards: u32,
     max_concurrent_workflow_tasks: usize,
     workflow_pollers: usize,
@@ -166,7 +202,7 @@ impl Plan {
         let mode = if args.throughput { Mode::Throughput } else { Mode::Latency };
         let (default_count, clients) = match mode {
             Mode::Latency => (2_000, 1),
-            Mode::Throughput => (20_000, args.clients),
+            Mode::Throughput => (20_000, args.clients.unwrap_or(64)),
         };
         Plan {
             mode,
@@ -175,6 +211,7 @@ impl Plan {
             warmup: args.warmup,
             max_seconds: args.max_seconds,
             server: args.server.clone(),
+            cluster: args.cluster,
             shards: args.shards,
             max_concurrent_workflow_tasks: args.max_concurrent_workflow_tasks,
             workflow_pollers: args.workflow_pollers,
@@ -212,9 +249,28 @@ async fn main() -> std::process::ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 
-    match run(Plan::from_args(&args), args.json).await {
-        Ok(outcome) if outcome.errors == 0 && outcome.completed > 0 => std::process::ExitCode::SUCCESS,
-        Ok(_) => std::process::ExitCode::from(1),
+    // Ctrl-C or SIGTERM drops the run: a cluster it started SIGKILLs its processes as it drops.
+    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(terminate) => terminate,
+        Err(error) => {
+            eprintln!("error: cannot listen for SIGTERM: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let outcome = tokio::select! {
+        outcome = run_args(&args) => outcome,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("weft-bench: interrupted; the processes it started are stopped");
+            return std::process::ExitCode::from(130);
+        }
+        _ = terminate.recv() => {
+            eprintln!("weft-bench: terminated; the processes it started are stopped");
+            return std::process::ExitCode::from(143);
+        }
+    };
+    match outcome {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
         Err(error) => {
             eprintln!("error: {error:#}");
             std::process::ExitCode::from(2)
@@ -222,7 +278,111 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(plan: Plan, json_report: bool) -> anyhow::Result<PhaseOutcome> {
+/// Runs what `args` ask for; `Ok(false)` when the run completed but with failures.
+async fn run_args(args: &Args) -> anyhow::Result<bool> {
+    let mut plan = Plan::from_args(args);
+    let Some(nodes) = args.cluster else {
+        let outcome = run(plan, args.json, &[]).await?;
+        return Ok(outcome.errors == 0 && outcome.completed > 0);
+    };
+    let weft = match &args.weft_bin {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()
+            .context("find this executable")?
+            .parent()
+            .context("this executable's directory")?
+            .join("weft"),
+    };
+    let replicas = args.replicas.unwrap_or(nodes);
+    let mut local = cluster::LocalCluster::start(&weft, nodes, args.shards, replicas)
+        .await
+        .with_context(|| format!("start a cluster of {nodes} nodes"))?;
+    plan.server = Some(local.addresses());
+    let result = if let Some(seconds) = args.idle {
+        idle(&local, seconds, args.json).await.map(|()| true)
+    } else if let Some(kills) = args.failover {
+        let plan = failover::FailoverPlan {
+            kills,
+            clients: args.clients.unwrap_or(16),
+            max_seconds: args.max_seconds,
+            id_prefix: format!("bench-{}", run_nonce()),
+        };
+        run_failover(&mut local, &plan, args).await
+    } else {
+        let pids = local.pids();
+        run(plan, args.json, &pids).await.map(|outcome| outcome.errors == 0 && outcome.completed > 0)
+    };
+    for note in local.stop().await {
+        eprintln!("weft-bench: {note}");
+    }
+    result
+}
+
+/// `--failover`: the worker runs in this process, connected to every node.
+async fn run_failover(
+    local: &mut cluster::LocalCluster,
+    plan: &failover::FailoverPlan,
+    args: &Args,
+) -> anyhow::Result<bool> {
+    let (stop_worker, worker_task) =
+        start_worker(&local.addresses(), args.max_concurrent_workflow_tasks, args.workflow_pollers).await?;
+    let outcome = failover::run(local, plan, args.json).await;
+    stop_worker_task(stop_worker, worker_task).await;
+    Ok(outcome?.ok)
+}
+
+/// `--idle`: every node's CPU over `seconds`, with no load and no worker.
+async fn idle(local: &cluster::LocalCluster, seconds: u64, json_report: bool) -> anyhow::Result<()> {
+    let ticks = cluster::clock_ticks_per_second();
+    let pids = local.pids();
+    let before: Vec<Option<Duration>> = pids.iter().map(|(_, pid)| cluster::process_cpu(*pid, ticks)).collect();
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let elapsed = started.elapsed();
+    let after: Vec<Option<Duration>> = pids.iter().map(|(_, pid)| cluster::process_cpu(*pid, ticks)).collect();
+    let mut per_node = Vec::new();
+    for (((id, pid), before), after) in pids.iter().zip(before).zip(after) {
+        let (Some(before), Some(after)) = (before, after) else { bail!("node {id} (pid {pid}) exited while idle") };
+        let cpu = after.saturating_sub(before);
+        per_node.push(json!({
+            "node": id,
+            "pid": pid,
+            "cpu_s": round3(cpu.as_secs_f64()),
+            "cpu_pct_of_one_core": round3(100.0 * cpu.as_secs_f64() / elapsed.as_secs_f64()),
+        }));
+    }
+    if json_report {
+        println!(
+            "{}",
+            json!({
+                "mode": "idle",
+                "nodes": pids.len(),
+                "shards": local.shards(),
+                "seconds": round3(elapsed.as_secs_f64()),
+                "clk_tck": ticks,
+                "per_node": per_node,
+            })
+        );
+    } else {
+        println!(
+            "weft-bench idle: {} nodes, {} shards, {:.1} s, no load",
+            pids.len(),
+            local.shards(),
+            elapsed.as_secs_f64()
+        );
+        for node in &per_node {
+            println!(
+                "  node {}  pid {}  cpu {:.2} s  = {:.2}% of one core",
+                node["node"], node["pid"], node["cpu_s"], node["cpu_pct_of_one_core"]
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A latency or throughput run. `node_pids`: the node processes whose CPU over the measured
+/// phase is reported (those of a cluster this run started).
+async fn run(plan: Plan, json_report: bool, node_pids: &[(u64, u32)]) -> anyhow::Result<PhaseOutcome> {
     // Embedded: a node in a fresh temporary directory, removed when `_data_dir` drops
     // (after the node has shut down).
     let (address, node, _data_dir) = match &plan.server {
@@ -251,22 +411,8 @@ async fn run(plan: Plan, json_report: bool) -> anyhow::Result<PhaseOutcome> {
         }
     };
 
-    let worker_client =
-        Client::connect(&address).await.map_err(|error| anyhow::anyhow!("connect to {address}: {error}"))?;
-    let (stop_worker, worker_stopped) = watch::channel(false);
-    let worker = Worker::builder(worker_client, TASK_QUEUE)
-        .register_workflow(WORKFLOW_TYPE, w3)
-        .max_concurrent_workflow_tasks(plan.max_concurrent_workflow_tasks)
-        .workflow_pollers(plan.workflow_pollers)
-        .build();
-    let worker_task = tokio::spawn(async move {
-        let mut stopped = worker_stopped;
-        worker
-            .run_until(async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            })
-            .await
-    });
+    let (stop_worker, worker_task) =
+        start_worker(&address, plan.max_concurrent_workflow_tasks, plan.workflow_pollers).await?;
 
     let mut clients = Vec::with_capacity(plan.clients as usize);
     for _ in 0..plan.clients {
@@ -285,20 +431,27 @@ async fn run(plan: Plan, json_report: bool) -> anyhow::Result<PhaseOutcome> {
             warmup.error_samples.join("; ")
         );
     }
+    let ticks = cluster::clock_ticks_per_second();
+    let cpu_before: Vec<Option<Duration>> =
+        node_pids.iter().map(|(_, pid)| cluster::process_cpu(*pid, ticks)).collect();
+    let own_before = cluster::process_cpu(std::process::id(), ticks);
     let measured = run_phase(&clients, plan.calls, &id_prefix, plan.count, deadline).await;
+    let node_cpu: Vec<(u64, Option<Duration>)> = node_pids
+        .iter()
+        .zip(cpu_before)
+        .map(|((id, pid), before)| {
+            (*id, before.and_then(|before| Some(cluster::process_cpu(*pid, ticks)?.saturating_sub(before))))
+        })
+        .collect();
+    let own_cpu =
+        own_before.and_then(|before| Some(cluster::process_cpu(std::process::id(), ticks)?.saturating_sub(before)));
 
-    report(&plan, &measured, json_report);
+    report(&plan, &measured, json_report, &node_cpu, own_cpu);
     if let Some(path) = &plan.samples {
         write_samples(path, &measured.samples).with_context(|| format!("write the samples to {}", path.display()))?;
     }
 
-    let _ = stop_worker.send(true);
-    match tokio::time::timeout(Duration::from_secs(SHUTDOWN_TIMEOUT_S), worker_task).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(error))) => eprintln!("warning: the worker failed: {error:#}"),
-        Ok(Err(error)) => eprintln!("warning: the worker task failed: {error}"),
-        Err(_) => eprintln!("warning: the worker did not stop within {SHUTDOWN_TIMEOUT_S} s"),
-    }
+    stop_worker_task(stop_worker, worker_task).await;
     drop(clients);
     if let Some(node) = node {
         match tokio::time::timeout(Duration::from_secs(SHUTDOWN_TIMEOUT_S), node.shutdown()).await {
@@ -311,6 +464,43 @@ async fn run(plan: Plan, json_report: bool) -> anyhow::Result<PhaseOutcome> {
         bail!("no workflow completed");
     }
     Ok(measured)
+}
+
+type WorkerTask = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+/// Starts the W3 worker in this process, connected to `address` (one node or a list).
+async fn start_worker(
+    address: &str,
+    max_concurrent_workflow_tasks: usize,
+    workflow_pollers: usize,
+) -> anyhow::Result<(watch::Sender<bool>, WorkerTask)> {
+    let worker_client =
+        Client::connect(address).await.map_err(|error| anyhow::anyhow!("connect to {address}: {error}"))?;
+    let (stop_worker, worker_stopped) = watch::channel(false);
+    let worker = Worker::builder(worker_client, TASK_QUEUE)
+        .register_workflow(WORKFLOW_TYPE, w3)
+        .max_concurrent_workflow_tasks(max_concurrent_workflow_tasks)
+        .workflow_pollers(workflow_pollers)
+        .build();
+    let worker_task = tokio::spawn(async move {
+        let mut stopped = worker_stopped;
+        worker
+            .run_until(async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    Ok((stop_worker, worker_task))
+}
+
+async fn stop_worker_task(stop_worker: watch::Sender<bool>, worker_task: WorkerTask) {
+    let _ = stop_worker.send(true);
+    match tokio::time::timeout(Duration::from_secs(SHUTDOWN_TIMEOUT_S), worker_task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => eprintln!("warning: the worker failed: {error:#}"),
+        Ok(Err(error)) => eprintln!("warning: the worker task failed: {error}"),
+        Err(_) => eprintln!("warning: the worker did not stop within {SHUTDOWN_TIMEOUT_S} s"),
+    }
 }
 
 /// Runs `count` workflows spread over `clients`, each client one workflow at a time, until
@@ -439,7 +629,13 @@ fn empty_outcome() -> PhaseOutcome {
     }
 }
 
-fn report(plan: &Plan, outcome: &PhaseOutcome, json_report: bool) {
+fn report(
+    plan: &Plan,
+    outcome: &PhaseOutcome,
+    json_report: bool,
+    node_cpu: &[(u64, Option<Duration>)],
+    own_cpu: Option<Duration>,
+) {
     let elapsed_s = outcome.elapsed.as_secs_f64();
     let throughput_wps = if elapsed_s > 0.0 { outcome.completed as f64 / elapsed_s } else { 0.0 };
     let quantile_ms = |quantile: f64| -> f64 {
@@ -455,17 +651,33 @@ fn report(plan: &Plan, outcome: &PhaseOutcome, json_report: bool) {
             outcome.latency_us.mean() / 1000.0,
         )
     };
-    let target = match &plan.server {
-        Some(server) => server.clone(),
-        None => "embedded".to_string(),
+    let target = match (&plan.server, plan.cluster) {
+        (Some(server), Some(nodes)) => format!("cluster of {nodes} weft server processes: {server}"),
+        (Some(server), None) => server.clone(),
+        (None, _) => "embedded".to_string(),
     };
+    // CPU per measured workflow, in ms, of each node and of this process (worker + clients).
+    let per_workflow_ms = |cpu: Duration| {
+        if outcome.completed == 0 { 0.0 } else { cpu.as_secs_f64() * 1000.0 / outcome.completed as f64 }
+    };
+    let node_cpu_json: Vec<serde_json::Value> = node_cpu
+        .iter()
+        .map(|(node, cpu)| {
+            json!({
+                "node": node,
+                "cpu_s": cpu.map(|cpu| round3(cpu.as_secs_f64())),
+                "cpu_ms_per_workflow": cpu.map(|cpu| round3(per_workflow_ms(cpu))),
+            })
+        })
+        .collect();
 
     if json_report {
         let report = json!({
             "workload": "W3",
             "mode": plan.mode.name(),
             "target": target,
-            "shards": plan.server.is_none().then_some(plan.shards),
+            "shards": (plan.server.is_none() || plan.cluster.is_some()).then_some(plan.shards),
+            "cluster_nodes": plan.cluster,
             "count": plan.count,
             "clients": plan.clients,
             "warmup": plan.warmup,
@@ -486,14 +698,19 @@ fn report(plan: &Plan, outcome: &PhaseOutcome, json_report: bool) {
             "min_ms": round3(min_ms),
             "mean_ms": round3(mean_ms),
             "error_samples": outcome.error_samples,
+            "node_cpu": node_cpu_json,
+            "bench_cpu_s": own_cpu.map(|cpu| round3(cpu.as_secs_f64())),
         });
         println!("{report}");
         return;
     }
 
-    let node = match &plan.server {
-        Some(server) => format!("server {server}"),
-        None => format!("embedded node, {} shards, temporary data directory", plan.shards),
+    let node = match (&plan.server, plan.cluster) {
+        (Some(server), Some(nodes)) => {
+            format!("cluster of {nodes} weft server processes, {} shards: {server}", plan.shards)
+        }
+        (Some(server), None) => format!("server {server}"),
+        (None, _) => format!("embedded node, {} shards, temporary data directory", plan.shards),
     };
     println!("weft-bench W3: 3 sequential no-op steps, 16-byte results");
     println!("  mode        {}", plan.mode.name());
@@ -513,6 +730,22 @@ fn report(plan: &Plan, outcome: &PhaseOutcome, json_report: bool) {
     println!(
         "  latency ms  p50 {p50:.3}  p90 {p90:.3}  p99 {p99:.3}  p99.9 {p999:.3}  max {max_ms:.3}  (mean {mean_ms:.3})"
     );
+    for (node, cpu) in node_cpu {
+        if let Some(cpu) = cpu {
+            println!(
+                "  node {node} cpu  {:.2} s over the measured run ({:.3} ms per workflow)",
+                cpu.as_secs_f64(),
+                per_workflow_ms(*cpu)
+            );
+        }
+    }
+    if let Some(cpu) = own_cpu.filter(|_| !node_cpu.is_empty()) {
+        println!(
+            "  bench cpu   {:.2} s (worker and clients, {:.3} ms per workflow)",
+            cpu.as_secs_f64(),
+            per_workflow_ms(cpu)
+        );
+    }
     for sample in &outcome.error_samples {
         println!("  error       {sample}");
     }
