@@ -297,15 +297,8 @@ pub async fn start_node(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         RaftHost::open(db.clone(), config.node_id, advertise.clone(), cluster.shard_count, shards.clone()).await
     }
     .context("open the shards' Raft groups")?;
-    let node = Arc::new(Node::new(
-        config.node_id,
-        cluster.clone(),
-        db,
-        raft,
-        shards,
-        config.dispatch,
-        peer_connections,
-    ));
+    let node =
+        Arc::new(Node::new(config.node_id, cluster.clone(), db, raft, shards, config.dispatch, peer_connections));
 
     let mut background = vec![
         tokio::spawn(node.clone().run_effects(effects_rx)),

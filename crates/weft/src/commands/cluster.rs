@@ -21,8 +21,7 @@ pub async fn run(context: &mut Context, command: ClusterCommand) -> Result<ExitC
         }
         ClusterCommand::Init(args) => {
             let request = InitClusterRequest { shards: args.shards, replicas: args.replicas };
-            let formed =
-                context.admin(request, |mut admin, r| async move { admin.init_cluster(r).await }).await?;
+            let formed = context.admin(request, |mut admin, r| async move { admin.init_cluster(r).await }).await?;
             output::print(context.output, init_json(&formed), || init_text(&formed));
         }
     }
