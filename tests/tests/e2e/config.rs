@@ -179,16 +179,33 @@ fn a_data_dir_refuses_another_node_id() {
             .spawn()
             .expect("spawn weft")
     };
-    // First start creates the data dir as node 1; wait until it serves, then kill it.
+    // First start creates the data dir as node 1; wait until it answers `cluster status` (not
+    // merely until the port accepts: another process may hold a port handed out twice), then kill it.
     let mut first = run("1");
+    let server = format!("127.0.0.1:{port}");
     let ready = (0..600).any(|_| {
         std::thread::sleep(Duration::from_millis(50));
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        assert!(first.try_wait().expect("poll node 1").is_none(), "node 1 exited early");
+        let status = weft_e2e::weft_command()
+            .args(["--server", &server, "--output", "json", "cluster", "status"])
+            .output()
+            .expect("run weft cluster status");
+        status.status.success() && serde_json::from_slice::<Value>(&status.stdout).is_ok_and(|v| v["nodes"].is_array())
     });
     assert!(ready, "node 1 serves");
     first.kill().expect("kill");
     first.wait().expect("reap");
-    let second = run("2").wait_with_output().expect("the second start exits");
+    let mut second = run("2");
+    // Bounded: a node that wrongly accepts the data dir would serve forever.
+    let exited = (0..600).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        second.try_wait().expect("poll node 2").is_some()
+    });
+    if !exited {
+        let _ = second.kill();
+    }
+    let second = second.wait_with_output().expect("node 2's output");
+    assert!(exited, "node 2 exits within 30 s instead of serving node 1's data dir");
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(!second.status.success(), "node 2 must refuse node 1's data dir: {stderr}");
     assert!(stderr.contains("node 1") && stderr.contains("--node-id 2"), "the message says which: {stderr}");
