@@ -87,6 +87,8 @@ fn the_layers_keep_their_rules() {
         // Only weft-proto knows protobuf.
         ("weft-server", &["prost"]),
         ("weft", &["prost", "weft-core", "rocksdb"]),
+        // The end-to-end harness reaches nodes only as processes, over the wire.
+        ("weft-e2e", &["weft-core", "weft-storage", "weft-raft", "weft-server", "rocksdb"]),
     ];
     for (package, banned) in forbidden {
         let deps = all.get(*package).unwrap_or_else(|| panic!("package {package} exists"));

@@ -12,8 +12,8 @@ use weft_proto::v1 as pb;
 use weft_sdk::{Client, Worker};
 use weft_server::{ClusterConfig, NodeConfig, NodeHandle, start_node};
 
-use crate::crash::{check_exactly_once, crashy, double};
 use crate::support::{Clients, RunningWorker, clients, endpoint, free_port, json, wait_for};
+use crate::workload::{check_exactly_once, crashy, double};
 
 const SHARDS: u32 = 4;
 

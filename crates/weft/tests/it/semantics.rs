@@ -445,37 +445,6 @@ async fn a_signal_sent_during_the_last_task_reaches_the_continued_run() {
     node.stop().await;
 }
 
-#[test]
-fn a_data_dir_refuses_another_node_id() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().join("node");
-    let port = crate::support::free_port();
-    let run = |node_id: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
-            .args(["server", "--data-dir"])
-            .arg(&data)
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--node-id", node_id, "--wal-prewrite-mib", "1"])
-            .args(["--metrics-listen", "127.0.0.1:0"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn weft")
-    };
-    // First start creates the data dir as node 1; wait until it serves, then kill it.
-    let mut first = run("1");
-    let ready = (0..600).any(|_| {
-        std::thread::sleep(Duration::from_millis(50));
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    assert!(ready, "node 1 serves");
-    first.kill().expect("kill");
-    first.wait().expect("reap");
-    let second = run("2").wait_with_output().expect("the second start exits");
-    let stderr = String::from_utf8_lossy(&second.stderr);
-    assert!(!second.status.success(), "node 2 must refuse node 1's data dir: {stderr}");
-    assert!(stderr.contains("node 1") && stderr.contains("--node-id 2"), "the message says which: {stderr}");
-}
-
 /// The failure of the first `WorkflowTaskFailed` event of `workflow_id`'s history, if any.
 async fn workflow_task_failure(client: &Client, workflow_id: &str) -> Option<pb::Failure> {
     let history = client.workflow_history(workflow_id, None).await.expect("history");

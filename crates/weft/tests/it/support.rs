@@ -1,10 +1,10 @@
-//! Shared test support: in-process nodes, spawned `weft` processes, raw gRPC
-//! clients, and waiting for a condition with a deadline (never a bare sleep).
+//! Shared test support: in-process nodes, raw gRPC clients, and waiting for a condition with
+//! a deadline (never a bare sleep). Spawned `weft` processes are the end-to-end tests'
+//! business (`tests/` in the repository, package `weft-e2e`).
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -109,92 +109,6 @@ where
 /// A free loopback port (bound and released; the kernel does not hand it out again at once).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-/// A `weft dev` process. Killed with SIGKILL when dropped.
-pub struct WeftProcess {
-    child: Option<Child>,
-    pub addr: SocketAddr,
-    #[allow(dead_code)] // kept for debugging a failed crash test
-    pub data_dir: PathBuf,
-}
-
-impl WeftProcess {
-    pub fn spawn(data_dir: &Path, port: u16) -> WeftProcess {
-        Self::spawn_with(data_dir, port, &[])
-    }
-
-    /// A `weft dev` process with extra flags.
-    pub fn spawn_with(data_dir: &Path, port: u16, flags: &[&str]) -> WeftProcess {
-        Self::spawn_env(data_dir, port, flags, &[])
-    }
-
-    /// A `weft dev` process with extra flags and environment variables.
-    pub fn spawn_env(data_dir: &Path, port: u16, flags: &[&str], envs: &[(&str, &str)]) -> WeftProcess {
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data_dir.with_extension("log"))
-            .expect("open the node log");
-        let child = Command::new(env!("CARGO_BIN_EXE_weft"))
-            .args(["dev", "--data-dir"])
-            .arg(data_dir)
-            .args(["--listen", &addr.to_string(), "--shards", "4", "--metrics-listen", "127.0.0.1:0"])
-            // Small, but the crash tests then run on a recycled WAL as production does.
-            .args(["--wal-prewrite-mib", "4"])
-            .args(flags)
-            .env("RUST_LOG", "info")
-            .envs(envs.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn the weft binary");
-        WeftProcess { child: Some(child), addr, data_dir: data_dir.to_path_buf() }
-    }
-
-    /// SIGKILL: no shutdown code runs.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().expect("SIGKILL the node");
-            child.wait().expect("reap the node");
-        }
-    }
-
-    /// Waits for the process to end by itself, with a deadline; its exit status.
-    pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let child = self.child.as_mut().expect("the process was not killed");
-        let status = wait_for("the node process to exit", within, || {
-            let polled = child.try_wait().expect("poll the node process");
-            async move { polled }
-        })
-        .await;
-        self.child = None;
-        status
-    }
-
-    /// What the process wrote on stderr (its log).
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
-    }
-
-    pub async fn wait_ready(&self) -> Clients {
-        let addr = self.addr;
-        wait_for("the node to serve", Duration::from_secs(60), || async move {
-            let channel = tonic::transport::Endpoint::from_shared(endpoint(addr)).ok()?.connect().await.ok()?;
-            let mut admin = AdminServiceClient::new(channel);
-            let status = admin.cluster_status(pb::ClusterStatusRequest {}).await.ok()?.into_inner();
-            status.shards.iter().all(|s| s.leader_node_id != 0).then_some(())
-        })
-        .await;
-        clients(addr).await
-    }
-}
-
-impl Drop for WeftProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 pub fn json(value: serde_json::Value) -> Vec<u8> {

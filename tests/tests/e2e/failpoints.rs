@@ -6,9 +6,8 @@
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
+use weft_e2e::{WeftProcess, free_port, json, start_request};
 use weft_proto::v1 as pb;
-
-use crate::support::{WeftProcess, free_port, json, start_request};
 
 /// Points on the write path of every start; the count is past the node's own start-up writes
 /// (elections, the default namespace), so the crash comes while starts are acknowledged.

@@ -7,9 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use weft_e2e::{RunningWorker, WeftProcess, endpoint, free_port, wait_for};
 use weft_sdk::{Client, Worker, WorkflowContext, WorkflowError};
-
-use crate::support::{RunningWorker, WeftProcess, endpoint, free_port, wait_for};
 
 const QUEUE: &str = "cli-q";
 
@@ -56,7 +55,7 @@ impl Run {
 
 /// Runs `weft --server ADDR --output json ARGS...` (or the table output when `json` is false).
 async fn weft(server: &str, json: bool, args: &[&str]) -> Run {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
+    let mut command = Command::new(weft_e2e::weft_bin());
     command.args(["--server", server]);
     if json {
         command.args(["--output", "json"]);

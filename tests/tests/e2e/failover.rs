@@ -5,13 +5,12 @@
 
 use std::time::Duration;
 
+use weft_e2e::{RunningWorker, WeftProcess, endpoint, free_port, wait_for};
 use weft_proto::v1 as pb;
 use weft_sdk::{
     ActivityContext, ActivityError, ActivityOptions, Client, ClientOptions, SignalOptions, StartWorkflowOptions,
     Worker, WorkflowContext, WorkflowError,
 };
-
-use crate::support::{RunningWorker, WeftProcess, endpoint, free_port, wait_for};
 
 const TASK_QUEUE: &str = "failover";
 

@@ -9,8 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-
-use crate::support::{free_port, wait_for};
+use weft_e2e::{free_port, wait_for};
 
 /// A `weft server` with only the given environment (none of the caller's `WEFT_` variables),
 /// its stderr in a file. Killed when dropped.
@@ -22,7 +21,7 @@ struct Server {
 impl Server {
     fn spawn(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let stderr = dir.join("stderr.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_weft"))
+        let child = Command::new(weft_e2e::weft_bin())
             .arg("server")
             .args(args)
             .env_clear()
@@ -144,7 +143,7 @@ async fn a_node_configured_by_a_file_serves() {
         let listen = listen.clone();
         async move {
             let output = tokio::task::spawn_blocking(move || {
-                Command::new(env!("CARGO_BIN_EXE_weft"))
+                Command::new(weft_e2e::weft_bin())
                     .args(["--server", &listen, "--output", "json", "cluster", "status"])
                     .env_clear()
                     .output()
@@ -162,4 +161,52 @@ async fn a_node_configured_by_a_file_serves() {
     assert_eq!(status["this_node_id"], 3, "{status}");
     assert_eq!(status["shard_count"], 3, "{status}");
     assert!(data_dir.join("db").is_dir(), "the node's storage is not in the file's data_dir");
+}
+
+#[test]
+fn a_data_dir_refuses_another_node_id() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("node");
+    let port = free_port();
+    let run = |node_id: &str| {
+        weft_e2e::weft_command()
+            .args(["server", "--data-dir"])
+            .arg(&data)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--node-id", node_id, "--wal-prewrite-mib", "1"])
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn weft")
+    };
+    // First start creates the data dir as node 1; wait until it answers `cluster status` (not
+    // merely until the port accepts: another process may hold a port handed out twice), then kill it.
+    let mut first = run("1");
+    let server = format!("127.0.0.1:{port}");
+    let ready = (0..600).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(first.try_wait().expect("poll node 1").is_none(), "node 1 exited early");
+        let status = weft_e2e::weft_command()
+            .args(["--server", &server, "--output", "json", "cluster", "status"])
+            .output()
+            .expect("run weft cluster status");
+        status.status.success() && serde_json::from_slice::<Value>(&status.stdout).is_ok_and(|v| v["nodes"].is_array())
+    });
+    assert!(ready, "node 1 serves");
+    first.kill().expect("kill");
+    first.wait().expect("reap");
+    let mut second = run("2");
+    // Bounded: a node that wrongly accepts the data dir would serve forever.
+    let exited = (0..600).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        second.try_wait().expect("poll node 2").is_some()
+    });
+    if !exited {
+        let _ = second.kill();
+    }
+    let second = second.wait_with_output().expect("node 2's output");
+    assert!(exited, "node 2 exits within 30 s instead of serving node 1's data dir");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "node 2 must refuse node 1's data dir: {stderr}");
+    assert!(stderr.contains("node 1") && stderr.contains("--node-id 2"), "the message says which: {stderr}");
 }

@@ -4,11 +4,10 @@
 
 use std::time::Duration;
 
+use weft_e2e::{RunningWorker, WeftProcess, endpoint, free_port};
 use weft_proto::Message;
 use weft_proto::v1 as pb;
 use weft_sdk::{ActivityContext, ActivityError, ActivityOptions, Client, Worker, WorkflowContext, WorkflowError};
-
-use crate::support::{RunningWorker, WeftProcess, endpoint, free_port};
 
 /// Activities the workflow runs one after another.
 const ACTIVITIES: u32 = 20;

@@ -4,9 +4,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use weft_e2e::{WeftProcess, completion, free_port, json, poll_request, start_request};
 use weft_proto::v1 as pb;
-
-use crate::support::{WeftProcess, completion, free_port, json, poll_request, start_request};
 
 /// Ready tasks per queue the node holds in memory in this test (`weft dev --queue-window`).
 const WINDOW: usize = 4;

@@ -4,30 +4,16 @@
 //! result is recorded exactly once, and timers that came due while the node
 //! was down fire right after it starts.
 
-use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use weft_e2e::{Clients, WeftProcess, endpoint, free_port, json, wait_for};
 use weft_proto::v1 as pb;
-use weft_sdk::{ActivityContext, ActivityError, ActivityOptions, Client, Worker, WorkflowContext, WorkflowError};
+use weft_sdk::{Client, Worker};
 
-use crate::support::{Clients, WeftProcess, endpoint, free_port, json, wait_for};
+use crate::workload::{check_exactly_once, crashy, double};
 
 const WORKER_ADDR_ENV: &str = "WEFT_IT_WORKER_ADDR";
-
-pub(crate) async fn crashy(ctx: WorkflowContext, n: u64) -> Result<u64, WorkflowError> {
-    let a: u64 = ctx.step("a", move || async move { Ok::<_, anyhow::Error>(n) }).await?;
-    ctx.sleep(Duration::from_millis(300)).await?;
-    let b: u64 = ctx.step("b", move || async move { Ok::<_, anyhow::Error>(a + 1) }).await?;
-    let options =
-        ActivityOptions { start_to_close_timeout: Some(Duration::from_secs(5)), ..ActivityOptions::default() };
-    let c: u64 = ctx.activity("double", &b, options).await?;
-    ctx.step("c", move || async move { Ok::<_, anyhow::Error>(c + 1) }).await
-}
-
-pub(crate) async fn double(_ctx: ActivityContext, n: u64) -> Result<u64, ActivityError> {
-    Ok(n * 2)
-}
 
 /// Not a test of its own: the worker process the crash tests spawn (and kill).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,30 +88,6 @@ async fn start(clients: &mut Clients, id: &str, n: u64) {
 async fn history(clients: &mut Clients, id: &str) -> Vec<pb::HistoryEvent> {
     let request = pb::GetWorkflowHistoryRequest { workflow_id: id.into(), max_events: 10_000, ..Default::default() };
     clients.0.get_workflow_history(request).await.expect("history").into_inner().events
-}
-
-/// Every operation resolved exactly once; the run completed with the right value.
-pub(crate) fn check_exactly_once(id: &str, n: u64, events: &[pb::HistoryEvent]) {
-    for (index, event) in events.iter().enumerate() {
-        assert_eq!(event.event_id, index as u64 + 1, "{id}: event ids are consecutive");
-    }
-    let mut steps: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-    let mut activities = 0;
-    for event in events {
-        if event.event_type == pb::EventType::StepCompleted as i32 {
-            steps.entry(event.seq).or_default().push(event.name.clone());
-        }
-        if event.event_type == pb::EventType::ActivityCompleted as i32 {
-            activities += 1;
-        }
-    }
-    let names: Vec<String> = steps.values().map(|v| v.join(",")).collect();
-    assert_eq!(names, ["a", "b", "c"], "{id}: each step recorded exactly once");
-    assert_eq!(activities, 1, "{id}: the activity result recorded exactly once");
-    let last = events.last().expect("history");
-    assert_eq!(last.event_type, pb::EventType::WorkflowCompleted as i32, "{id}: completed");
-    let result: u64 = serde_json::from_slice(&last.payload).expect("result json");
-    assert_eq!(result, (n + 1) * 2 + 1, "{id}: the right result");
 }
 
 /// A spawned node on a fresh data dir with a spawned worker process.

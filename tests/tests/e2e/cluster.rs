@@ -1,0 +1,296 @@
+//! Three real `weft server` processes on 127.0.0.1, formed with `weft cluster init --shards 8
+//! --replicas 3`, and a worker in this process (weft-sdk, given the node list). Each test
+//! inflicts one fault and then checks the same things: every acknowledged start completes,
+//! each step and activity result is recorded exactly once with consecutive event ids, and the
+//! replicas end caught up (lag 0, the same applied index on all three).
+//!
+//! - the leader of a running workflow's shard is SIGKILLed, then restarted and catches up;
+//! - the node leading the most shards is SIGSTOPped past the election timeout: the others
+//!   elect leaders and writes go on; after SIGCONT it follows and catches up;
+//! - the node a worker is connected to (first in its list, and the shard's leader) is
+//!   SIGKILLed while an activity runs: its result is recorded once;
+//! - a node's data dir is wiped: restarted with the same id and peers, it is rebuilt and
+//!   then carries a quorum.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use weft_e2e::cluster::{ServerCluster, caught_up};
+use weft_e2e::{RunningWorker, wait_every};
+use weft_proto::v1 as pb;
+use weft_sdk::{ActivityContext, ActivityError, Client, StartWorkflowOptions, Worker};
+
+use crate::workload::{check_exactly_once, crashy, double};
+
+const SHARDS: u32 = 8;
+const QUEUE: &str = "crashy";
+/// How long a workflow may take to complete after a fault (the SDK retries for 30 s).
+const COMPLETE_WITHIN: Duration = Duration::from_secs(60);
+
+fn worker(client: Client) -> Worker {
+    Worker::builder(client, QUEUE).register_workflow("crashy", crashy).register_activity("double", double).build()
+}
+
+async fn connect(servers: &str) -> Client {
+    Client::connect(servers).await.expect("connect to the cluster")
+}
+
+/// Starts `crashy` workflow `id` with a request id (the SDK retries it on another node; the
+/// server records it once). Returns once acknowledged.
+async fn start(client: &Client, id: &str, n: u64) {
+    let options = StartWorkflowOptions {
+        workflow_type: "crashy".into(),
+        workflow_id: id.into(),
+        task_queue: QUEUE.into(),
+        request_id: Some(format!("start-{id}")),
+        // A task a fault interrupts comes back within 2 s, not the default 10.
+        workflow_task_timeout: Some(Duration::from_secs(2)),
+    };
+    client.start_workflow_with(options, &n).await.unwrap_or_else(|e| panic!("start {id}: {e}"));
+}
+
+/// The history of `id` once it ends with `WorkflowCompleted`.
+async fn completed_history(client: &Client, id: &str) -> Vec<pb::HistoryEvent> {
+    wait_every(&format!("{id} to complete"), COMPLETE_WITHIN, Duration::from_millis(100), || async move {
+        let events = client.workflow_history(id, None).await.ok()?;
+        let done = events.last().is_some_and(|e| e.event_type() == pb::EventType::WorkflowCompleted);
+        done.then_some(events)
+    })
+    .await
+}
+
+/// Every `(id, n)` completed, each step and the activity recorded once.
+async fn check_all(client: &Client, started: &[(String, u64)]) {
+    for (id, n) in started {
+        check_exactly_once(id, *n, &completed_history(client, id).await);
+    }
+}
+
+/// The shard of workflow `id`, as the node that holds it reports it.
+async fn shard_of(client: &Client, id: &str) -> u32 {
+    let described = client.describe_workflow(id).await.expect("describe");
+    described.info.expect("workflow info").shard_id
+}
+
+fn leader_of(status: &pb::ClusterStatusResponse, shard: u32) -> u64 {
+    status.shards.iter().find(|s| s.shard_id == shard).map(|s| s.leader_node_id).expect("the shard is listed")
+}
+
+/// Shard `shard` has a leader other than `old_leader`, at a newer term than in `before`.
+fn replaced(before: &pb::ClusterStatusResponse, now: &pb::ClusterStatusResponse, shard: u32, old_leader: u64) -> bool {
+    let term = |status: &pb::ClusterStatusResponse| status.shards.iter().find(|s| s.shard_id == shard).map(|s| s.term);
+    let leader = leader_of(now, shard);
+    leader != 0 && leader != old_leader && term(now) > term(before)
+}
+
+/// Starts `count` workflows `<prefix>-<i>`, returning what it started.
+async fn start_many(client: &Client, prefix: &str, count: u64) -> Vec<(String, u64)> {
+    let mut started = Vec::new();
+    for n in 0..count {
+        let id = format!("{prefix}-{n}");
+        start(client, &id, n).await;
+        started.push((id, n));
+    }
+    started
+}
+
+/// `weft --output json cluster status` through node `via`, as a user sees it.
+fn cli_status(cluster: &ServerCluster, via: u64) -> serde_json::Value {
+    let output = weft_e2e::weft_command()
+        .args(["--server", &cluster.addrs[&via].to_string(), "--output", "json", "cluster", "status"])
+        .output()
+        .expect("run weft cluster status");
+    assert!(output.status.success(), "cluster status: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("cluster status prints JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_leader_sigkilled_mid_workflow_loses_nothing_and_catches_up() {
+    let mut cluster = ServerCluster::form(SHARDS).await;
+    let client = connect(&cluster.servers(&[1, 2, 3])).await;
+    let running = RunningWorker::start(worker(connect(&cluster.servers(&[1, 2, 3])).await));
+
+    let mut started = start_many(&client, "a", 16).await;
+    // The victim leads the shard of `a-0`, which is running: its first step is recorded.
+    let shard = shard_of(&client, "a-0").await;
+    let victim = leader_of(&cluster.wait_for_leaders().await, shard);
+    wait_every("a-0 to be running", Duration::from_secs(30), Duration::from_millis(10), || async {
+        let events = client.workflow_history("a-0", None).await.ok()?;
+        let running = events.iter().any(|e| e.event_type() == pb::EventType::StepCompleted);
+        let done = events.iter().any(|e| e.event_type() == pb::EventType::WorkflowCompleted);
+        assert!(!done, "a-0 completed before the kill: the test kills too late");
+        running.then_some(())
+    })
+    .await;
+    eprintln!("SIGKILL node {victim}, leader of shard {shard}");
+    cluster.kill(victim);
+    let after = cluster.wait_for_leaders().await;
+    assert_ne!(leader_of(&after, shard), victim, "shard {shard} has a new leader");
+    started.extend(start_many(&client, "a-after", 8).await);
+    check_all(&client, &started).await;
+
+    cluster.start(victim);
+    let status = cluster.wait_caught_up(victim, Duration::from_secs(30)).await;
+    assert!(status.nodes.iter().all(|n| n.reachable), "every node answers: {:?}", status.nodes);
+    // The CLI shows the same: every replica of every shard at lag 0 and one applied index.
+    let shown = cli_status(&cluster, victim);
+    let shards = shown["shards"].as_array().expect("shards");
+    assert_eq!(shards.len(), SHARDS as usize, "{shown}");
+    for shard in shards {
+        let replicas = shard["replicas"].as_array().expect("replicas");
+        assert_eq!(replicas.len(), 3, "{shard}");
+        assert!(replicas.iter().all(|r| r["lag"] == 0 && r["applied"] == replicas[0]["applied"]), "{shard}");
+        assert!(shard["leader"].as_u64().is_some_and(|l| l != 0), "{shard}");
+    }
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_is_replaced_and_follows_when_it_resumes() {
+    let mut cluster = ServerCluster::form(SHARDS).await;
+    let victim = cluster.busiest_leader().await;
+    let others: Vec<u64> = (1..=3).filter(|id| *id != victim).collect();
+    let before = cluster.wait_for_leaders().await;
+    let led: Vec<u32> = before.shards.iter().filter(|s| s.leader_node_id == victim).map(|s| s.shard_id).collect();
+    // The client and the worker try the victim last: a paused node answers nothing.
+    let order = [others[0], others[1], victim];
+    let client = connect(&cluster.servers(&order)).await;
+    let running = RunningWorker::start(worker(connect(&cluster.servers(&order)).await));
+
+    let mut started = start_many(&client, "b", 12).await;
+    eprintln!("SIGSTOP node {victim}, leader of shards {led:?}");
+    cluster.pause(victim);
+    let paused_at = tokio::time::Instant::now();
+    let during = cluster.wait_for_leaders().await;
+    for shard in &led {
+        assert!(others.contains(&leader_of(&during, *shard)), "shard {shard} is led by a running node");
+    }
+    // Writes go on without it, and complete, while it is still paused.
+    let paused = start_many(&client, "b-paused", 12).await;
+    check_all(&client, &paused).await;
+    check_all(&client, &started).await;
+    started.extend(paused);
+    // Paused for longer than the election timeout in every case.
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(paused_at.elapsed())).await;
+
+    cluster.resume(victim);
+    // It steps down: in its own view, every shard it led has another leader at a newer term,
+    // and its replicas reach the same applied index as the others'.
+    let resumed = wait_every("the resumed node to follow", Duration::from_secs(30), Duration::from_millis(100), || {
+        let cluster = &cluster;
+        let led = &led;
+        let before = &before;
+        async move {
+            let status = cluster.status_via(victim).await?;
+            let follows = led.iter().all(|shard| replaced(before, &status, *shard, victim));
+            (follows && caught_up(&status)).then_some(status)
+        }
+    })
+    .await;
+    assert!(resumed.shards.iter().all(|s| s.leader_node_id != victim || !led.contains(&s.shard_id)));
+    // Through the resumed node too, everything completed once and new work runs.
+    let via_victim = connect(&cluster.servers(&[victim])).await;
+    started.extend(start_many(&via_victim, "b-resumed", 4).await);
+    check_all(&via_victim, &started).await;
+    cluster.wait_caught_up(others[0], Duration::from_secs(30)).await;
+    running.stop().await;
+}
+
+/// Attempts of `slow_double` begun, and whether it may return.
+static SLOW_ATTEMPTS: AtomicUsize = AtomicUsize::new(0);
+static SLOW_RELEASE: AtomicBool = AtomicBool::new(false);
+
+/// `double`, but it returns only once the test releases it (or after 20 s).
+async fn slow_double(_ctx: ActivityContext, n: u64) -> Result<u64, ActivityError> {
+    SLOW_ATTEMPTS.fetch_add(1, Ordering::SeqCst);
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !SLOW_RELEASE.load(Ordering::SeqCst) && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(n * 2)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_node_dies_mid_activity_records_its_result_once() {
+    let mut cluster = ServerCluster::form(SHARDS).await;
+    let client = connect(&cluster.servers(&[1, 2, 3])).await;
+    start(&client, "c-0", 5).await;
+    // X leads the workflow's shard; the worker's list starts with X, so it talks to X.
+    let x = leader_of(&cluster.wait_for_leaders().await, shard_of(&client, "c-0").await);
+    let order: Vec<u64> = std::iter::once(x).chain((1..=3).filter(|id| *id != x)).collect();
+    let worker_client = connect(&cluster.servers(&order)).await;
+    assert_eq!(worker_client.addresses()[0], weft_e2e::endpoint(cluster.addrs[&x]), "the worker starts on X");
+    let slow = Worker::builder(worker_client, QUEUE)
+        .register_workflow("crashy", crashy)
+        .register_activity("double", slow_double)
+        .build();
+    let running = RunningWorker::start(slow);
+
+    wait_every("the activity to run", Duration::from_secs(30), Duration::from_millis(10), || async {
+        (SLOW_ATTEMPTS.load(Ordering::SeqCst) > 0).then_some(())
+    })
+    .await;
+    eprintln!("SIGKILL node {x} while the activity runs");
+    cluster.kill(x);
+    SLOW_RELEASE.store(true, Ordering::SeqCst);
+
+    let events = completed_history(&client, "c-0").await;
+    check_exactly_once("c-0", 5, &events);
+    let attempts = SLOW_ATTEMPTS.load(Ordering::SeqCst);
+    eprintln!("activity attempts begun: {attempts}");
+    // And a workflow started after the kill runs on the surviving nodes.
+    start(&client, "c-1", 6).await;
+    check_exactly_once("c-1", 6, &completed_history(&client, "c-1").await);
+
+    cluster.start(x);
+    cluster.wait_caught_up(x, Duration::from_secs(30)).await;
+    running.stop().await;
+}
+
+/// Fails today: the wiped node, restarted with the same `--node-id` and `--peers`, finds no
+/// cluster record in its empty data dir and waits for `weft cluster init` ("waiting for `weft
+/// cluster init` to form the cluster" in its log); none of its shards starts, it answers no
+/// `ClusterStatus`, node 1 reports it unreachable and lists two replicas per shard, so it is
+/// never rebuilt (neither by log replay nor by a snapshot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a wiped node waits for `weft cluster init` and is never rebuilt: its shards do not start (see the doc comment)"]
+async fn a_wiped_node_is_rebuilt_and_carries_a_quorum() {
+    let mut cluster = ServerCluster::form(SHARDS).await;
+    let client = connect(&cluster.servers(&[1, 2, 3])).await;
+    let running = RunningWorker::start(worker(connect(&cluster.servers(&[1, 2, 3])).await));
+    let mut started = start_many(&client, "d", 8).await;
+    check_all(&client, &started).await;
+
+    let wiped = 3;
+    eprintln!("SIGKILL node {wiped}, delete its data dir, start it again");
+    cluster.wipe(wiped);
+    started.extend(start_many(&client, "d-down", 4).await);
+    cluster.start(wiped);
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = cluster.status_via(1).await;
+        if status.as_ref().is_some_and(caught_up) {
+            break;
+        }
+        if tokio::time::Instant::now() > until {
+            let own = cluster.status_via(wiped).await;
+            let log = cluster.log(wiped);
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            panic!(
+                "the wiped node did not catch up in 30 s.\nnode 1's view: {status:?}\nthe wiped node's own: \
+                 {own:?}\nits log (last lines, newest first): {tail:#?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    check_all(&client, &started).await;
+
+    // Its copy is whole: with node 1 gone, node 2 and the rebuilt node are the quorum of every
+    // shard, and every history and a new workflow come through them.
+    cluster.kill(1);
+    cluster.wait_for_leaders().await;
+    let survivors = connect(&cluster.servers(&[wiped, 2])).await;
+    started.extend(start_many(&survivors, "d-quorum", 4).await);
+    check_all(&survivors, &started).await;
+    running.stop().await;
+}
