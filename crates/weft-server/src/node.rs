@@ -634,6 +634,14 @@ impl Node {
         loop {
             let is_leader = *leading.borrow_and_update();
             if is_leader {
+                // The watch shows only the latest value: a lost-and-regained leadership can look
+                // like no change. Whatever this node held for the shard from an earlier term
+                // (attempts in flight, their deadlines) is stale; dropped, those attempts are
+                // offered again from the durable ready index below. Kept, an attempt in flight
+                // whose deadline alarm was dropped with the lost leadership is never handed out
+                // nor timed out again.
+                self.dispatch.forget_shard(shard);
+                self.alarms.forget_shard(shard);
                 if let Err(error) = self.recover_shard(shard) {
                     tracing::error!(shard, %error, "rebuilding the shard's queues and timers failed");
                 }
