@@ -642,6 +642,13 @@ impl Node {
                 // nor timed out again.
                 self.dispatch.forget_shard(shard);
                 self.alarms.forget_shard(shard);
+                // Entries an earlier leader committed are applied here only after this node
+                // leads; a completion among them that asked for its next task inline emitted no
+                // TaskReady (its handler, on the old leader, was to hand it out). Waiting for
+                // the read index first means the scan below sees every such entry applied.
+                if let Err(error) = self.raft.ensure_linearizable(shard).await {
+                    tracing::debug!(shard, %error, "leadership not confirmed; rebuilding the shard's queues anyway");
+                }
                 if let Err(error) = self.recover_shard(shard) {
                     tracing::error!(shard, %error, "rebuilding the shard's queues and timers failed");
                 }
