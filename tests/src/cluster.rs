@@ -3,6 +3,9 @@
 //! data dir, and a wiped data dir. Each node's stderr goes to `n<ID>.log` in the cluster's
 //! temp dir (printed by [`ServerCluster::logs`] when a test wants them).
 //!
+//! `WEFT_E2E_NODE_LOG` sets the nodes' `RUST_LOG` (default `info`; `info,openraft=debug` shows
+//! every Raft message).
+//!
 //! Invariants: a node is signalled by its own pid only; a dropped cluster SIGKILLs (and reaps)
 //! every node it started, paused or not. Status is read over gRPC with a timeout, so a paused
 //! node never hangs a wait.
@@ -19,6 +22,9 @@ use crate::{clients_on, endpoint, free_port, wait_every, weft_command};
 
 /// How long one status call may take before the node counts as not answering.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// `--snapshot-logs` of every node: a snapshot (and a log purge) every 20 entries of a shard,
+/// so a node that was down or wiped is brought back by a snapshot, not only from the log.
+pub const SNAPSHOT_LOGS: u64 = 20;
 
 /// One `weft server` process; SIGKILLed when dropped.
 struct Server(Child);
@@ -93,7 +99,8 @@ impl ServerCluster {
             .arg("--data-dir")
             .arg(self.data_dir(id))
             .args(["--metrics-listen", "off", "--wal-prewrite-mib", "0"])
-            .env("RUST_LOG", "info")
+            .args(["--snapshot-logs", &SNAPSHOT_LOGS.to_string()])
+            .env("RUST_LOG", std::env::var("WEFT_E2E_NODE_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -177,11 +184,13 @@ impl ServerCluster {
         .await
     }
 
-    /// Waits until every shard has its three replicas at lag 0 with equal applied indexes, as
-    /// node `via` reports it; the status that showed it.
+    /// Waits until every shard has its three replicas at lag 0 with equal applied indexes and
+    /// equal state checksums at that index, as node `via` reports it; the status that showed
+    /// it. Panics at once if two replicas' checksums at one index differ.
     pub async fn wait_caught_up(&self, via: u64, within: Duration) -> pb::ClusterStatusResponse {
         wait_every("every replica to catch up", within, Duration::from_millis(100), || async move {
             let status = self.status_via(via).await?;
+            assert_no_divergence(&status);
             caught_up(&status).then_some(status)
         })
         .await
@@ -213,12 +222,22 @@ impl ServerCluster {
     }
 }
 
-/// Every shard has three replicas, none lagging, all at the same applied index.
+/// Every shard has three replicas, none lagging, all at the same applied index, whose state
+/// checksums at that index all agree.
 pub fn caught_up(status: &pb::ClusterStatusResponse) -> bool {
     !status.shards.is_empty()
         && status.shards.iter().all(|s| {
             s.leader_node_id != 0
                 && s.replicas.len() == 3
                 && s.replicas.iter().all(|r| r.lag == 0 && r.applied_index == s.replicas[0].applied_index)
+                && s.checksums_agree == Some(true)
+                && s.checksums_compared == 3
         })
+}
+
+/// Panics if any shard's replicas hold different states at one applied index.
+pub fn assert_no_divergence(status: &pb::ClusterStatusResponse) {
+    for shard in &status.shards {
+        assert_ne!(shard.checksums_agree, Some(false), "the replicas of shard {} diverged: {shard:?}", shard.shard_id);
+    }
 }

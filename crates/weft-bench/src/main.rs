@@ -401,6 +401,7 @@ async fn run(plan: Plan, json_report: bool, node_pids: &[(u64, u32)]) -> anyhow:
                 wal_prewrite_bytes: weft_server::DEFAULT_WAL_PREWRITE_MIB << 20,
                 dispatch: Default::default(),
                 cluster: Default::default(),
+                raft: Default::default(),
             };
             let handle =
                 tokio::time::timeout(Duration::from_secs(NODE_START_TIMEOUT_S), weft_server::start_node(config))

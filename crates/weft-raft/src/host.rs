@@ -28,8 +28,10 @@ use weft_storage::{Db, codec};
 use crate::log_store::{NO_INDEX, ShardLogStore};
 pub use crate::log_sync::LogSyncStats;
 use crate::log_sync::LogSyncer;
-use crate::network::{NoNetwork, RaftRpcKind, RpcReply, ShardNetworks};
-use crate::state_machine::ShardStateMachine;
+use crate::network::{NoNetwork, RaftRpcKind, RaftTransport, RpcReply, ShardNetworks};
+use crate::rebalance::{ShardView, pick_transfer};
+use crate::snapshot::StateChecksum;
+use crate::state_machine::{ShardStateMachine, applied_log_id_key};
 use crate::{Proposal, ShardApplier, TypeConfig};
 
 /// openraft cluster name of every shard group.
@@ -39,11 +41,19 @@ pub const HEARTBEAT_INTERVAL_MS: u64 = 100;
 /// Election timeout range: several heartbeats, randomised to avoid split votes.
 pub const ELECTION_TIMEOUT_MIN_MS: u64 = 400;
 pub const ELECTION_TIMEOUT_MAX_MS: u64 = 800;
-/// A snapshot is built after this many log entries since the last one.
+/// Default of [`RaftOptions::snapshot_logs`]: a snapshot is built after this many log entries
+/// since the last one.
 pub const SNAPSHOT_LOGS_SINCE_LAST: u64 = 10_000;
-/// Log entries kept behind the snapshot after a purge, so a slightly lagging follower catches up
-/// from the log instead of needing a snapshot.
+/// Bounds of [`RaftOptions::snapshot_logs`].
+pub const SNAPSHOT_LOGS_MIN: u64 = 10;
+pub const SNAPSHOT_LOGS_MAX: u64 = 10_000_000;
+/// Log entries kept behind the snapshot after a purge (at most; a tenth of
+/// [`RaftOptions::snapshot_logs`] when that is smaller), so a slightly lagging follower catches
+/// up from the log instead of needing a snapshot.
 pub const LOGS_KEPT_AFTER_SNAPSHOT: u64 = 1_000;
+/// Default of [`RaftOptions::snapshot_chunk_bytes`]: bytes of snapshot data per install-snapshot
+/// message, well under the internal gRPC message limit.
+pub const SNAPSHOT_CHUNK_BYTES: u64 = 1 << 20;
 /// Log entries sent in one append-entries message at most.
 pub const REPLICATION_BATCH_ENTRIES_MAX: u64 = 300;
 /// How long shutdown waits for Raft tasks to release their storage handles.
@@ -86,6 +96,9 @@ struct ShardGroup {
     raft: Raft<TypeConfig>,
     leader_rx: watch::Receiver<bool>,
     committed_index: Arc<AtomicU64>,
+    /// Set while this node hands the shard's leadership to another ([`RaftHost::transfer_leadership`]):
+    /// proposals and linearizable reads are refused meanwhile.
+    transferring: AtomicBool,
 }
 
 struct HostInner {
@@ -98,6 +111,10 @@ struct HostInner {
     shutting_down: AtomicBool,
     /// Cloned into every log store and state machine; released when openraft drops them.
     storage_lease: Arc<()>,
+    /// The last state checksum computed per shard.
+    checksums: Mutex<Vec<Option<StateChecksum>>>,
+    /// The network's transport, for leadership transfers (`None` without a network).
+    transport: Option<Arc<dyn RaftTransport>>,
 }
 
 /// Every shard's Raft group on this node. Cheap to clone.
@@ -106,14 +123,41 @@ pub struct RaftHost {
     inner: Arc<HostInner>,
 }
 
-fn raft_config() -> anyhow::Result<Config> {
+/// What a node may tune of its Raft groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftOptions {
+    /// Applied entries between two snapshots of a shard (`SNAPSHOT_LOGS_MIN..=SNAPSHOT_LOGS_MAX`).
+    pub snapshot_logs: u64,
+    /// Bytes of snapshot data per install-snapshot message.
+    pub snapshot_chunk_bytes: u64,
+}
+
+impl Default for RaftOptions {
+    fn default() -> RaftOptions {
+        RaftOptions { snapshot_logs: SNAPSHOT_LOGS_SINCE_LAST, snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES }
+    }
+}
+
+fn raft_config(options: RaftOptions) -> anyhow::Result<Config> {
+    anyhow::ensure!(
+        (SNAPSHOT_LOGS_MIN..=SNAPSHOT_LOGS_MAX).contains(&options.snapshot_logs),
+        "snapshot_logs {} is not within {SNAPSHOT_LOGS_MIN}..={SNAPSHOT_LOGS_MAX}",
+        options.snapshot_logs
+    );
+    anyhow::ensure!(
+        (1..=crate::network::RAFT_MESSAGE_BYTES_MAX as u64 / 2).contains(&options.snapshot_chunk_bytes),
+        "snapshot_chunk_bytes {} is not within 1..={}",
+        options.snapshot_chunk_bytes,
+        crate::network::RAFT_MESSAGE_BYTES_MAX / 2
+    );
     let config = Config {
         cluster_name: CLUSTER_NAME.to_string(),
         heartbeat_interval: HEARTBEAT_INTERVAL_MS,
         election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
         election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_LOGS_SINCE_LAST),
-        max_in_snapshot_log_to_keep: LOGS_KEPT_AFTER_SNAPSHOT,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_logs),
+        max_in_snapshot_log_to_keep: LOGS_KEPT_AFTER_SNAPSHOT.min(options.snapshot_logs / 10),
+        snapshot_max_chunk_size: options.snapshot_chunk_bytes,
         max_payload_entries: REPLICATION_BATCH_ENTRIES_MAX,
         ..Config::default()
     };
@@ -130,7 +174,7 @@ impl RaftHost {
         applier: Arc<dyn ShardApplier>,
     ) -> anyhow::Result<RaftHost> {
         let members = BTreeMap::from([(node_id, node_addr)]);
-        RaftHost::open_with_network(db, node_id, shard_count, applier, NoNetwork, members).await
+        RaftHost::open_with_network(db, node_id, shard_count, applier, NoNetwork, members, RaftOptions::default()).await
     }
 
     /// Opens every shard's group with the given network. A shard with no Raft state on disk is
@@ -143,12 +187,14 @@ impl RaftHost {
         applier: Arc<dyn ShardApplier>,
         networks: N,
         members: BTreeMap<u64, String>,
+        options: RaftOptions,
     ) -> anyhow::Result<RaftHost> {
         anyhow::ensure!(
             shard_count > 0 && shard_count <= SHARD_COUNT_MAX,
             "shard count {shard_count} is not within 1..={SHARD_COUNT_MAX}"
         );
-        let config = Arc::new(raft_config()?);
+        let config = Arc::new(raft_config(options)?);
+        let transport = networks.transport();
         let log_sync = LogSyncer::start(db.clone()).context("start log sync thread")?;
         let storage_lease = Arc::new(());
         let mut shards = Vec::with_capacity(shard_count as usize);
@@ -195,10 +241,11 @@ impl RaftHost {
             }
             let (leader_tx, leader_rx) = watch::channel(false);
             watchers.push(tokio::spawn(watch_metrics(shard, node_id, raft.clone(), leader_tx)));
-            shards.push(ShardGroup { raft, leader_rx, committed_index });
+            shards.push(ShardGroup { raft, leader_rx, committed_index, transferring: AtomicBool::new(false) });
         }
         tracing::info!(node_id, shard_count, "raft host open");
-        Ok(RaftHost {
+        let rebalance = transport.is_some();
+        let host = RaftHost {
             inner: Arc::new(HostInner {
                 node_id,
                 db,
@@ -208,8 +255,15 @@ impl RaftHost {
                 watchers: Mutex::new(watchers),
                 shutting_down: AtomicBool::new(false),
                 storage_lease,
+                checksums: Mutex::new(vec![None; shard_count as usize]),
+                transport,
             }),
-        })
+        };
+        if rebalance {
+            let task = tokio::spawn(rebalance_leaders(Arc::downgrade(&host.inner)));
+            host.inner.watchers.lock().push(task);
+        }
+        Ok(host)
     }
 
     pub fn node_id(&self) -> u64 {
@@ -266,7 +320,97 @@ impl RaftHost {
                 };
                 codec::encode(&reply)
             }
+            RaftRpcKind::TimeoutNow => {
+                tracing::info!(shard, "asked to take over the shard's leadership: electing now");
+                let reply = match group.raft.trigger().elect().await {
+                    Ok(()) => RpcReply::Ok(()),
+                    Err(fatal) => RpcReply::Fatal(fatal.to_string()),
+                };
+                codec::encode(&reply)
+            }
         })
+    }
+
+    /// Hands `shard`'s leadership to node `to` (see [`crate::rebalance`]): refuses proposals and
+    /// stops heartbeats for a leader lease, asks `to` to elect itself, and waits for a leader
+    /// other than this node. Returns whether `to` leads it now. Proposals resume either way.
+    #[tracing::instrument(level = "info", skip(self))]
+    pub async fn transfer_leadership(&self, shard: u32, to: u64) -> Result<bool, ProposeError> {
+        let group = self.group(shard)?;
+        let node_id = self.inner.node_id;
+        let Some(transport) = self.inner.transport.clone() else { return Ok(false) };
+        if !self.is_leader(shard) || to == node_id {
+            return Ok(false);
+        }
+        let Some(address) = group
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .nodes()
+            .find(|(id, _)| **id == to)
+            .map(|(_, node)| node.addr.clone())
+        else {
+            return Ok(false);
+        };
+        if group.transferring.swap(true, Ordering::AcqRel) {
+            return Ok(false);
+        }
+        group.raft.runtime_config().heartbeat(false);
+        // The followers' leader leases (openraft: the maximum election timeout since the last
+        // message from the leader) must expire before they grant `to` their votes.
+        tokio::time::sleep(Duration::from_millis(ELECTION_TIMEOUT_MAX_MS + TRANSFER_LEASE_MARGIN_MS)).await;
+        let asked = transport
+            .send(to, &address, shard, RaftRpcKind::TimeoutNow, Vec::new(), Duration::from_millis(TRANSFER_WAIT_MS))
+            .await;
+        let moved = match asked {
+            Ok(_) => {
+                let moved = group
+                    .raft
+                    .wait(Some(Duration::from_millis(TRANSFER_WAIT_MS)))
+                    .metrics(|m| m.current_leader.is_some_and(|leader| leader != node_id), "another leader")
+                    .await;
+                moved.is_ok_and(|m| m.current_leader == Some(to))
+            }
+            Err(error) => {
+                tracing::warn!(shard, to, %error, "could not ask the node to take the shard's leadership");
+                false
+            }
+        };
+        group.raft.runtime_config().heartbeat(true);
+        group.transferring.store(false, Ordering::Release);
+        if !moved && self.is_leader(shard) {
+            // Still leading: reassert it before the followers' election timers fire.
+            let _ = group.raft.trigger().heartbeat().await;
+        }
+        metrics::counter!("weft_raft_leader_transfers_total", "outcome" => if moved { "moved" } else { "kept" })
+            .increment(1);
+        tracing::info!(shard, to, moved, "leadership transfer done");
+        Ok(moved)
+    }
+
+    /// What this node sees of every shard's leadership, for [`pick_transfer`].
+    fn leadership_views(&self) -> Vec<ShardView> {
+        let node_id = self.inner.node_id;
+        self.inner
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(shard, group)| {
+                let metrics = group.raft.metrics().borrow().clone();
+                let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
+                let last_log = metrics.last_log_index;
+                let caught_up = match (&metrics.replication, metrics.current_leader == Some(node_id)) {
+                    (Some(replication), true) => replication
+                        .iter()
+                        .filter(|(id, matched)| **id != node_id && matched.map(|m| m.index) == last_log)
+                        .map(|(id, _)| *id)
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                ShardView { shard: shard as u32, leader: metrics.current_leader, voters, caught_up }
+            })
+            .collect()
     }
 
     /// Proposes `payload` to `shard`'s group; returns the applier's reply once the entry is
@@ -276,6 +420,9 @@ impl RaftHost {
         let group = self.group(shard)?;
         if self.inner.shutting_down.load(Ordering::Acquire) {
             return Err(ProposeError::ShuttingDown);
+        }
+        if group.transferring.load(Ordering::Acquire) {
+            return Err(ProposeError::NotLeader { leader: None });
         }
         match group.raft.client_write(Proposal(payload)).await {
             Ok(response) => Ok(response.data),
@@ -297,6 +444,9 @@ impl RaftHost {
         let group = self.group(shard)?;
         if self.inner.shutting_down.load(Ordering::Acquire) {
             return Err(ProposeError::ShuttingDown);
+        }
+        if group.transferring.load(Ordering::Acquire) {
+            return Err(ProposeError::NotLeader { leader: None });
         }
         match group.raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
@@ -365,6 +515,38 @@ impl RaftHost {
         }
     }
 
+    /// This replica's checksum of every shard's state, each at the applied log id the shard's
+    /// state holds when it is read ([`crate::snapshot::checksum_view`]). A shard whose applied
+    /// log id did not move since the last call is not read again. Scans the shards one after
+    /// another on one blocking thread.
+    pub async fn state_checksums(&self) -> Vec<Result<StateChecksum, String>> {
+        let host = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let inner = &host.inner;
+            (0..inner.shard_count)
+                .map(|shard| {
+                    let applied = inner
+                        .db
+                        .get_state(&applied_log_id_key(shard))
+                        .map_err(|e| e.to_string())?
+                        .map(|raw| codec::decode::<Option<crate::LogId>>(&raw).map_err(|e| e.to_string()))
+                        .transpose()?
+                        .flatten();
+                    let cached = inner.checksums.lock()[shard as usize];
+                    if let Some(cached) = cached.filter(|cached| cached.applied == applied) {
+                        return Ok(cached);
+                    }
+                    let view = inner.db.pin_state_view(shard).map_err(|e| e.to_string())?;
+                    let checksum = crate::snapshot::checksum_view(view)?;
+                    inner.checksums.lock()[shard as usize] = Some(checksum);
+                    Ok(checksum)
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_else(|e| vec![Err(format!("checksum task: {e}"))])
+    }
+
     /// The group-commit counters (fsyncs, entries and requests per fsync).
     pub fn log_sync_stats(&self) -> LogSyncStats {
         self.inner.log_sync.stats()
@@ -420,6 +602,36 @@ fn reply_of<T>(result: Result<T, RaftError<u64>>) -> RpcReply<T> {
         Ok(response) => RpcReply::Ok(response),
         Err(RaftError::APIError(never)) => match never {},
         Err(RaftError::Fatal(fatal)) => RpcReply::Fatal(fatal.to_string()),
+    }
+}
+
+/// How often a node looks whether it leads more than its share of the shards.
+pub const REBALANCE_INTERVAL_MS: u64 = 2_000;
+/// Margin on top of the followers' leader lease before the transfer target is asked to elect.
+const TRANSFER_LEASE_MARGIN_MS: u64 = 100;
+/// How long a transfer waits for the target's answer and then for its election.
+const TRANSFER_WAIT_MS: u64 = 1_000;
+
+/// Moves one shard's leadership at a time from this node to a node that leads fewer, while
+/// [`pick_transfer`] finds a move (see [`crate::rebalance`]). Ends when the host is dropped or
+/// shuts down.
+async fn rebalance_leaders(host: std::sync::Weak<HostInner>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(REBALANCE_INTERVAL_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(inner) = host.upgrade() else { return };
+        let host = RaftHost { inner };
+        if host.inner.shutting_down.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some((shard, to)) = pick_transfer(host.inner.node_id, &host.leadership_views()) {
+            tracing::info!(shard, to, "this node leads more than its share: handing a shard's leadership over");
+            if let Err(error) = host.transfer_leadership(shard, to).await {
+                tracing::warn!(shard, to, %error, "leadership transfer failed");
+            }
+        }
     }
 }
 

@@ -4,8 +4,10 @@
 //! Owns: the openraft type config ([`TypeConfig`]), the per-shard log storage
 //! ([`log_store`], with an in-memory cache of the just-appended entries in `recent_entries`) with
 //! the node-wide group-commit fsync thread ([`log_sync`]), the per-shard
-//! state machine adapter and snapshots ([`state_machine`]), the Raft network seam ([`network`]),
-//! and the [`RaftHost`] that opens, initialises, drives and shuts down every shard's group.
+//! state machine adapter ([`state_machine`]), snapshots as views of the applied state and their
+//! transfer and install ([`snapshot`]), replica checksums, the Raft network seam ([`network`]),
+//! leader rebalancing ([`rebalance`]), and the [`RaftHost`] that opens, initialises, drives and
+//! shuts down every shard's group.
 //!
 //! Architecture invariants:
 //! - Commands are opaque bytes ([`Proposal`]); replies are opaque bytes. This crate knows nothing
@@ -25,7 +27,6 @@
 )]
 
 use std::fmt;
-use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
@@ -33,7 +34,9 @@ pub mod host;
 pub mod log_store;
 pub mod log_sync;
 pub mod network;
+pub mod rebalance;
 mod recent_entries;
+pub mod snapshot;
 pub mod state_machine;
 
 #[cfg(test)]
@@ -65,7 +68,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = snapshot::ShardSnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -41,6 +41,12 @@ pub trait ShardNetworks: Send + Sync + 'static {
 
     /// The network factory of `shard`'s group.
     fn for_shard(&self, shard: u32) -> Self::Factory;
+
+    /// The transport under the groups, for messages of this crate's own (leadership transfer);
+    /// `None` without a network.
+    fn transport(&self) -> Option<Arc<dyn RaftTransport>> {
+        None
+    }
 }
 
 /// No network: for single-node groups, which never send RPCs.
@@ -131,6 +137,9 @@ pub enum RaftRpcKind {
     AppendEntries = 1,
     Vote = 2,
     InstallSnapshot = 3,
+    /// Leadership transfer: the receiver starts an election at once (empty body; the reply is
+    /// an encoded `RpcReply<()>`).
+    TimeoutNow = 4,
 }
 
 impl RaftRpcKind {
@@ -139,6 +148,7 @@ impl RaftRpcKind {
             1 => Some(RaftRpcKind::AppendEntries),
             2 => Some(RaftRpcKind::Vote),
             3 => Some(RaftRpcKind::InstallSnapshot),
+            4 => Some(RaftRpcKind::TimeoutNow),
             _ => None,
         }
     }
@@ -148,6 +158,7 @@ impl RaftRpcKind {
             RaftRpcKind::AppendEntries => "append_entries",
             RaftRpcKind::Vote => "vote",
             RaftRpcKind::InstallSnapshot => "install_snapshot",
+            RaftRpcKind::TimeoutNow => "timeout_now",
         }
     }
 }
@@ -217,6 +228,10 @@ impl ShardNetworks for TransportNetworks {
 
     fn for_shard(&self, shard: u32) -> TransportFactory {
         TransportFactory { shard, transport: self.transport.clone() }
+    }
+
+    fn transport(&self) -> Option<Arc<dyn RaftTransport>> {
+        Some(self.transport.clone())
     }
 }
 

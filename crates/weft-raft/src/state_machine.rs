@@ -1,5 +1,6 @@
 //! Per-shard state machine adapter (openraft `RaftStateMachine` + `RaftSnapshotBuilder`): drives
-//! the domain's [`ShardApplier`] and owns the shard's snapshots.
+//! the domain's [`ShardApplier`] and serves the shard's snapshots as views of its state
+//! ([`crate::snapshot`]).
 //!
 //! Invariants:
 //! - One `apply` call writes one `StateBatch` holding the domain's changes for every entry *and*
@@ -7,33 +8,29 @@
 //!   `KIND_SHARD_META` keys. So the durable state is always exactly "entries up to the stored
 //!   applied log id", even though the batch is not fsynced (see `weft_storage::db`).
 //! - `after_write` is called after the batch is in the db and before openraft sees the replies.
-//! - A snapshot is a point-in-time dump of the shard's whole `state` key range (kind 0x00 meta
-//!   included), so its metadata (applied log id, membership) is read from the dump itself and
-//!   always matches its data, even while applies continue during the dump.
-//! - The current snapshot is stored in `raft_meta[shard, Snapshot]` and survives restarts. A
-//!   stored snapshot never goes backwards (builders racing an install keep the newer one).
-//! - A snapshot is checked whole before anything is written ([`check_snapshot`]): its payload
-//!   decodes, names this shard, holds keys of this shard only, in strictly ascending order, its
-//!   metadata records agree with its `SnapshotMeta`, and the domain accepts every other record
-//!   ([`ShardApplier::check_record`]). A refused install returns an error and leaves the state
-//!   and the stored snapshot as they were.
-//! - Installing writes the snapshot record first and the state second; if a crash falls between,
-//!   [`ShardStateMachine::open`] sees a snapshot newer than the state and installs it again.
-//! - `open` never fails on a bad stored snapshot record: one that does not decode or does not
-//!   pass [`check_snapshot`] is logged and deleted, and the shard starts from its state, which is
-//!   durable with its own applied log id.
+//! - The current snapshot is the applied state itself: building one copies nothing (it names
+//!   the applied log id and membership), and the current snapshot is a RocksDB view pinned in
+//!   this state machine's task, so its data is exactly the state at its metadata's log id. No
+//!   snapshot data is stored; the log purge that follows a build syncs the WAL first, so the
+//!   state is durable past every purged entry.
+//! - A received snapshot is checked whole before anything is written
+//!   ([`snapshot::check_file`]): it decodes, names this shard, holds keys of this shard only, in
+//!   strictly ascending order, its metadata records agree with its `SnapshotMeta`, and the
+//!   domain accepts every other record ([`ShardApplier::check_record`]). A refused install
+//!   returns an error and leaves the state as it was.
+//! - An install cut short by a crash is finished at [`ShardStateMachine::open`] from the pending
+//!   install file it left ([`snapshot::recover_files`]); `open` never fails on a bad one (it is
+//!   logged and deleted).
 
-use std::io::Cursor;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{AnyError, Entry, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
-use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use weft_storage::keys::{self, KIND_SHARD_META, KeyBuilder, KeyReader};
-use weft_storage::{Db, Durability, PendingStateDump, RaftMetaField, codec};
+use weft_storage::keys::{KIND_SHARD_META, KeyBuilder};
+use weft_storage::{Db, Durability, PinnedStateView, RaftMetaField, codec};
 
+use crate::snapshot::{self, ShardSnapshotData};
 use crate::{LogId, Proposal, RaftStorageError, ShardApplier, SnapshotMeta, StoredMembership, TypeConfig};
 
 /// Key of the shard's applied log id (value: `Option<LogId>`).
@@ -46,21 +43,19 @@ pub fn membership_key(shard: u32) -> Vec<u8> {
     KeyBuilder::new(shard, KIND_SHARD_META).str("last_membership").finish()
 }
 
-/// Numbers the snapshots built by this process (part of their ids).
-static SNAPSHOT_BUILD_SEQ: AtomicU64 = AtomicU64::new(1);
-
-/// The data of a snapshot: every state entry of the shard, in key order.
+/// The data of a snapshot as releases before 0.2 stored it (`raft_meta[shard, Snapshot]`):
+/// read only to finish an install such a release left cut short.
 #[derive(Serialize, Deserialize)]
-pub(crate) struct SnapshotPayload {
+pub(crate) struct LegacySnapshotPayload {
     pub(crate) shard: u32,
     pub(crate) entries: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-/// The current snapshot as stored in `raft_meta`.
+/// The stored snapshot record of releases before 0.2.
 #[derive(Serialize, Deserialize)]
-pub(crate) struct StoredSnapshot {
+pub(crate) struct LegacyStoredSnapshot {
     pub(crate) meta: SnapshotMeta,
-    /// An encoded [`SnapshotPayload`].
+    /// An encoded [`LegacySnapshotPayload`].
     pub(crate) data: Vec<u8>,
 }
 
@@ -68,17 +63,9 @@ fn sm_read_err(e: impl std::error::Error + 'static) -> RaftStorageError {
     StorageIOError::read_state_machine(AnyError::new(&e)).into()
 }
 
-fn sm_write_err(e: impl std::error::Error + 'static) -> RaftStorageError {
-    StorageIOError::write_state_machine(AnyError::new(&e)).into()
-}
-
 fn snapshot_err(verb: ErrorVerb, detail: impl std::fmt::Display) -> RaftStorageError {
     StorageIOError::new(ErrorSubject::Snapshot(None), verb, AnyError::error(detail)).into()
 }
-
-/// Shared between a shard's state machine and its snapshot builders: serialises replacing the
-/// stored snapshot and remembers its last log id.
-type CurrentSnapshot = Arc<Mutex<Option<LogId>>>;
 
 /// The state machine of one shard.
 pub struct ShardStateMachine {
@@ -87,13 +74,13 @@ pub struct ShardStateMachine {
     applier: Arc<dyn ShardApplier>,
     applied: Option<LogId>,
     membership: StoredMembership,
-    current_snapshot: CurrentSnapshot,
-    /// Held while openraft owns this state machine; the host waits for it to be released.
-    _lease: Arc<()>,
+    /// Held while openraft owns this state machine (and by the snapshot data it hands out); the
+    /// host waits for it to be released.
+    lease: Arc<()>,
 }
 
 impl ShardStateMachine {
-    /// Opens the state machine of `shard`: reads the applied state, repairs an interrupted
+    /// Opens the state machine of `shard`: reads the applied state, finishes an interrupted
     /// snapshot install, and has the applier rebuild its in-memory state.
     pub(crate) fn open(
         shard: u32,
@@ -101,60 +88,85 @@ impl ShardStateMachine {
         applier: Arc<dyn ShardApplier>,
         lease: Arc<()>,
     ) -> Result<ShardStateMachine, RaftStorageError> {
-        let mut sm = ShardStateMachine {
-            shard,
-            applied: None,
-            membership: StoredMembership::default(),
-            current_snapshot: Arc::new(Mutex::new(None)),
-            db,
-            applier,
-            _lease: lease,
-        };
+        let mut sm =
+            ShardStateMachine { shard, applied: None, membership: StoredMembership::default(), db, applier, lease };
         sm.load_applied_state()?;
-        if let Some((stored, payload)) = sm.open_stored_snapshot()? {
-            *sm.current_snapshot.lock() = stored.meta.last_log_id;
-            if stored.meta.last_log_id > sm.applied {
-                tracing::warn!(shard, snapshot = ?stored.meta.last_log_id, applied = ?sm.applied, "state is behind the stored snapshot (interrupted install); installing it again");
-                sm.install_state(&stored.meta, payload)?;
-            }
-        }
+        sm.finish_legacy_install()?;
+        sm.finish_interrupted_install()?;
         sm.applier
             .reload(shard, &sm.db)
             .map_err(|e| StorageIOError::read_state_machine(AnyError::error(format!("reload shard {shard}: {e:#}"))))?;
         Ok(sm)
     }
 
-    /// Reads and checks the stored snapshot. One that cannot be used (it does not decode, or
-    /// fails [`check_snapshot`]) is logged and deleted: the shard then starts from its state,
-    /// which is durable with its own applied log id, instead of failing every start.
-    fn open_stored_snapshot(&self) -> Result<Option<(StoredSnapshot, SnapshotPayload)>, RaftStorageError> {
+    /// Finishes an install a crash cut short, from the pending install file it left (complete
+    /// and fsynced before the install began). A file that does not pass the checks, or whose log
+    /// id the state has reached, is deleted: the shard then starts from its state.
+    fn finish_interrupted_install(&mut self) -> Result<(), RaftStorageError> {
+        let shard = self.shard;
+        let io_err = |e: std::io::Error| snapshot_err(ErrorVerb::Read, format!("snapshot files of shard {shard}: {e}"));
+        let Some(path) = snapshot::recover_files(&self.db, shard).map_err(io_err)? else { return Ok(()) };
+        let mut file = std::fs::File::open(&path).map_err(io_err)?;
+        match snapshot::check_file(&mut file, shard, None, self.applier.as_ref()) {
+            Ok(checked) if checked.applied > self.applied => {
+                tracing::warn!(shard, snapshot = ?checked.applied, applied = ?self.applied, "a snapshot install was cut short; installing it again");
+                snapshot::install_file(&self.db, shard, file, &path)
+                    .map_err(|e| snapshot_err(ErrorVerb::Write, format!("finish installing a snapshot: {e}")))?;
+                self.load_applied_state()?;
+            }
+            Ok(_) => {
+                std::fs::remove_file(&path).map_err(io_err)?;
+            }
+            Err(detail) => {
+                tracing::error!(shard, applied = ?self.applied, %detail, path = %path.display(), "the pending snapshot install file is corrupt; deleting it and starting from the shard's state");
+                std::fs::remove_file(&path).map_err(io_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Finishes an install a release before 0.2 cut short (its snapshot record is ahead of the
+    /// state), and deletes that record: snapshots are no longer stored.
+    fn finish_legacy_install(&mut self) -> Result<(), RaftStorageError> {
         let shard = self.shard;
         let Some(raw) =
             self.db.get_raft_meta(shard, RaftMetaField::Snapshot).map_err(|e| snapshot_err(ErrorVerb::Read, e))?
         else {
-            return Ok(None);
+            return Ok(());
         };
-        let checked = codec::decode::<StoredSnapshot>(&raw)
+        let checked = codec::decode::<LegacyStoredSnapshot>(&raw)
             .map_err(|e| format!("decode stored snapshot record: {e}"))
-            .and_then(|stored| match check_snapshot(shard, &stored.meta, &stored.data, self.applier.as_ref()) {
-                Ok(payload) => Ok((stored, payload)),
-                Err(e) => {
-                    Err(format!("stored snapshot {} at {:?}: {e}", stored.meta.snapshot_id, stored.meta.last_log_id))
+            .and_then(|stored| {
+                let payload: LegacySnapshotPayload =
+                    codec::decode(&stored.data).map_err(|e| format!("decode snapshot data: {e}"))?;
+                if payload.shard != shard {
+                    return Err(format!("it is a snapshot of shard {}, not shard {shard}", payload.shard));
                 }
+                let records = || payload.entries.iter().cloned().map(Ok);
+                let checked = snapshot::check_records(shard, records(), self.applier.as_ref())?;
+                snapshot::check_meta(&checked, &stored.meta)?;
+                Ok((stored.meta, payload))
             });
         match checked {
-            Ok(checked) => Ok(Some(checked)),
+            Ok((meta, payload)) if meta.last_log_id > self.applied => {
+                tracing::warn!(shard, snapshot = ?meta.last_log_id, applied = ?self.applied, "state is behind the stored snapshot (interrupted install); installing it again");
+                snapshot::install_records(&self.db, shard, payload.entries.into_iter().map(Ok))
+                    .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+                self.load_applied_state()?;
+            }
+            Ok(_) => {}
             Err(detail) => {
                 tracing::error!(shard, applied = ?self.applied, %detail, "the stored snapshot is corrupt; deleting it and starting from the shard's state");
-                let mut batch = self.db.raft_batch();
-                batch.delete_meta(shard, RaftMetaField::Snapshot);
-                self.db.write_raft(batch, Durability::Synced).map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
-                Ok(None)
             }
         }
+        let mut batch = self.db.raft_batch();
+        batch.delete_meta(shard, RaftMetaField::Snapshot);
+        self.db.write_raft(batch, Durability::Synced).map_err(|e| snapshot_err(ErrorVerb::Write, e))
     }
 
     fn load_applied_state(&mut self) -> Result<(), RaftStorageError> {
+        self.applied = None;
+        self.membership = StoredMembership::default();
         if let Some(raw) = self.db.get_state(&applied_log_id_key(self.shard)).map_err(sm_read_err)? {
             self.applied = codec::decode::<Option<LogId>>(&raw).map_err(sm_read_err)?;
         }
@@ -164,104 +176,23 @@ impl ShardStateMachine {
         Ok(())
     }
 
-    /// Replaces the shard's whole state with a payload [`check_snapshot`] accepted, durably.
-    fn install_state(&mut self, meta: &SnapshotMeta, payload: SnapshotPayload) -> Result<(), RaftStorageError> {
-        let shard = self.shard;
-        let (start, end) = keys::shard_range(shard);
-        let mut batch = self.db.state_batch();
-        batch.delete_range(&start, &end);
-        for (key, value) in &payload.entries {
-            batch.put(key, value);
+    fn current_meta(&self) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: self.applied,
+            last_membership: self.membership.clone(),
+            snapshot_id: snapshot::snapshot_id(self.shard, self.applied),
         }
-        // The dump holds these already (checked equal); writing them from `meta` states that the
-        // installed state is exactly what openraft was told.
-        batch.put(&applied_log_id_key(shard), &codec::encode(&meta.last_log_id));
-        batch.put(&membership_key(shard), &codec::encode(&meta.last_membership));
-        self.db.write_state(batch).map_err(sm_write_err)?;
-        // openraft purges the log up to the snapshot next; the state must be durable first.
-        self.db.sync_wal().map_err(sm_write_err)?;
-        self.applied = meta.last_log_id;
-        self.membership = meta.last_membership.clone();
-        Ok(())
     }
-}
 
-fn read_stored_snapshot(db: &Db, shard: u32) -> Result<Option<StoredSnapshot>, RaftStorageError> {
-    let Some(raw) = db.get_raft_meta(shard, RaftMetaField::Snapshot).map_err(|e| snapshot_err(ErrorVerb::Read, e))?
-    else {
-        return Ok(None);
-    };
-    codec::decode(&raw)
-        .map(Some)
-        .map_err(|e| snapshot_err(ErrorVerb::Read, format!("decode stored snapshot of shard {shard}: {e}")))
-}
+    /// Pins the state as it is now: in this task, between applies, so it is the state at
+    /// [`Self::current_meta`].
+    fn pin_view(&self) -> Result<PinnedStateView, RaftStorageError> {
+        self.db.pin_state_view(self.shard).map_err(|e| snapshot_err(ErrorVerb::Read, e))
+    }
 
-/// Checks that `data` is a snapshot of `shard` matching `meta` whose every record is sound, and
-/// returns it decoded. Nothing is written; see the module doc for what is checked.
-fn check_snapshot(
-    shard: u32,
-    meta: &SnapshotMeta,
-    data: &[u8],
-    applier: &dyn ShardApplier,
-) -> Result<SnapshotPayload, String> {
-    let payload: SnapshotPayload = codec::decode(data).map_err(|e| format!("decode snapshot data: {e}"))?;
-    if payload.shard != shard {
-        return Err(format!("it is a snapshot of shard {}, not shard {shard}", payload.shard));
+    fn view_data(&self, view: PinnedStateView) -> Box<ShardSnapshotData> {
+        Box::new(ShardSnapshotData::view(view, snapshot::snapshot_dir(&self.db), self.lease.clone()))
     }
-    let (start, end) = keys::shard_range(shard);
-    let (applied_key, membership_key) = (applied_log_id_key(shard), membership_key(shard));
-    let mut applied: Option<LogId> = None;
-    let mut membership = StoredMembership::default();
-    let mut previous: Option<&[u8]> = None;
-    for (index, (key, value)) in payload.entries.iter().enumerate() {
-        let key = key.as_slice();
-        if !(start.as_slice() <= key && key < end.as_slice()) {
-            return Err(format!("record {index} has a key outside shard {shard}"));
-        }
-        if previous.is_some_and(|previous| previous >= key) {
-            return Err(format!("record {index} is out of key order or repeated"));
-        }
-        previous = Some(key);
-        let kind = KeyReader::new(key).map_err(|e| format!("record {index}: {e}"))?.kind();
-        if key == applied_key.as_slice() {
-            applied = codec::decode(value).map_err(|e| format!("decode its applied log id: {e}"))?;
-        } else if key == membership_key.as_slice() {
-            membership = codec::decode(value).map_err(|e| format!("decode its membership: {e}"))?;
-        } else if kind < keys::KIND_DOMAIN_MIN {
-            return Err(format!("record {index} has kind {kind:#04x}, reserved and not written by this version"));
-        } else {
-            applier.check_record(shard, key, value).map_err(|e| format!("record {index} (kind {kind:#04x}): {e:#}"))?;
-        }
-    }
-    if applied != meta.last_log_id {
-        return Err(format!("its data is applied up to {applied:?}, its metadata says {:?}", meta.last_log_id));
-    }
-    if membership != meta.last_membership {
-        return Err(format!("its data holds membership {membership:?}, its metadata {:?}", meta.last_membership));
-    }
-    Ok(payload)
-}
-
-/// Stores `snapshot` as the shard's current one unless a newer one is stored already (`force`
-/// replaces it regardless: an installed snapshot supersedes everything).
-fn store_snapshot(
-    db: &Db,
-    shard: u32,
-    current: &CurrentSnapshot,
-    snapshot: &StoredSnapshot,
-    force: bool,
-) -> Result<bool, RaftStorageError> {
-    let mut current = current.lock();
-    if !force && *current >= snapshot.meta.last_log_id {
-        return Ok(false);
-    }
-    let mut batch = db.raft_batch();
-    batch.put_meta(shard, RaftMetaField::Snapshot, &codec::encode(snapshot));
-    // Not synced here: a built snapshot only needs to be durable before the log it replaces is
-    // purged, and purge syncs the WAL first. An install syncs right after writing the state.
-    db.write_raft(batch, Durability::Buffered).map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
-    *current = snapshot.meta.last_log_id;
-    Ok(true)
 }
 
 impl RaftStateMachine<TypeConfig> for ShardStateMachine {
@@ -323,101 +254,99 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> ShardSnapshotBuilder {
-        // Pinned here, in the state machine's task, so the dump is exactly the state after the
-        // last apply; the dump itself runs on its own thread while applies continue.
-        let dump = self.db.begin_state_dump(self.shard);
-        ShardSnapshotBuilder {
-            shard: self.shard,
-            db: self.db.clone(),
-            dump: Some(dump),
-            current_snapshot: self.current_snapshot.clone(),
-            _lease: self._lease.clone(),
-        }
+        let view = self.pin_view().map(|view| self.view_data(view));
+        ShardSnapshotBuilder { shard: self.shard, meta: self.current_meta(), view: Some(view) }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, RaftStorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<ShardSnapshotData>, RaftStorageError> {
+        let dir = snapshot::snapshot_dir(&self.db);
+        ShardSnapshotData::receiving(&dir, self.shard).map(Box::new).map_err(|e| {
+            snapshot_err(ErrorVerb::Write, format!("create a file under {} to receive a snapshot: {e}", dir.display()))
+        })
     }
 
     #[tracing::instrument(level = "info", skip_all, fields(shard = self.shard, snapshot = %meta.snapshot_id))]
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<ShardSnapshotData>,
     ) -> Result<(), RaftStorageError> {
-        let stored = StoredSnapshot { meta: meta.clone(), data: snapshot.into_inner() };
-        // Checked whole before anything is written: a refused snapshot leaves the state and the
-        // stored snapshot as they were.
-        let payload = check_snapshot(self.shard, meta, &stored.data, self.applier.as_ref()).map_err(|detail| {
-            tracing::error!(%detail, "refused to install a corrupt snapshot");
-            snapshot_err(ErrorVerb::Read, format!("refused snapshot {}: {detail}", meta.snapshot_id))
-        })?;
-        // Record first, state second: see the module doc for the crash in between.
-        fail::fail_point!("raft::snapshot_before_store");
-        store_snapshot(&self.db, self.shard, &self.current_snapshot, &stored, true)?;
-        fail::fail_point!("raft::snapshot_after_store");
-        self.install_state(&stored.meta, payload)?;
-        fail::fail_point!("raft::snapshot_after_state");
         let shard = self.shard;
+        let dir = snapshot::snapshot_dir(&self.db);
+        let (file, path) = snapshot
+            .into_received(&dir, shard)
+            .await
+            .map_err(|e| snapshot_err(ErrorVerb::Read, format!("read received snapshot {}: {e}", meta.snapshot_id)))?;
+        let (db, applier, checked_meta) = (self.db.clone(), self.applier.clone(), meta.clone());
+        let started = std::time::Instant::now();
+        let installed = tokio::task::spawn_blocking(move || {
+            let mut file = file;
+            // Checked whole before anything is written: a refused snapshot leaves the state as
+            // it was.
+            match snapshot::check_file(&mut file, shard, Some(&checked_meta), applier.as_ref()) {
+                Ok(checked) => {
+                    fail::fail_point!("raft::snapshot_before_store", |_| Err((false, "fail point".to_string())));
+                    snapshot::install_file(&db, shard, file, &path).map(|()| checked).map_err(|e| (true, e))
+                }
+                Err(detail) => {
+                    let _ = std::fs::remove_file(&path);
+                    Err((false, detail))
+                }
+            }
+        })
+        .await
+        .map_err(|e| snapshot_err(ErrorVerb::Write, format!("join snapshot install task: {e}")))?;
+        let checked = match installed {
+            Ok(checked) => checked,
+            Err((false, detail)) => {
+                tracing::error!(%detail, "refused to install a corrupt snapshot");
+                metrics::counter!("weft_raft_snapshots_refused_total").increment(1);
+                return Err(snapshot_err(ErrorVerb::Read, format!("refused snapshot {}: {detail}", meta.snapshot_id)));
+            }
+            Err((true, detail)) => {
+                // The state may be partly replaced: this shard stops here, and the next start
+                // finishes the install from the pending install file.
+                return Err(snapshot_err(
+                    ErrorVerb::Write,
+                    format!("install snapshot {} (finished at next start): {detail}", meta.snapshot_id),
+                ));
+            }
+        };
+        self.applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
         self.applier.reload(shard, &self.db).map_err(|e| {
             StorageIOError::write_state_machine(AnyError::error(format!(
                 "reload shard {shard} after snapshot install: {e:#}"
             )))
         })?;
         fail::fail_point!("raft::snapshot_after_install");
-        tracing::info!(applied = ?self.applied, "installed snapshot");
+        metrics::counter!("weft_raft_snapshots_installed_total").increment(1);
+        tracing::info!(applied = ?self.applied, records = checked.records, elapsed_ms = started.elapsed().as_millis() as u64, "installed snapshot");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
-        let stored = read_stored_snapshot(&self.db, self.shard)?;
-        Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+        if self.applied.is_none() {
+            return Ok(None);
+        }
+        let view = self.pin_view()?;
+        Ok(Some(Snapshot { meta: self.current_meta(), snapshot: self.view_data(view) }))
     }
 }
 
-/// Builds one snapshot of a shard from a state dump pinned by the state machine.
+/// "Builds" a snapshot: names the state pinned by the state machine when the builder was made.
 pub struct ShardSnapshotBuilder {
     shard: u32,
-    db: Db,
-    dump: Option<weft_storage::db::Result<PendingStateDump>>,
-    current_snapshot: CurrentSnapshot,
-    _lease: Arc<()>,
+    meta: SnapshotMeta,
+    view: Option<Result<Box<ShardSnapshotData>, RaftStorageError>>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for ShardSnapshotBuilder {
-    #[tracing::instrument(level = "info", skip_all, fields(shard = self.shard))]
+    #[tracing::instrument(level = "debug", skip_all, fields(shard = self.shard))]
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
-        let shard = self.shard;
-        let dump = self.dump.take().ok_or_else(|| snapshot_err(ErrorVerb::Write, "snapshot builder used twice"))?;
-        let dump = dump.map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
-        let entries = tokio::task::spawn_blocking(move || dump.wait())
-            .await
-            .map_err(|e| snapshot_err(ErrorVerb::Write, format!("join dump task: {e}")))?
-            .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
-
-        let find = |key: Vec<u8>| {
-            entries.binary_search_by(|(k, _)| k.as_slice().cmp(key.as_slice())).ok().map(|i| entries[i].1.as_slice())
-        };
-        let last_log_id: Option<LogId> = match find(applied_log_id_key(shard)) {
-            Some(raw) => codec::decode(raw).map_err(|e| snapshot_err(ErrorVerb::Read, e))?,
-            None => None,
-        };
-        let last_membership: StoredMembership = match find(membership_key(shard)) {
-            Some(raw) => codec::decode(raw).map_err(|e| snapshot_err(ErrorVerb::Read, e))?,
-            None => StoredMembership::default(),
-        };
-        // Unique within the process; two snapshots of a shard at the same log id (built in
-        // different processes) hold the same state, so they may share the rest of the id.
-        let build_seq = SNAPSHOT_BUILD_SEQ.fetch_add(1, Ordering::Relaxed);
-        let snapshot_id = match last_log_id {
-            Some(id) => format!("{shard}-{}-{}-{build_seq}", id.leader_id, id.index),
-            None => format!("{shard}-none-{build_seq}"),
-        };
-        let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
-        let entry_count = entries.len();
-        let stored = StoredSnapshot { meta, data: codec::encode(&SnapshotPayload { shard, entries }) };
-        let stored_now = store_snapshot(&self.db, shard, &self.current_snapshot, &stored, false)?;
-        tracing::info!(snapshot = %stored.meta.snapshot_id, entries = entry_count, bytes = stored.data.len(), stored_now, "built snapshot");
-        Ok(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) })
+        let view = self.view.take().ok_or_else(|| snapshot_err(ErrorVerb::Write, "snapshot builder used twice"))??;
+        metrics::counter!("weft_raft_snapshots_built_total").increment(1);
+        tracing::debug!(snapshot = %self.meta.snapshot_id, "built snapshot (a view of the applied state)");
+        Ok(Snapshot { meta: self.meta.clone(), snapshot: view })
     }
 }

@@ -1,6 +1,7 @@
 //! Runs openraft's storage contract suite against [`ShardLogStore`] + [`ShardStateMachine`], and
 //! a few contract checks of our own (durable restart of the log store, snapshot persistence,
-//! refusal of corrupt snapshots, and a start past a corrupt stored snapshot).
+//! refusal of corrupt snapshots, snapshots as views, finishing an install cut short, and a start
+//! past a corrupt pending install).
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -149,9 +150,11 @@ async fn applied_with_snapshot(db: &Db) -> Result<(ShardStateMachine, crate::Sna
 
 /// Corrupt variants of a snapshot of the suite shard, each with metadata ahead of the state.
 fn corrupt_snapshots(valid_entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<(&'static str, Vec<u8>)> {
-    use crate::state_machine::SnapshotPayload;
-    let encode =
-        |shard, entries: Vec<(Vec<u8>, Vec<u8>)>| weft_storage::codec::encode(&SnapshotPayload { shard, entries });
+    let encode = |shard, entries: Vec<(Vec<u8>, Vec<u8>)>| {
+        let mut out = Vec::new();
+        crate::snapshot::write_records(shard, entries.into_iter().map(Ok::<_, String>), &mut out).expect("encode");
+        out
+    };
     let with = |extra: (Vec<u8>, Vec<u8>)| {
         let mut entries = valid_entries.to_vec();
         entries.push(extra);
@@ -160,9 +163,14 @@ fn corrupt_snapshots(valid_entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<(&'static str,
     };
     let mut unordered = valid_entries.to_vec();
     unordered.reverse();
+    let valid = encode(SUITE_SHARD, valid_entries.to_vec());
+    let mut flipped = valid.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x01;
     vec![
         ("garbage bytes", b"not a snapshot".to_vec()),
-        ("truncated", encode(SUITE_SHARD, valid_entries.to_vec())[..8].to_vec()),
+        ("truncated", valid[..valid.len() - 3].to_vec()),
+        ("a flipped bit", flipped),
         ("another shard's", encode(SUITE_SHARD + 1, valid_entries.to_vec())),
         (
             "a key outside the shard",
@@ -174,7 +182,7 @@ fn corrupt_snapshots(valid_entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<(&'static str,
             "a reserved kind",
             encode(SUITE_SHARD, with((weft_storage::keys::KeyBuilder::new(SUITE_SHARD, 0x05).finish(), b"x".to_vec()))),
         ),
-        ("data that does not match its metadata", encode(SUITE_SHARD, valid_entries.to_vec())),
+        ("data that does not match its metadata", valid),
     ]
 }
 
@@ -187,8 +195,18 @@ fn newer_meta(meta: &crate::SnapshotMeta) -> crate::SnapshotMeta {
     }
 }
 
+/// The files under the node's snapshot directory.
+fn snapshot_files(db: &Db) -> Vec<String> {
+    match std::fs::read_dir(crate::snapshot::snapshot_dir(db)) {
+        Ok(entries) => entries.map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 #[tokio::test]
 async fn a_corrupt_snapshot_is_refused_and_changes_nothing() -> Result<(), RaftStorageError> {
+    use tokio::io::AsyncWriteExt;
+
     let dir = tempfile::tempdir().map_err(setup_err)?;
     let db = Db::open(dir.path()).map_err(setup_err)?;
     let (mut sm, built) = applied_with_snapshot(&db).await?;
@@ -196,24 +214,117 @@ async fn a_corrupt_snapshot_is_refused_and_changes_nothing() -> Result<(), RaftS
     let applied_before = sm.applied_state().await?;
     for (what, data) in corrupt_snapshots(&state_before) {
         let mut received = sm.begin_receiving_snapshot().await?;
-        *received = std::io::Cursor::new(data);
+        received.write_all(&data).await.map_err(setup_err)?;
         let result = sm.install_snapshot(&newer_meta(&built), received).await;
         assert!(result.is_err(), "a snapshot with {what} is refused");
         assert_eq!(shard_state(&db), state_before, "refusing a snapshot with {what} leaves the state");
         assert_eq!(sm.applied_state().await?, applied_before, "{what}: applied state unchanged");
-        let current = sm.get_current_snapshot().await?.expect("the built snapshot is still stored");
-        assert_eq!(current.meta, built, "{what}: the stored snapshot is the one built before");
+        let current = sm.get_current_snapshot().await?.expect("the state is the current snapshot");
+        assert_eq!(current.meta, built, "{what}: the current snapshot is still the state's");
+        assert_eq!(snapshot_files(&db), Vec::<String>::new(), "{what}: the refused file is removed");
     }
+    // An abandoned receive leaves no file behind either.
+    let mut abandoned = sm.begin_receiving_snapshot().await?;
+    abandoned.write_all(b"half a snapshot").await.map_err(setup_err)?;
+    drop(abandoned);
+    assert_eq!(snapshot_files(&db), Vec::<String>::new(), "a dropped receive is removed");
     // A sound snapshot still installs after the refusals.
-    let current = sm.get_current_snapshot().await?.expect("stored snapshot");
+    let current = sm.get_current_snapshot().await?.expect("current snapshot");
     sm.install_snapshot(&current.meta, current.snapshot).await?;
     assert_eq!(shard_state(&db), state_before);
     Ok(())
 }
 
+/// A snapshot sent from one state machine and installed on another replaces its whole state,
+/// and the data read is exactly the state when the snapshot was taken, even while the sender
+/// goes on applying.
 #[tokio::test]
-async fn a_corrupt_stored_snapshot_does_not_stop_the_shard_from_opening() -> Result<(), RaftStorageError> {
-    use crate::state_machine::StoredSnapshot;
+async fn a_snapshot_is_the_state_when_it_was_taken() -> Result<(), RaftStorageError> {
+    use openraft::testing::blank_ent;
+    use tokio::io::AsyncReadExt;
+
+    let dir = tempfile::tempdir().map_err(setup_err)?;
+    let db = Db::open(dir.path()).map_err(setup_err)?;
+    let (mut sm, _) = applied_with_snapshot(&db).await?;
+    let state_at_snapshot = shard_state(&db);
+    let mut current = sm.get_current_snapshot().await?.expect("current snapshot");
+    // Written after the view was pinned: not in the snapshot.
+    let mut batch = db.state_batch();
+    batch.put(&domain_key(5), b"later");
+    db.write_state(batch).map_err(setup_err)?;
+    sm.apply(vec![blank_ent::<TypeConfig>(1, 1, 3)]).await?;
+    let mut bytes = Vec::new();
+    current.snapshot.read_to_end(&mut bytes).await.map_err(setup_err)?;
+    let read: Vec<_> = crate::snapshot::SnapshotReader::new(bytes.as_slice(), bytes.len() as u64, SUITE_SHARD)
+        .map_err(setup_err)?
+        .collect::<Result<_, _>>()
+        .map_err(setup_err)?;
+    assert_eq!(read, state_at_snapshot);
+
+    let follower_dir = tempfile::tempdir().map_err(setup_err)?;
+    let follower_db = Db::open(follower_dir.path()).map_err(setup_err)?;
+    let mut batch = follower_db.state_batch();
+    batch.put(&domain_key(7), b"the follower's own, not in the snapshot");
+    follower_db.write_state(batch).map_err(setup_err)?;
+    let mut follower = ShardStateMachine::open(SUITE_SHARD, follower_db.clone(), Arc::new(NoopApplier), Arc::new(()))?;
+    let mut received = follower.begin_receiving_snapshot().await?;
+    tokio::io::AsyncWriteExt::write_all(&mut received, &bytes).await.map_err(setup_err)?;
+    follower.install_snapshot(&current.meta, received).await?;
+    assert_eq!(shard_state(&follower_db), state_at_snapshot);
+    assert_eq!(follower.applied_state().await?.0, current.meta.last_log_id);
+    assert_eq!(snapshot_files(&follower_db), Vec::<String>::new(), "the installed file is removed");
+    Ok(())
+}
+
+/// Writes `records` as the pending install file of the suite shard (what an install cut short
+/// by a crash leaves).
+fn write_pending_install(db: &Db, bytes: &[u8]) {
+    let dir = crate::snapshot::snapshot_dir(db);
+    std::fs::create_dir_all(&dir).expect("snapshot dir");
+    std::fs::write(dir.join(format!("shard-{SUITE_SHARD}.snap")), bytes).expect("write pending install");
+}
+
+#[tokio::test]
+async fn an_install_cut_short_is_finished_at_start() -> Result<(), RaftStorageError> {
+    use tokio::io::AsyncReadExt;
+
+    // The snapshot: a leader's state at (1, 1, 2).
+    let leader_dir = tempfile::tempdir().map_err(setup_err)?;
+    let leader_db = Db::open(leader_dir.path()).map_err(setup_err)?;
+    let (mut leader, _) = applied_with_snapshot(&leader_db).await?;
+    let snapshot_state = shard_state(&leader_db);
+    let mut current = leader.get_current_snapshot().await?.expect("current snapshot");
+    let mut bytes = Vec::new();
+    current.snapshot.read_to_end(&mut bytes).await.map_err(setup_err)?;
+
+    // The follower: its old state range partly replaced, no applied log id, the file beside.
+    let dir = tempfile::tempdir().map_err(setup_err)?;
+    let db = Db::open(dir.path()).map_err(setup_err)?;
+    let mut batch = db.state_batch();
+    batch.put(&domain_key(1), b"good");
+    batch.put(&domain_key(9), b"stale, deleted by the install");
+    db.write_state(batch).map_err(setup_err)?;
+    write_pending_install(&db, &bytes);
+    std::fs::write(crate::snapshot::snapshot_dir(&db).join(format!("incoming-{SUITE_SHARD}-1-1")), b"partial")
+        .map_err(setup_err)?;
+    let mut sm = ShardStateMachine::open(SUITE_SHARD, db.clone(), Arc::new(NoopApplier), Arc::new(()))?;
+    assert_eq!(shard_state(&db), snapshot_state, "the install is finished");
+    assert_eq!(sm.applied_state().await?.0, current.meta.last_log_id);
+    assert_eq!(snapshot_files(&db), Vec::<String>::new(), "pending and partly received files are removed");
+
+    // Reopened with the file back but the state already there: the file is only removed.
+    drop(sm);
+    write_pending_install(&db, &bytes);
+    let mut sm = ShardStateMachine::open(SUITE_SHARD, db.clone(), Arc::new(NoopApplier), Arc::new(()))?;
+    assert_eq!(shard_state(&db), snapshot_state);
+    assert_eq!(sm.applied_state().await?.0, current.meta.last_log_id);
+    assert_eq!(snapshot_files(&db), Vec::<String>::new());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_corrupt_pending_or_legacy_snapshot_does_not_stop_the_shard_from_opening() -> Result<(), RaftStorageError> {
+    use crate::state_machine::{LegacySnapshotPayload, LegacyStoredSnapshot};
     use weft_storage::{Durability, RaftMetaField};
 
     let dir = tempfile::tempdir().map_err(setup_err)?;
@@ -222,12 +333,47 @@ async fn a_corrupt_stored_snapshot_does_not_stop_the_shard_from_opening() -> Res
     let state_before = shard_state(&db);
     let applied_before = sm.applied_state().await?;
     drop(sm);
-    let mut records = vec![("an undecodable record", b"\x04not a snapshot record".to_vec())];
     for (what, data) in corrupt_snapshots(&state_before) {
-        // Metadata ahead of the state: what an install interrupted by a crash leaves, which
-        // `open` installs again.
-        records.push((what, weft_storage::codec::encode(&StoredSnapshot { meta: newer_meta(&built), data })));
+        if what == "data that does not match its metadata" {
+            continue; // a sound file: the state already holds it
+        }
+        write_pending_install(&db, &data);
+        let mut sm = ShardStateMachine::open(SUITE_SHARD, db.clone(), Arc::new(NoopApplier), Arc::new(()))
+            .unwrap_or_else(|e| panic!("a pending install file with {what} does not stop open: {e}"));
+        assert_eq!(sm.applied_state().await?, applied_before, "{what}: the shard opens at its own state");
+        assert_eq!(shard_state(&db), state_before, "{what}: state untouched");
+        assert_eq!(snapshot_files(&db), Vec::<String>::new(), "{what}: the corrupt file is deleted");
     }
+    // The stored snapshot record of earlier releases: corrupt ones are dropped likewise.
+    let legacy_entries = |shard, entries: Vec<(Vec<u8>, Vec<u8>)>| {
+        weft_storage::codec::encode(&LegacySnapshotPayload { shard, entries })
+    };
+    let mut unordered = state_before.clone();
+    unordered.reverse();
+    let records = vec![
+        ("an undecodable record", b"\x04not a snapshot record".to_vec()),
+        (
+            "another shard's data",
+            weft_storage::codec::encode(&LegacyStoredSnapshot {
+                meta: newer_meta(&built),
+                data: legacy_entries(SUITE_SHARD + 1, state_before.clone()),
+            }),
+        ),
+        (
+            "keys out of order",
+            weft_storage::codec::encode(&LegacyStoredSnapshot {
+                meta: newer_meta(&built),
+                data: legacy_entries(SUITE_SHARD, unordered),
+            }),
+        ),
+        (
+            "data that does not match its metadata",
+            weft_storage::codec::encode(&LegacyStoredSnapshot {
+                meta: newer_meta(&built),
+                data: legacy_entries(SUITE_SHARD, state_before.clone()),
+            }),
+        ),
+    ];
     for (what, record) in records {
         let mut batch = db.raft_batch();
         batch.put_meta(SUITE_SHARD, RaftMetaField::Snapshot, &record);
@@ -236,7 +382,6 @@ async fn a_corrupt_stored_snapshot_does_not_stop_the_shard_from_opening() -> Res
             .unwrap_or_else(|e| panic!("a stored snapshot with {what} does not stop open: {e}"));
         assert_eq!(sm.applied_state().await?, applied_before, "{what}: the shard opens at its own state");
         assert_eq!(shard_state(&db), state_before, "{what}: state untouched");
-        assert!(sm.get_current_snapshot().await?.is_none(), "{what}: the corrupt snapshot is dropped");
         assert!(db.get_raft_meta(SUITE_SHARD, RaftMetaField::Snapshot).map_err(setup_err)?.is_none());
     }
     Ok(())

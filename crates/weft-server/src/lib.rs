@@ -70,6 +70,13 @@ pub struct NodeConfig {
     pub dispatch: dispatch::DispatchLimits,
     /// Which cluster the node belongs to, and how it is formed.
     pub cluster: ClusterConfig,
+    /// Raft tuning (snapshot interval).
+    pub raft: raft::RaftOptions,
+}
+
+/// The Raft tuning a node's configuration sets.
+pub mod raft {
+    pub use weft_raft::host::{RaftOptions, SNAPSHOT_LOGS_MAX, SNAPSHOT_LOGS_MIN, SNAPSHOT_LOGS_SINCE_LAST};
 }
 
 /// How a node finds the other nodes of its cluster.
@@ -305,10 +312,20 @@ pub async fn start_node(config: NodeConfig) -> anyhow::Result<NodeHandle> {
             // A node that rejoins after losing its data must not initialise its shards anew:
             // their leaders bring it up to date.
             if rejoined { BTreeMap::new() } else { cluster.nodes.clone() },
+            config.raft,
         )
         .await
     } else {
-        RaftHost::open(db.clone(), config.node_id, advertise.clone(), cluster.shard_count, shards.clone()).await
+        RaftHost::open_with_network(
+            db.clone(),
+            config.node_id,
+            cluster.shard_count,
+            shards.clone(),
+            weft_raft::network::NoNetwork,
+            BTreeMap::from([(config.node_id, advertise.clone())]),
+            config.raft,
+        )
+        .await
     }
     .context("open the shards' Raft groups")?;
     let node =

@@ -705,6 +705,7 @@ mod tests {
             wal_prewrite_bytes: 0,
             dispatch: DispatchLimits::default(),
             cluster: Default::default(),
+            raft: Default::default(),
         };
         let handle = start_node(config).await.expect("start a node");
         let node = handle.node.clone();

@@ -72,8 +72,6 @@ const BACKGROUND_JOBS_MAX: i32 = 2;
 const BLOOM_FILTER_BITS_PER_KEY: f64 = 10.0;
 /// Info log files RocksDB keeps in the data directory.
 const INFO_LOG_FILES_MAX: usize = 4;
-/// Largest state dump (one shard's state, for a Raft snapshot) held in memory.
-pub const STATE_DUMP_BYTES_MAX: usize = 1 << 30;
 
 /// `raft_meta` key tag of node-level records.
 const META_TAG_NODE: u8 = 0x00;
@@ -98,8 +96,6 @@ pub enum StorageError {
     Key { op: &'static str, source: KeyError },
     #[error("{op}: corrupt record: {detail}")]
     Corrupt { op: &'static str, detail: String },
-    #[error("dump shard {shard} state: larger than {limit_bytes} bytes")]
-    DumpTooLarge { shard: u32, limit_bytes: usize },
     #[error("{op}: {source}")]
     Io { op: &'static str, source: std::io::Error },
     #[error("{op}: background thread failed: {detail}")]
@@ -402,61 +398,52 @@ impl Db {
         Ok(())
     }
 
-    /// Pins a consistent point-in-time view of `shard`'s whole state range (all kinds) and dumps
-    /// it on a background thread. Writes issued after this call returns are not in the dump, so a
-    /// caller that serialises it with its own writes gets a dump of exactly what it had written.
-    pub fn begin_state_dump(&self, shard: u32) -> Result<PendingStateDump> {
+    /// Pins a consistent point-in-time view of `shard`'s whole state range (all kinds). Writes
+    /// issued after this call returns are not in the view, so a caller that serialises it with
+    /// its own writes gets a view of exactly what it had written. Pinning copies nothing: the
+    /// view holds a RocksDB snapshot (on a thread of its own, which owns it) until it is scanned
+    /// or dropped.
+    pub fn pin_state_view(&self, shard: u32) -> Result<PinnedStateView> {
         let (start, end) = keys::shard_range(shard);
         let db = self.clone();
         let (pinned_tx, pinned_rx) = mpsc::sync_channel::<()>(1);
-        let (done_tx, done_rx) = mpsc::sync_channel(1);
-        std::thread::Builder::new()
-            .name(format!("weft-dump-{shard}"))
+        let (scan_tx, scan_rx) = mpsc::sync_channel::<ScanJob>(1);
+        let thread = std::thread::Builder::new()
+            .name(format!("weft-view-{shard}"))
             .spawn(move || {
                 let snapshot = db.inner.rocks.snapshot();
-                // The receiver waits for this; if it went away nobody needs the dump either.
+                // The receiver waits for this; if it went away nobody needs the view either.
                 if pinned_tx.send(()).is_err() {
                     return;
                 }
-                let dumped = {
+                // A view dropped unscanned closes the channel: release the snapshot at once.
+                if let Ok(job) = scan_rx.recv() {
                     let mut read = ReadOptions::default();
                     read.set_iterate_lower_bound(start);
                     read.set_iterate_upper_bound(end);
-                    let mut entries = Vec::new();
-                    let mut dump_bytes = 0usize;
-                    let mut result = Ok(());
-                    for item in snapshot.iterator_cf_opt(db.cf(CF_STATE), read, IteratorMode::Start) {
-                        match item {
-                            Ok((key, value)) => {
-                                dump_bytes += key.len() + value.len();
-                                if dump_bytes > STATE_DUMP_BYTES_MAX {
-                                    result =
-                                        Err(StorageError::DumpTooLarge { shard, limit_bytes: STATE_DUMP_BYTES_MAX });
-                                    break;
-                                }
-                                entries.push((key.into_vec(), value.into_vec()));
-                            }
-                            Err(source) => {
-                                result = Err(StorageError::Rocks { op: "dump shard state", source });
-                                break;
-                            }
-                        }
-                    }
-                    result.map(|()| entries)
-                };
-                // Release the snapshot and this handle to the database before answering: once
-                // answered, the caller may close the database and open it again, which RocksDB
+                    // Scans read the whole range once: keep them out of the block cache.
+                    read.fill_cache(false);
+                    let mut records = snapshot
+                        .iterator_cf_opt(db.cf(CF_STATE), read, IteratorMode::Start)
+                        .map(|item| item.map_err(|source| StorageError::Rocks { op: "scan shard state", source }));
+                    job(&mut records);
+                }
+                // The view joins this thread before it returns the job's answer or is dropped:
+                // its owner may then close the database and open it again, which RocksDB
                 // refuses while any handle of this process is still open.
                 drop(snapshot);
                 drop(db);
-                let _ = done_tx.send(dumped);
             })
-            .map_err(|e| StorageError::Thread { op: "spawn state dump thread", detail: e.to_string() })?;
+            .map_err(|e| StorageError::Thread { op: "spawn state view thread", detail: e.to_string() })?;
         pinned_rx.recv().map_err(|_| StorageError::Thread {
             op: "pin state snapshot",
-            detail: "dump thread exited early".into(),
+            detail: "view thread exited early".into(),
         })?;
-        Ok(PendingStateDump { done_rx: std::sync::Mutex::new(done_rx) })
+        Ok(PinnedStateView {
+            shard,
+            scan_tx: std::sync::Mutex::new(Some(scan_tx)),
+            thread: std::sync::Mutex::new(Some(thread)),
+        })
     }
 
     // ---- raft log and raft meta ----
@@ -548,22 +535,62 @@ impl Db {
     }
 }
 
-/// The entries of a state dump, in key order.
-pub type StateDump = Vec<(Vec<u8>, Vec<u8>)>;
+/// One record of a shard's state: key and value.
+pub type StateRecord = (Box<[u8]>, Box<[u8]>);
 
-/// A dump started by [`Db::begin_state_dump`].
-pub struct PendingStateDump {
-    /// In a mutex only to make the handle `Sync` (openraft's snapshot builders must be).
-    done_rx: std::sync::Mutex<mpsc::Receiver<Result<StateDump>>>,
+/// The records a [`PinnedStateView`] scan visits, in key order.
+pub type StateRecords<'a> = dyn Iterator<Item = Result<StateRecord>> + 'a;
+
+type ScanJob = Box<dyn FnOnce(&mut StateRecords<'_>) + Send>;
+
+/// A point-in-time view of one shard's state, pinned by [`Db::pin_state_view`]. Holding it
+/// costs a RocksDB snapshot (older versions of the shard's keys are kept) and one parked
+/// thread; dropping it releases both (and waits for that thread, a few microseconds).
+pub struct PinnedStateView {
+    shard: u32,
+    /// In mutexes only to make the handle `Sync` (openraft's snapshot data must be).
+    scan_tx: std::sync::Mutex<Option<mpsc::SyncSender<ScanJob>>>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-impl PendingStateDump {
-    /// Blocks until the dump is complete; returns the entries in key order.
-    pub fn wait(self) -> Result<StateDump> {
-        let done_rx = self.done_rx.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
-        done_rx
-            .recv()
-            .map_err(|_| StorageError::Thread { op: "dump shard state", detail: "dump thread panicked".into() })?
+impl Drop for PinnedStateView {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread; joining it releases its database handle now.
+        drop(self.scan_tx.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take());
+        if let Some(thread) = self.thread.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl PinnedStateView {
+    /// The shard this view is of.
+    pub fn shard(&self) -> u32 {
+        self.shard
+    }
+
+    /// Runs `f` over every record of the view, in key order, on the view's thread, and returns
+    /// its result. Blocks until `f` is done; memory is whatever `f` keeps.
+    pub fn scan<T: Send + 'static>(mut self, f: impl FnOnce(&mut StateRecords<'_>) -> T + Send + 'static) -> Result<T> {
+        let scan_tx = self.scan_tx.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let scan_tx =
+            scan_tx.ok_or_else(|| StorageError::Thread { op: "scan shard state", detail: "view used".into() })?;
+        let (done_tx, done_rx) = mpsc::sync_channel(1);
+        let job: ScanJob = Box::new(move |records| {
+            let _ = done_tx.send(f(records));
+        });
+        scan_tx
+            .send(job)
+            .map_err(|_| StorageError::Thread { op: "scan shard state", detail: "view thread exited".into() })?;
+        drop(scan_tx);
+        let done = done_rx.recv();
+        drop(self);
+        done.map_err(|_| StorageError::Thread { op: "scan shard state", detail: "view thread panicked".into() })
+    }
+
+    /// Every record of the view, in memory (tests and small shards only).
+    pub fn collect(self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.scan(|records| records.map(|item| item.map(|(k, v)| (k.into_vec(), v.into_vec()))).collect())?
     }
 }
 
@@ -837,20 +864,32 @@ mod tests {
     }
 
     #[test]
-    fn state_dump_is_a_point_in_time_view_of_one_shard() {
+    fn a_pinned_view_is_a_point_in_time_view_of_one_shard() {
         let (_dir, db) = open();
         let mut batch = db.state_batch();
         batch.put(&KeyBuilder::new(3, 0x00).str("applied").finish(), b"meta");
         batch.put(&KeyBuilder::new(3, 0x10).u64(1).finish(), b"a");
         batch.put(&KeyBuilder::new(4, 0x10).u64(1).finish(), b"other shard");
         db.write_state(batch).expect("write");
-        let pending = db.begin_state_dump(3).expect("begin dump");
+        let view = db.pin_state_view(3).expect("pin view");
         let mut batch = db.state_batch();
         batch.put(&KeyBuilder::new(3, 0x10).u64(2).finish(), b"after the snapshot");
         db.write_state(batch).expect("write after");
-        let dump = pending.wait().expect("dump");
+        let dump = view.collect().expect("scan");
         assert_eq!(dump.len(), 2);
         assert_eq!(dump[1].1, b"a".to_vec());
+    }
+
+    #[test]
+    fn a_view_releases_its_database_handle_when_scanned_or_dropped() {
+        let (_dir, db) = open();
+        let view = db.pin_state_view(3).expect("pin view");
+        assert_eq!(db.handle_count(), 2, "the view's thread holds a handle");
+        drop(view);
+        assert_eq!(db.handle_count(), 1, "dropped unscanned: released before drop returns");
+        let view = db.pin_state_view(3).expect("pin view");
+        assert_eq!(view.scan(|records| records.count()).expect("scan"), 0);
+        assert_eq!(db.handle_count(), 1, "scanned: released before scan returns");
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub mod keys;
 
 pub use codec::CodecError;
 pub use db::{
-    ClusterMeta, Db, Durability, PendingStateDump, RaftBatch, RaftMetaField, ScanDirection, StateBatch, StateEntry,
+    ClusterMeta, Db, Durability, PinnedStateView, RaftBatch, RaftMetaField, ScanDirection, StateBatch, StateEntry,
     StorageError,
 };
 pub use keys::{KeyBuilder, KeyError, KeyReader};

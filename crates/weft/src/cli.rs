@@ -103,6 +103,12 @@ pub struct NodeArgs {
     /// back as the queue drains. Hidden: for tests that fill a queue quickly [default: 10000]
     #[arg(long, hide = true, value_parser = config::parse_queue_window)]
     pub queue_window: Option<u64>,
+
+    /// Applied log entries between two snapshots of a shard; the log behind each snapshot is
+    /// purged but for a tenth of it. A snapshot is a view of the applied state, so building one
+    /// costs a WAL sync, not a copy [default: 10000]
+    #[arg(long, value_name = "N", value_parser = config::parse_snapshot_logs)]
+    pub snapshot_logs: Option<u64>,
 }
 
 #[derive(Debug, Args)]

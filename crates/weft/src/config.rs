@@ -67,10 +67,21 @@ const METRICS_LISTEN: OptionName =
 const WAL_PREWRITE_MIB: OptionName =
     option("wal_prewrite_mib", "--wal-prewrite-mib MIB", "WEFT_WAL_PREWRITE_MIB", "64");
 const QUEUE_WINDOW: OptionName = option("queue_window", "--queue-window N", "WEFT_QUEUE_WINDOW", "10000");
+const SNAPSHOT_LOGS: OptionName = option("snapshot_logs", "--snapshot-logs N", "WEFT_SNAPSHOT_LOGS", "10000");
 
 /// Every option that has a file key, in the order docs/configuration.md lists them.
-pub const OPTIONS: [OptionName; 9] =
-    [DATA_DIR, LISTEN, NODE_ID, ADVERTISE_ADDR, PEERS, SHARDS, METRICS_LISTEN, WAL_PREWRITE_MIB, QUEUE_WINDOW];
+pub const OPTIONS: [OptionName; 10] = [
+    DATA_DIR,
+    LISTEN,
+    NODE_ID,
+    ADVERTISE_ADDR,
+    PEERS,
+    SHARDS,
+    METRICS_LISTEN,
+    WAL_PREWRITE_MIB,
+    SNAPSHOT_LOGS,
+    QUEUE_WINDOW,
+];
 
 /// Printed under `weft server --help`: the other two sources of every option (the hidden
 /// `--queue-window` left out).
@@ -154,6 +165,10 @@ fn check_queue_window(value: i128) -> Result<u64, String> {
     in_range(value, 1, DEFAULT_QUEUE_WINDOW)
 }
 
+fn check_snapshot_logs(value: i128) -> Result<u64, String> {
+    in_range(value, weft_server::raft::SNAPSHOT_LOGS_MIN, weft_server::raft::SNAPSHOT_LOGS_MAX)
+}
+
 pub fn parse_node_id(value: &str) -> Result<u64, String> {
     check_node_id(parse_integer(value)?)
 }
@@ -168,6 +183,10 @@ pub fn parse_wal_prewrite_mib(value: &str) -> Result<u64, String> {
 
 pub fn parse_queue_window(value: &str) -> Result<u64, String> {
     check_queue_window(parse_integer(value)?)
+}
+
+pub fn parse_snapshot_logs(value: &str) -> Result<u64, String> {
+    check_snapshot_logs(parse_integer(value)?)
 }
 
 /// `HOST:PORT` as other nodes dial it: a host name, an IPv4 address or a bracketed IPv6
@@ -267,6 +286,8 @@ pub struct FileConfig {
     pub wal_prewrite_mib: Option<u64>,
     #[serde(default, deserialize_with = "file_queue_window")]
     pub queue_window: Option<u64>,
+    #[serde(default, deserialize_with = "file_snapshot_logs")]
+    pub snapshot_logs: Option<u64>,
 }
 
 /// A string key, checked by the option's parser. The error names the key; toml adds the span.
@@ -312,6 +333,9 @@ fn file_wal_prewrite_mib<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>,
 }
 fn file_queue_window<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     file_integer(d, QUEUE_WINDOW.key, check_queue_window)
+}
+fn file_snapshot_logs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    file_integer(d, SNAPSHOT_LOGS.key, check_snapshot_logs)
 }
 
 /// `peers` as the file writes it, with the positions of its entries: checked by
@@ -471,8 +495,14 @@ pub fn merge(args: ServerArgs, env: Env<'_>, file: FileConfig) -> anyhow::Result
     .unwrap_or(weft_server::DEFAULT_WAL_PREWRITE_MIB);
     let queue_window = pick(node.queue_window, from_env(env, QUEUE_WINDOW.env, parse_queue_window)?, file.queue_window)
         .unwrap_or(DEFAULT_QUEUE_WINDOW);
+    let snapshot_logs =
+        pick(node.snapshot_logs, from_env(env, SNAPSHOT_LOGS.env, parse_snapshot_logs)?, file.snapshot_logs)
+            .unwrap_or(weft_server::raft::SNAPSHOT_LOGS_SINCE_LAST);
     let cluster = cluster_config(node_id, listen, advertise, peers)?;
-    Ok(node_config(data_dir, listen, shards, node_id, metrics_listen, wal_prewrite_mib, queue_window, cluster))
+    let mut config =
+        node_config(data_dir, listen, shards, node_id, metrics_listen, wal_prewrite_mib, queue_window, cluster);
+    config.raft.snapshot_logs = snapshot_logs;
+    Ok(config)
 }
 
 /// The first source that has a value.
@@ -534,6 +564,7 @@ fn node_config(
             ..Default::default()
         },
         cluster,
+        raft: weft_server::raft::RaftOptions::default(),
     }
 }
 
@@ -547,7 +578,7 @@ pub fn dev_config(node: NodeArgs) -> anyhow::Result<NodeConfig> {
         Some(metrics_listen) => metrics_listen,
         None => parse_metrics_listen(weft_server::DEFAULT_METRICS_LISTEN).map_err(anyhow::Error::msg)?,
     };
-    Ok(node_config(
+    let mut config = node_config(
         node.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
         listen,
         node.shards.unwrap_or(weft_server::DEFAULT_SHARDS),
@@ -556,7 +587,11 @@ pub fn dev_config(node: NodeArgs) -> anyhow::Result<NodeConfig> {
         node.wal_prewrite_mib.unwrap_or(weft_server::DEFAULT_WAL_PREWRITE_MIB),
         node.queue_window.unwrap_or(DEFAULT_QUEUE_WINDOW),
         ClusterConfig::default(),
-    ))
+    );
+    if let Some(snapshot_logs) = node.snapshot_logs {
+        config.raft.snapshot_logs = snapshot_logs;
+    }
+    Ok(config)
 }
 
 #[cfg(test)]
@@ -673,6 +708,13 @@ mod tests {
                 file: "queue_window = 30",
                 read: |c| c.dispatch.queue_window_tasks.to_string(),
                 expect: ["10", "20", "30", "10000"],
+            },
+            Case {
+                flag: ["--snapshot-logs", "100"],
+                env: ("WEFT_SNAPSHOT_LOGS", "200"),
+                file: "snapshot_logs = 300",
+                read: |c| c.raft.snapshot_logs.to_string(),
+                expect: ["100", "200", "300", "10000"],
             },
         ];
         for case in &cases {

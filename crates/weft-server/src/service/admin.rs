@@ -99,7 +99,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         let local_only = request.metadata().contains_key(LOCAL_STATUS_HEADER);
         observe("ClusterStatus", async {
-            let local = self.local_status();
+            let local = self.local_status().await;
             if local_only || self.node.cluster.nodes.len() <= 1 {
                 return Ok(local);
             }
@@ -131,11 +131,26 @@ const LOCAL_STATUS_HEADER: &str = "weft-local-status";
 const PEER_STATUS_TIMEOUT_MS: u64 = 2_000;
 
 impl AdminApi {
-    /// This node's view: its shards' Raft state, itself as the one replica it knows.
-    fn local_status(&self) -> pb::ClusterStatusResponse {
+    /// This node's view: its shards' Raft state, itself as the one replica it knows, with its
+    /// checksum of each shard's state.
+    async fn local_status(&self) -> pb::ClusterStatusResponse {
         let node = &self.node;
+        let mut checksums = node.raft.state_checksums().await.into_iter();
         let shards = (0..node.shard_count())
             .map(|shard| {
+                let checksum = match checksums.next() {
+                    Some(Ok(sum)) => Some(pb::StateChecksum {
+                        applied_index: sum.applied.map_or(0, |id| id.index),
+                        crc32: sum.crc32,
+                        records: sum.records,
+                        bytes: sum.bytes,
+                    }),
+                    Some(Err(error)) => {
+                        tracing::warn!(shard, %error, "cannot checksum the shard's state");
+                        None
+                    }
+                    None => None,
+                };
                 let status = node.raft.status(shard);
                 pb::ShardStatus {
                     shard_id: shard,
@@ -150,10 +165,16 @@ impl AdminApi {
                         node_id: node.node_id,
                         applied_index: status.applied,
                         lag: status.last_log.saturating_sub(status.applied),
+                        checksum,
                     }],
+                    ..Default::default()
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let mut shards = shards;
+        for shard in &mut shards {
+            compare_checksums(shard);
+        }
         pb::ClusterStatusResponse {
             cluster_id: node.cluster.cluster_id.clone(),
             shard_count: node.shard_count(),
@@ -224,11 +245,67 @@ impl AdminApi {
                         node_id: *from,
                         applied_index: s.applied_index,
                         lag: best.last_log_index.saturating_sub(s.applied_index),
+                        checksum: s.replicas.iter().find(|r| r.node_id == *from).and_then(|r| r.checksum),
                     })
                     .collect();
                 *shard = pb::ShardStatus { replicas, ..best };
+                compare_checksums(shard);
             }
         }
         merged
+    }
+}
+
+/// Sets `checksums_agree`, `checksum_index` and `checksums_compared` from the replicas'
+/// checksums: replicas at one applied index hold the same state, so any two that differ there
+/// mean the replicas diverged; the index compared is the highest that two or more share.
+fn compare_checksums(shard: &mut pb::ShardStatus) {
+    let mut by_index: std::collections::BTreeMap<u64, Vec<u32>> = std::collections::BTreeMap::new();
+    for checksum in shard.replicas.iter().filter_map(|r| r.checksum) {
+        by_index.entry(checksum.applied_index).or_default().push(checksum.crc32);
+    }
+    let shared: Vec<(&u64, &Vec<u32>)> = by_index.iter().filter(|(_, crcs)| crcs.len() >= 2).collect();
+    let diverged = shared.iter().any(|(_, crcs)| crcs.iter().any(|crc| *crc != crcs[0]));
+    (shard.checksums_agree, shard.checksum_index, shard.checksums_compared) = match shared.last() {
+        None => (None, 0, 0),
+        Some((index, crcs)) => (Some(!diverged), **index, crcs.len() as u32),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(node_id: u64, applied_index: u64, crc32: u32) -> pb::ReplicaStatus {
+        pb::ReplicaStatus {
+            node_id,
+            applied_index,
+            lag: 0,
+            checksum: Some(pb::StateChecksum { applied_index, crc32, records: 1, bytes: 1 }),
+        }
+    }
+
+    fn compared(replicas: Vec<pb::ReplicaStatus>) -> (Option<bool>, u64, u32) {
+        let mut shard = pb::ShardStatus { replicas, ..Default::default() };
+        compare_checksums(&mut shard);
+        (shard.checksums_agree, shard.checksum_index, shard.checksums_compared)
+    }
+
+    #[test]
+    fn checksums_are_compared_at_a_shared_index() {
+        assert_eq!(compared(vec![replica(1, 9, 7), replica(2, 9, 7), replica(3, 9, 7)]), (Some(true), 9, 3));
+        assert_eq!(compared(vec![replica(1, 9, 7), replica(2, 9, 8), replica(3, 9, 7)]), (Some(false), 9, 3));
+        // A lagging replica is left out; the two at the same index are compared.
+        assert_eq!(compared(vec![replica(1, 9, 7), replica(2, 9, 7), replica(3, 4, 1)]), (Some(true), 9, 2));
+        // No two replicas at one index: nothing to compare.
+        assert_eq!(compared(vec![replica(1, 9, 7), replica(2, 8, 7)]), (None, 0, 0));
+        assert_eq!(compared(vec![replica(1, 9, 7)]), (None, 0, 0));
+        // A divergence at a lower shared index is not hidden by agreement at a higher one.
+        let four = vec![replica(1, 9, 7), replica(2, 9, 7), replica(3, 5, 1), replica(4, 5, 2)];
+        assert_eq!(compared(four), (Some(false), 9, 2));
+        // A replica without a checksum is left out.
+        let mut unknown = replica(3, 9, 7);
+        unknown.checksum = None;
+        assert_eq!(compared(vec![replica(1, 9, 7), replica(2, 9, 7), unknown]), (Some(true), 9, 2));
     }
 }

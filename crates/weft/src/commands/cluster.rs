@@ -71,7 +71,16 @@ fn status_json(status: &ClusterStatusResponse) -> serde_json::Value {
                 "node": replica.node_id,
                 "applied": replica.applied_index,
                 "lag": replica.lag,
+                "checksum": replica.checksum.map(|sum| json!({
+                    "applied": sum.applied_index,
+                    "crc32": format!("{:08x}", sum.crc32),
+                    "records": sum.records,
+                    "bytes": sum.bytes,
+                })),
             })).collect::<Vec<_>>(),
+            "checksums_agree": shard.checksums_agree,
+            "checksum_index": (shard.checksums_compared > 0).then_some(shard.checksum_index),
+            "checksums_compared": shard.checksums_compared,
             "term": shard.term,
             "committed_index": shard.committed_index,
             "applied_index": shard.applied_index,
@@ -110,6 +119,7 @@ fn status_text(status: &ClusterStatusResponse) -> String {
         "snapshot",
         "open workflows",
         "replicas (node:applied/lag)",
+        "checksums",
     ]);
     for shard in &status.shards {
         shards.add_row(vec![
@@ -127,6 +137,11 @@ fn status_text(status: &ClusterStatusResponse) -> String {
                 .map(|replica| format!("{}:{}/{}", replica.node_id, replica.applied_index, replica.lag))
                 .collect::<Vec<_>>()
                 .join(" "),
+            match shard.checksums_agree {
+                Some(true) => format!("agree at {} ({} replicas)", shard.checksum_index, shard.checksums_compared),
+                Some(false) => format!("DIFFER at {}", shard.checksum_index),
+                None => "-".to_string(),
+            },
         ]);
     }
     format!("{summary}\n{shards}")

@@ -30,6 +30,7 @@ fn config(dir: &std::path::Path, id: u64, addrs: &BTreeMap<u64, SocketAddr>) -> 
             advertise: None,
             peers: addrs.iter().map(|(id, addr)| (*id, addr.to_string())).collect(),
         },
+        raft: Default::default(),
     }
 }
 

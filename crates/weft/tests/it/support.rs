@@ -69,6 +69,7 @@ async fn start_in(dir: &Path, listen: SocketAddr) -> NodeHandle {
         wal_prewrite_bytes: 1 << 20,
         dispatch: Default::default(),
         cluster: Default::default(),
+        raft: Default::default(),
     };
     start_node(config).await.expect("start an in-process node")
 }
