@@ -40,6 +40,9 @@ struct TaskHistory {
     last_event_id: u64,
 }
 
+/// The shard whose state holds the namespaces.
+pub const NAMESPACE_SHARD: u32 = 0;
+
 /// Longest a single long-poll (task poll, result wait) waits.
 pub const LONG_POLL_MAX: Duration = Duration::from_secs(60);
 /// Delay before a timer whose firing failed (not for lack of leadership) is tried again.
@@ -252,12 +255,35 @@ impl Node {
         self.raft.ensure_linearizable(shard).await.map_err(|e| RouteError::of_raft(shard, e))
     }
 
-    pub fn require_namespace(&self, namespace: &str) -> Result<(), Status> {
+    /// Checks that `namespace` exists, as the leader of [`NAMESPACE_SHARD`] knows it. The
+    /// local replica of that shard answers when it has the namespace (namespaces are never
+    /// deleted); when it has not, it may only lag a creation another node acknowledged, so the
+    /// leader is asked (this node, after a read-index round, or the leader over one hop).
+    pub async fn require_namespace(&self, namespace: &str) -> Result<(), Status> {
         weft_core::limits::check_name("namespace", namespace).map_err(rejection_status)?;
-        if self.shards.with_state(0, |state| state.namespaces.contains_key(namespace)) {
-            Ok(())
-        } else {
-            Err(Status::not_found(format!("namespace {namespace:?} not found; create it with `weft namespace create`")))
+        let known = || self.shards.with_state(NAMESPACE_SHARD, |state| state.namespaces.contains_key(namespace));
+        if known() {
+            return Ok(());
+        }
+        let not_found =
+            || Status::not_found(format!("namespace {namespace:?} not found; create it with `weft namespace create`"));
+        if self.cluster.nodes.len() <= 1 {
+            return Err(not_found());
+        }
+        match self.forward_target(NAMESPACE_SHARD, crate::service::forward::Hop::Client).await? {
+            None => {
+                self.linearizable(NAMESPACE_SHARD).await.map_err(Status::from)?;
+                if known() { Ok(()) } else { Err(not_found()) }
+            }
+            Some(leader) => {
+                let request = pb::DescribeNamespaceRequest { name: namespace.to_string() };
+                let forwarded = crate::service::forward::request(request, self.node_id, None);
+                match leader.answer(NAMESPACE_SHARD, leader.admin().describe_namespace(forwarded).await) {
+                    Ok(_) => Ok(()),
+                    Err(status) if status.code() == tonic::Code::NotFound => Err(not_found()),
+                    Err(status) => Err(status),
+                }
+            }
         }
     }
 

@@ -7,11 +7,9 @@ use weft_core::{CommandKind, NamespaceRecord, Reply};
 use weft_proto::v1 as pb;
 use weft_proto::v1::admin_service_server::AdminService;
 
+use super::forward::{self, Hop};
 use super::observe;
-use crate::node::Node;
-
-/// Namespaces live on shard 0.
-const NAMESPACE_SHARD: u32 = 0;
+use crate::node::{NAMESPACE_SHARD, Node};
 
 pub struct AdminApi {
     node: Arc<Node>,
@@ -38,7 +36,12 @@ impl AdminService for AdminApi {
         request: Request<pb::CreateNamespaceRequest>,
     ) -> Result<Response<pb::CreateNamespaceResponse>, Status> {
         observe("CreateNamespace", async {
+            let hop = Hop::of(&request);
             let request = request.into_inner();
+            if let Some(leader) = self.node.forward_target(NAMESPACE_SHARD, hop).await? {
+                let forwarded = forward::request(request, self.node.node_id, None);
+                return leader.answer(NAMESPACE_SHARD, leader.admin().create_namespace(forwarded).await);
+            }
             let command = CommandKind::CreateNamespace { name: request.name, description: request.description };
             match self.node.propose(NAMESPACE_SHARD, command).await? {
                 Reply::NamespaceCreated(record) => {
@@ -52,9 +55,14 @@ impl AdminService for AdminApi {
 
     async fn list_namespaces(
         &self,
-        _request: Request<pb::ListNamespacesRequest>,
+        request: Request<pb::ListNamespacesRequest>,
     ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
         observe("ListNamespaces", async {
+            let hop = Hop::of(&request);
+            if let Some(leader) = self.node.forward_target(NAMESPACE_SHARD, hop).await? {
+                let forwarded = forward::request(request.into_inner(), self.node.node_id, None);
+                return leader.answer(NAMESPACE_SHARD, leader.admin().list_namespaces(forwarded).await);
+            }
             self.node.linearizable(NAMESPACE_SHARD).await?;
             let namespaces = self
                 .node
@@ -70,7 +78,13 @@ impl AdminService for AdminApi {
         request: Request<pb::DescribeNamespaceRequest>,
     ) -> Result<Response<pb::DescribeNamespaceResponse>, Status> {
         observe("DescribeNamespace", async {
-            let name = request.into_inner().name;
+            let hop = Hop::of(&request);
+            let request = request.into_inner();
+            if let Some(leader) = self.node.forward_target(NAMESPACE_SHARD, hop).await? {
+                let forwarded = forward::request(request, self.node.node_id, None);
+                return leader.answer(NAMESPACE_SHARD, leader.admin().describe_namespace(forwarded).await);
+            }
+            let name = request.name;
             self.node.linearizable(NAMESPACE_SHARD).await?;
             let record = self
                 .node

@@ -43,9 +43,9 @@ impl ClientService {
         ClientService { node }
     }
 
-    fn key(&self, namespace: String, workflow_id: String) -> Result<(WorkflowKey, u32), Status> {
+    async fn key(&self, namespace: String, workflow_id: String) -> Result<(WorkflowKey, u32), Status> {
         let namespace = namespace_or_default(namespace);
-        self.node.require_namespace(&namespace)?;
+        self.node.require_namespace(&namespace).await?;
         limits::check_name("workflow id", &workflow_id).map_err(rejection_status)?;
         let key = WorkflowKey { namespace, workflow_id };
         let shard = self.node.shard_of(&key);
@@ -58,7 +58,7 @@ impl ClientService {
         hop: Hop,
     ) -> Result<pb::StartWorkflowResponse, Status> {
         let (key, shard) =
-            self.key(std::mem::take(&mut request.namespace), std::mem::take(&mut request.workflow_id))?;
+            self.key(std::mem::take(&mut request.namespace), std::mem::take(&mut request.workflow_id)).await?;
         if let Some(leader) = self.node.forward_target(shard, hop).await? {
             (request.namespace, request.workflow_id) = (key.namespace, key.workflow_id);
             let forwarded = forward::request(request, self.node.node_id, None);
@@ -105,7 +105,7 @@ impl ClientService {
         request: pb::DescribeWorkflowRequest,
         hop: Hop,
     ) -> Result<pb::DescribeWorkflowResponse, Status> {
-        let (key, shard) = self.key(request.namespace.clone(), request.workflow_id.clone())?;
+        let (key, shard) = self.key(request.namespace.clone(), request.workflow_id.clone()).await?;
         if let Some(leader) = self.node.forward_target(shard, hop).await? {
             let forwarded = forward::request(request, self.node.node_id, None);
             return leader.answer(shard, leader.workflow().describe_workflow(forwarded).await);
@@ -164,7 +164,7 @@ impl ClientService {
         request: pb::GetWorkflowHistoryRequest,
         hop: Hop,
     ) -> Result<pb::GetWorkflowHistoryResponse, Status> {
-        let (key, shard) = self.key(request.namespace.clone(), request.workflow_id.clone())?;
+        let (key, shard) = self.key(request.namespace.clone(), request.workflow_id.clone()).await?;
         if let Some(leader) = self.node.forward_target(shard, hop).await? {
             let forwarded = forward::request(request, self.node.node_id, None);
             return leader.answer(shard, leader.workflow().get_workflow_history(forwarded).await);
@@ -191,7 +191,7 @@ impl ClientService {
         deadline: Option<Duration>,
         hop: Hop,
     ) -> Result<pb::GetWorkflowResultResponse, Status> {
-        let (key, shard) = self.key(request.namespace.clone(), request.workflow_id.clone())?;
+        let (key, shard) = self.key(request.namespace.clone(), request.workflow_id.clone()).await?;
         if let Some(leader) = self.node.forward_target(shard, hop).await? {
             let forwarded = forward::request(request, self.node.node_id, deadline);
             return leader.answer(shard, leader.workflow().get_workflow_result(forwarded).await);
@@ -209,7 +209,8 @@ impl ClientService {
     ) -> Result<pb::ExecuteWorkflowResponse, Status> {
         let mut start =
             request.start.take().ok_or_else(|| Status::invalid_argument("execute_workflow has no start request"))?;
-        let (key, shard) = self.key(std::mem::take(&mut start.namespace), std::mem::take(&mut start.workflow_id))?;
+        let (key, shard) =
+            self.key(std::mem::take(&mut start.namespace), std::mem::take(&mut start.workflow_id)).await?;
         if let Some(leader) = self.node.forward_target(shard, hop).await? {
             (start.namespace, start.workflow_id) = (key.namespace, key.workflow_id);
             request.start = Some(start);
@@ -326,7 +327,7 @@ impl ClientService {
 
     async fn list(&self, request: pb::ListWorkflowsRequest) -> Result<pb::ListWorkflowsResponse, Status> {
         let namespace = namespace_or_default(request.namespace);
-        self.node.require_namespace(&namespace)?;
+        self.node.require_namespace(&namespace).await?;
         let page_size = match request.page_size {
             0 => LIST_PAGE_SIZE_DEFAULT,
             n => n.min(LIST_PAGE_SIZE_MAX),
@@ -394,7 +395,7 @@ impl WorkflowService for ClientService {
         let hop = Hop::of(&request);
         observe("SignalWorkflow", async {
             let request = request.into_inner();
-            let (key, shard) = self.key(request.namespace.clone(), request.workflow_id.clone())?;
+            let (key, shard) = self.key(request.namespace.clone(), request.workflow_id.clone()).await?;
             if let Some(leader) = self.node.forward_target(shard, hop).await? {
                 let forwarded = forward::request(request, self.node.node_id, None);
                 return leader.answer(shard, leader.workflow().signal_workflow(forwarded).await);
@@ -419,7 +420,7 @@ impl WorkflowService for ClientService {
         let hop = Hop::of(&request);
         observe("RequestCancelWorkflow", async {
             let request = request.into_inner();
-            let (key, shard) = self.key(request.namespace.clone(), request.workflow_id.clone())?;
+            let (key, shard) = self.key(request.namespace.clone(), request.workflow_id.clone()).await?;
             if let Some(leader) = self.node.forward_target(shard, hop).await? {
                 let forwarded = forward::request(request, self.node.node_id, None);
                 return leader.answer(shard, leader.workflow().request_cancel_workflow(forwarded).await);
@@ -439,7 +440,7 @@ impl WorkflowService for ClientService {
         let hop = Hop::of(&request);
         observe("TerminateWorkflow", async {
             let request = request.into_inner();
-            let (key, shard) = self.key(request.namespace.clone(), request.workflow_id.clone())?;
+            let (key, shard) = self.key(request.namespace.clone(), request.workflow_id.clone()).await?;
             if let Some(leader) = self.node.forward_target(shard, hop).await? {
                 let forwarded = forward::request(request, self.node.node_id, None);
                 return leader.answer(shard, leader.workflow().terminate_workflow(forwarded).await);

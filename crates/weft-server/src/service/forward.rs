@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use tonic::transport::Channel;
 use tonic::{Request, Status};
+use weft_proto::v1::admin_service_client::AdminServiceClient;
 use weft_proto::v1::worker_service_client::WorkerServiceClient;
 use weft_proto::v1::workflow_service_client::WorkflowServiceClient;
 
@@ -73,6 +74,12 @@ pub struct Leader {
 impl Leader {
     pub fn workflow(&self) -> WorkflowServiceClient<Channel> {
         WorkflowServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+    }
+
+    pub fn admin(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel.clone())
             .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
     }

@@ -58,7 +58,7 @@ impl WorkerApi {
         deadline: Option<Duration>,
         hop: Hop,
     ) -> Result<pb::PollWorkflowTaskResponse, Status> {
-        let namespace = self.queue(request.namespace, &request.task_queue)?;
+        let namespace = self.queue(request.namespace, &request.task_queue).await?;
         let wait = LongWait::new(poll_wait(request.wait_ms), deadline);
         let remaining = wait.remaining().unwrap_or_default();
         let task = if self.fans_out(hop) {
@@ -100,9 +100,9 @@ impl WorkerApi {
         Ok(pb::FailWorkflowTaskResponse {})
     }
 
-    fn queue(&self, namespace: String, task_queue: &str) -> Result<String, Status> {
+    async fn queue(&self, namespace: String, task_queue: &str) -> Result<String, Status> {
         let namespace = namespace_or_default(namespace);
-        self.node.require_namespace(&namespace)?;
+        self.node.require_namespace(&namespace).await?;
         limits::check_name("task queue", task_queue).map_err(rejection_status)?;
         Ok(namespace)
     }
@@ -253,7 +253,7 @@ impl WorkerService for WorkerApi {
         let hop = Hop::of(&request);
         observe("PollActivityTask", async {
             let request = request.into_inner();
-            let namespace = self.queue(request.namespace, &request.task_queue)?;
+            let namespace = self.queue(request.namespace, &request.task_queue).await?;
             let wait = LongWait::new(poll_wait(request.wait_ms), deadline);
             let remaining = wait.remaining().unwrap_or_default();
             let task = if self.fans_out(hop) {

@@ -229,3 +229,58 @@ async fn three_nodes_replicate_forward_and_fail_over() {
     running.stop().await;
     cluster.shutdown().await;
 }
+
+/// A namespace created through a node that does not lead shard 0 (where namespaces live) is
+/// created by the leader, and a workflow started in it through the third node right after the
+/// creation was acknowledged is accepted: that node's replica of shard 0 may not have applied
+/// the creation yet, so it asks the leader before it answers NOT_FOUND. Listing and describing
+/// through a follower answer the leader's view. Before, every namespace call on a follower of
+/// shard 0 was UNAVAILABLE, and a start on a lagging node could be NOT_FOUND.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn namespaces_are_served_consistently_by_every_node() {
+    let cluster = Cluster::form().await;
+    let status = cluster.status(1).await;
+    let leader = status.shards.iter().find(|s| s.shard_id == 0).map(|s| s.leader_node_id).expect("shard 0");
+    let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    for round in 0..5 {
+        let name = format!("orders-{round}");
+        let mut via = clients(cluster.addrs[&followers[0]]).await;
+        let created = via
+            .2
+            .create_namespace(pb::CreateNamespaceRequest { name: name.clone(), description: "d".into() })
+            .await
+            .unwrap_or_else(|e| panic!("create {name} through follower {}: {e}", followers[0]));
+        assert_eq!(created.into_inner().namespace.map(|n| n.name), Some(name.clone()));
+        let mut other = clients(cluster.addrs[&followers[1]]).await;
+        let request = pb::StartWorkflowRequest {
+            namespace: name.clone(),
+            workflow_id: format!("w-{round}"),
+            workflow_type: "crashy".into(),
+            task_queue: "crashy".into(),
+            input: json(serde_json::json!(1)),
+            request_id: format!("start-{round}"),
+            workflow_task_timeout_ms: 0,
+        };
+        other.0.start_workflow(request).await.unwrap_or_else(|e| panic!("start in {name} at once: {e}"));
+        let described = other
+            .2
+            .describe_namespace(pb::DescribeNamespaceRequest { name: name.clone() })
+            .await
+            .unwrap_or_else(|e| panic!("describe {name} through follower {}: {e}", followers[1]));
+        assert_eq!(described.into_inner().namespace.map(|n| n.name), Some(name.clone()));
+    }
+    let mut via = clients(cluster.addrs[&followers[1]]).await;
+    let listed = via.2.list_namespaces(pb::ListNamespacesRequest {}).await.expect("list through a follower");
+    assert_eq!(listed.into_inner().namespaces.len(), 6, "default and the five created");
+    let missing = via.0.start_workflow(pb::StartWorkflowRequest {
+        namespace: "never-created".into(),
+        workflow_id: "x".into(),
+        workflow_type: "crashy".into(),
+        task_queue: "crashy".into(),
+        input: json(serde_json::json!(1)),
+        request_id: "x".into(),
+        workflow_task_timeout_ms: 0,
+    });
+    assert_eq!(missing.await.expect_err("no such namespace").code(), tonic::Code::NotFound);
+    cluster.shutdown().await;
+}
