@@ -23,7 +23,8 @@ servers="$(for n in 1 2 3; do printf '127.0.0.1:%s,' $((WEFT_CLUSTER_PORT_BASE +
 servers="${servers%,}"
 worker_pid=""
 cleanup() {
-  [ -n "$worker_pid" ] && kill "$worker_pid" 2>/dev/null && wait "$worker_pid" 2>/dev/null
+  # The worker ends on SIGTERM; its status (143) is not the demo's.
+  if [ -n "$worker_pid" ]; then kill "$worker_pid" 2>/dev/null || true; wait "$worker_pid" 2>/dev/null || true; fi
   scripts/cluster.sh down >/dev/null 2>&1 || true
   rm -rf "$WEFT_CLUSTER_DIR"
 }

@@ -42,6 +42,10 @@ struct TaskHistory {
 
 /// The shard whose state holds the namespaces.
 pub const NAMESPACE_SHARD: u32 = 0;
+/// The namespace of requests that name none; every cluster has it.
+pub const DEFAULT_NAMESPACE: &str = "default";
+/// How often a request naming `default` before it exists looks again.
+const DEFAULT_NAMESPACE_POLL_MS: u64 = 50;
 
 /// Longest a single long-poll (task poll, result wait) waits.
 pub const LONG_POLL_MAX: Duration = Duration::from_secs(60);
@@ -259,16 +263,40 @@ impl Node {
     /// local replica of that shard answers when it has the namespace (namespaces are never
     /// deleted); when it has not, it may only lag a creation another node acknowledged, so the
     /// leader is asked (this node, after a read-index round, or the leader over one hop).
+    ///
+    /// `default` is created by the nodes themselves as soon as shard 0 of a new cluster has a
+    /// leader; a request naming it before then waits for it (at most
+    /// [`crate::service::forward::LEADER_WAIT_MS`]) instead of failing.
     pub async fn require_namespace(&self, namespace: &str) -> Result<(), Status> {
         weft_core::limits::check_name("namespace", namespace).map_err(rejection_status)?;
         let known = || self.shards.with_state(NAMESPACE_SHARD, |state| state.namespaces.contains_key(namespace));
         if known() {
             return Ok(());
         }
+        if namespace != DEFAULT_NAMESPACE {
+            return self.require_namespace_at_leader(namespace).await;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(crate::service::forward::LEADER_WAIT_MS);
+        loop {
+            match self.require_namespace_at_leader(namespace).await {
+                Err(status) if status.code() == tonic::Code::NotFound && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(DEFAULT_NAMESPACE_POLL_MS)).await;
+                    if known() {
+                        return Ok(());
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The existence check of [`Self::require_namespace`] at shard 0's leader.
+    async fn require_namespace_at_leader(&self, namespace: &str) -> Result<(), Status> {
+        let known = || self.shards.with_state(NAMESPACE_SHARD, |state| state.namespaces.contains_key(namespace));
         let not_found =
             || Status::not_found(format!("namespace {namespace:?} not found; create it with `weft namespace create`"));
         if self.cluster.nodes.len() <= 1 {
-            return Err(not_found());
+            return if known() { Ok(()) } else { Err(not_found()) };
         }
         match self.forward_target(NAMESPACE_SHARD, crate::service::forward::Hop::Client).await? {
             None => {

@@ -166,5 +166,5 @@ pub fn client_deadline<T>(request: &tonic::Request<T>) -> Option<Duration> {
 
 /// The namespace a request names; empty means `default`.
 pub fn namespace_or_default(namespace: String) -> String {
-    if namespace.is_empty() { "default".to_string() } else { namespace }
+    if namespace.is_empty() { crate::node::DEFAULT_NAMESPACE.to_string() } else { namespace }
 }
