@@ -11,6 +11,7 @@
 //! it is there and current.
 
 pub mod cluster;
+pub mod workload;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -23,7 +23,7 @@ use weft_e2e::{RunningWorker, wait_every};
 use weft_proto::v1 as pb;
 use weft_sdk::{ActivityContext, ActivityError, Client, StartWorkflowOptions, Worker};
 
-use crate::workload::{check_exactly_once, crashy, double};
+use weft_e2e::workload::{check_exactly_once, crashy, double};
 
 const SHARDS: u32 = 8;
 const QUEUE: &str = "crashy";

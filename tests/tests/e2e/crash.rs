@@ -11,7 +11,7 @@ use weft_e2e::{Clients, WeftProcess, endpoint, free_port, json, wait_for};
 use weft_proto::v1 as pb;
 use weft_sdk::{Client, Worker};
 
-use crate::workload::{check_exactly_once, crashy, double};
+use weft_e2e::workload::{check_exactly_once, crashy, double};
 
 const WORKER_ADDR_ENV: &str = "WEFT_IT_WORKER_ADDR";
 

@@ -15,7 +15,6 @@
 //! - `cluster`: three `weft server` processes formed with `weft cluster init`: a shard leader
 //!   SIGKILLed, the busiest leader SIGSTOPped and resumed, a worker's node killed
 //!   mid-activity, a wiped node rebuilt; every acknowledged workflow completes exactly once.
-//! - `workload`: the workflow `crash` and `cluster` run, and its exactly-once check.
 
 mod cli;
 mod cluster;
@@ -25,4 +24,3 @@ mod dispatch;
 mod failover;
 mod failpoints;
 mod large_history;
-mod workload;

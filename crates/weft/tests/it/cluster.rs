@@ -13,7 +13,7 @@ use weft_sdk::{Client, Worker};
 use weft_server::{ClusterConfig, NodeConfig, NodeHandle, start_node};
 
 use crate::support::{Clients, RunningWorker, clients, endpoint, free_port, json, wait_for};
-use crate::workload::{check_exactly_once, crashy, double};
+use weft_e2e::workload::{check_exactly_once, crashy, double};
 
 const SHARDS: u32 = 4;
 

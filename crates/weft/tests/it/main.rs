@@ -12,7 +12,6 @@
 //!   lost, timeouts decided from durable state, state a restart keeps.
 //! - `cluster`: three nodes formed with `InitCluster`, replicating every shard, serving any
 //!   request on any node, failing over when the node leading most shards stops.
-//! - `workload`: the workflow `cluster` runs and its exactly-once check.
 
 mod architecture;
 mod bad_input;
@@ -20,4 +19,3 @@ mod cluster;
 mod semantics;
 mod support;
 mod workflows;
-mod workload;

@@ -1,6 +1,6 @@
-//! The workflow the cluster test runs (steps, a timer, an activity, a step) and the check that
-//! its history recorded each of them exactly once. The end-to-end tests (`tests/` in the
-//! repository) run the same workload against real processes.
+//! The workflow the crash and cluster tests run (a step, a timer, a step, an activity, a step)
+//! and the check that its history recorded each of them exactly once, with consecutive event
+//! ids. The in-process cluster test of `crates/weft` runs it too (a dev-dependency).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use weft_proto::v1 as pb;
 use weft_sdk::{ActivityContext, ActivityError, ActivityOptions, WorkflowContext, WorkflowError};
 
-pub(crate) async fn crashy(ctx: WorkflowContext, n: u64) -> Result<u64, WorkflowError> {
+pub async fn crashy(ctx: WorkflowContext, n: u64) -> Result<u64, WorkflowError> {
     let a: u64 = ctx.step("a", move || async move { Ok::<_, anyhow::Error>(n) }).await?;
     ctx.sleep(Duration::from_millis(300)).await?;
     let b: u64 = ctx.step("b", move || async move { Ok::<_, anyhow::Error>(a + 1) }).await?;
@@ -18,12 +18,12 @@ pub(crate) async fn crashy(ctx: WorkflowContext, n: u64) -> Result<u64, Workflow
     ctx.step("c", move || async move { Ok::<_, anyhow::Error>(c + 1) }).await
 }
 
-pub(crate) async fn double(_ctx: ActivityContext, n: u64) -> Result<u64, ActivityError> {
+pub async fn double(_ctx: ActivityContext, n: u64) -> Result<u64, ActivityError> {
     Ok(n * 2)
 }
 
 /// Every operation resolved exactly once; the run completed with the right value.
-pub(crate) fn check_exactly_once(id: &str, n: u64, events: &[pb::HistoryEvent]) {
+pub fn check_exactly_once(id: &str, n: u64, events: &[pb::HistoryEvent]) {
     for (index, event) in events.iter().enumerate() {
         assert_eq!(event.event_id, index as u64 + 1, "{id}: event ids are consecutive");
     }
