@@ -41,7 +41,10 @@ pub fn storage_status(error: StorageError) -> Status {
 impl From<RouteError> for Status {
     fn from(error: RouteError) -> Status {
         match error {
-            RouteError::NotLeader { .. } => Status::unavailable(format!("{error}; retry")),
+            // An election or a leadership transfer: a retry shortly after finds the new leader.
+            RouteError::NotLeader { .. } => {
+                forward::unavailable_retry(format!("{error}; retry"), forward::NO_LEADER_RETRY_MS)
+            }
             RouteError::ShuttingDown => Status::unavailable("the node is shutting down; retry on another node"),
             RouteError::Rejected(rejection) => rejection_status(rejection),
             RouteError::Storage(error) => storage_status(error),
@@ -71,6 +74,14 @@ mod tests {
         assert_eq!(with("x"), None);
         assert_eq!(with("m"), None);
         assert_eq!(client_deadline(&tonic::Request::new(())), None);
+    }
+
+    #[test]
+    fn not_leader_is_unavailable_with_a_retry_hint() {
+        let status = Status::from(RouteError::NotLeader { shard: 3, leader: None });
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        let hint = status.metadata().get(forward::RETRY_AFTER_HEADER).and_then(|v| v.to_str().ok());
+        assert_eq!(hint, Some(forward::NO_LEADER_RETRY_MS.to_string().as_str()));
     }
 
     #[tokio::test]
