@@ -386,3 +386,31 @@ async fn a_corrupt_pending_or_legacy_snapshot_does_not_stop_the_shard_from_openi
     }
     Ok(())
 }
+
+/// A snapshot larger than one install batch (20 records of 1 MiB: three batches of at most
+/// 8 MiB) replaces the shard's state exactly, stale records deleted, with its applied log id.
+#[test]
+fn a_snapshot_larger_than_a_batch_installs_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(dir.path()).expect("open db");
+    let applied_key = crate::state_machine::applied_log_id_key(SUITE_SHARD);
+    let applied = Some(openraft::testing::log_id(2, 1, 50));
+    let mut records = vec![
+        (applied_key.clone(), weft_storage::codec::encode(&applied)),
+        (
+            crate::state_machine::membership_key(SUITE_SHARD),
+            weft_storage::codec::encode(&crate::StoredMembership::default()),
+        ),
+    ];
+    records.extend((0..20u64).map(|i| (domain_key(i), vec![i as u8; 1 << 20])));
+    records.sort();
+    const { assert!(20 << 20 > 2 * crate::snapshot::INSTALL_BATCH_BYTES, "more than two batches") };
+    let mut batch = db.state_batch();
+    batch.put(&domain_key(999), b"stale, deleted by the install");
+    db.write_state(batch).expect("write");
+
+    crate::snapshot::install_records(&db, SUITE_SHARD, records.clone().into_iter().map(Ok)).expect("install");
+    assert_eq!(shard_state(&db), records, "the state is exactly the snapshot");
+    let raw = db.get_state(&applied_key).expect("read").expect("applied id written");
+    assert_eq!(weft_storage::codec::decode::<Option<crate::LogId>>(&raw).expect("decode"), applied);
+}
