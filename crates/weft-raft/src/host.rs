@@ -112,7 +112,7 @@ struct HostInner {
     /// Cloned into every log store and state machine; released when openraft drops them.
     storage_lease: Arc<()>,
     /// The last state checksum computed per shard.
-    checksums: Mutex<Vec<Option<StateChecksum>>>,
+    checksums: Mutex<Vec<Option<(StateChecksum, std::time::Instant)>>>,
     /// The network's transport, for leadership transfers (`None` without a network).
     transport: Option<Arc<dyn RaftTransport>>,
 }
@@ -517,8 +517,10 @@ impl RaftHost {
 
     /// This replica's checksum of every shard's state, each at the applied log id the shard's
     /// state holds when it is read ([`crate::snapshot::checksum_view`]). A shard whose applied
-    /// log id did not move since the last call is not read again. Scans the shards one after
-    /// another on one blocking thread.
+    /// log id did not move since the last call is not read again, nor one read less than
+    /// [`CHECKSUM_REFRESH_MS`] ago (its checksum then names the older log id it is of), so
+    /// polling the status of a busy cluster scans each shard at most that often. Scans the
+    /// shards one after another on one blocking thread.
     pub async fn state_checksums(&self) -> Vec<Result<StateChecksum, String>> {
         let host = self.clone();
         tokio::task::spawn_blocking(move || {
@@ -533,12 +535,13 @@ impl RaftHost {
                         .transpose()?
                         .flatten();
                     let cached = inner.checksums.lock()[shard as usize];
-                    if let Some(cached) = cached.filter(|cached| cached.applied == applied) {
+                    let fresh = |at: std::time::Instant| at.elapsed() < Duration::from_millis(CHECKSUM_REFRESH_MS);
+                    if let Some((cached, _)) = cached.filter(|(cached, at)| cached.applied == applied || fresh(*at)) {
                         return Ok(cached);
                     }
                     let view = inner.db.pin_state_view(shard).map_err(|e| e.to_string())?;
                     let checksum = crate::snapshot::checksum_view(view)?;
-                    inner.checksums.lock()[shard as usize] = Some(checksum);
+                    inner.checksums.lock()[shard as usize] = Some((checksum, std::time::Instant::now()));
                     Ok(checksum)
                 })
                 .collect()
@@ -605,6 +608,8 @@ fn reply_of<T>(result: Result<T, RaftError<u64>>) -> RpcReply<T> {
     }
 }
 
+/// A shard's state checksum is computed again at most this often ([`RaftHost::state_checksums`]).
+pub const CHECKSUM_REFRESH_MS: u64 = 1_000;
 /// How often a node looks whether it leads more than its share of the shards.
 pub const REBALANCE_INTERVAL_MS: u64 = 2_000;
 /// Margin on top of the followers' leader lease before the transfer target is asked to elect.
