@@ -30,6 +30,7 @@
 //! then `u32` 0, the record count `u64`, and a CRC-32 (`crc32fast`) of every byte before it.
 
 use std::fs::File;
+use std::future::Future;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -527,8 +528,6 @@ impl ShardSnapshotData {
         }
     }
 }
-
-use std::future::Future;
 
 /// Writes `view` to an unlinked file under `dir`, positioned at its start.
 fn spill_view(view: PinnedStateView, dir: &Path) -> io::Result<File> {

@@ -36,7 +36,7 @@ use weft_raft::RaftHost;
 use weft_storage::{ClusterMeta, Db};
 
 use crate::applier::ShardSlots;
-use crate::node::{Node, wall_clock_ms};
+use crate::node::{DEFAULT_NAMESPACE, NAMESPACE_SHARD, Node, wall_clock_ms};
 
 /// Where `weft dev` and `weft server` listen for gRPC unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7470";
@@ -407,14 +407,14 @@ async fn wait_for_leaders(node: &Node) -> anyhow::Result<()> {
 async fn ensure_default_namespace(node: &Node, wait: Option<std::time::Duration>) -> anyhow::Result<()> {
     let deadline = wait.map(|wait| tokio::time::Instant::now() + wait);
     loop {
-        if node.shards.with_state(0, |state| state.namespaces.contains_key("default")) {
+        if node.has_namespace_locally(DEFAULT_NAMESPACE) {
             return Ok(());
         }
         let command = weft_core::CommandKind::CreateNamespace {
-            name: "default".into(),
+            name: DEFAULT_NAMESPACE.into(),
             description: "The namespace used when none is named.".into(),
         };
-        match node.propose(0, command).await {
+        match node.propose(NAMESPACE_SHARD, command).await {
             Ok(_) => return Ok(()),
             Err(error) if error.rejection().is_some_and(|r| r.code == weft_core::ErrorCode::AlreadyExists) => {
                 return Ok(());
@@ -424,7 +424,7 @@ async fn ensure_default_namespace(node: &Node, wait: Option<std::time::Duration>
                     return Ok(());
                 }
                 tracing::debug!(%error, "waiting for shard 0 to elect a leader");
-                let mut leading = node.raft.leader_watch(0);
+                let mut leading = node.raft.leader_watch(NAMESPACE_SHARD);
                 let _ = tokio::time::timeout(std::time::Duration::from_millis(200), leading.changed()).await;
             }
             Err(error) => anyhow::bail!("could not create the default namespace: {error}"),

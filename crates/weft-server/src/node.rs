@@ -269,7 +269,7 @@ impl Node {
     /// [`crate::service::forward::LEADER_WAIT_MS`]) instead of failing.
     pub async fn require_namespace(&self, namespace: &str) -> Result<(), Status> {
         weft_core::limits::check_name("namespace", namespace).map_err(rejection_status)?;
-        let known = || self.shards.with_state(NAMESPACE_SHARD, |state| state.namespaces.contains_key(namespace));
+        let known = || self.has_namespace_locally(namespace);
         if known() {
             return Ok(());
         }
@@ -290,9 +290,14 @@ impl Node {
         }
     }
 
+    /// Whether this node's replica of [`NAMESPACE_SHARD`] has `namespace` (it may lag the leader).
+    pub fn has_namespace_locally(&self, namespace: &str) -> bool {
+        self.shards.with_state(NAMESPACE_SHARD, |state| state.namespaces.contains_key(namespace))
+    }
+
     /// The existence check of [`Self::require_namespace`] at shard 0's leader.
     async fn require_namespace_at_leader(&self, namespace: &str) -> Result<(), Status> {
-        let known = || self.shards.with_state(NAMESPACE_SHARD, |state| state.namespaces.contains_key(namespace));
+        let known = || self.has_namespace_locally(namespace);
         let not_found =
             || Status::not_found(format!("namespace {namespace:?} not found; create it with `weft namespace create`"));
         if self.cluster.nodes.len() <= 1 {
