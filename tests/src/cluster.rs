@@ -47,6 +47,10 @@ pub struct ServerCluster {
     pub addrs: BTreeMap<u64, SocketAddr>,
     servers: BTreeMap<u64, Server>,
     paused: BTreeSet<u64>,
+    /// Nodes started with `--join` (their id is the one `add-node` gave them).
+    joined: BTreeSet<u64>,
+    /// Nodes removed with `weft cluster remove-node`.
+    removed: BTreeSet<u64>,
 }
 
 impl ServerCluster {
@@ -56,7 +60,14 @@ impl ServerCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let addrs: BTreeMap<u64, SocketAddr> =
             (1..=3).map(|id| (id, format!("127.0.0.1:{}", free_port()).parse().expect("addr"))).collect();
-        let mut cluster = ServerCluster { dir, addrs, servers: BTreeMap::new(), paused: BTreeSet::new() };
+        let mut cluster = ServerCluster {
+            dir,
+            addrs,
+            servers: BTreeMap::new(),
+            paused: BTreeSet::new(),
+            joined: BTreeSet::new(),
+            removed: BTreeSet::new(),
+        };
         for id in 1..=3 {
             cluster.start(id);
         }
@@ -87,15 +98,26 @@ impl ServerCluster {
         self.dir.path().join(format!("n{id}.log"))
     }
 
-    /// Starts node `id` (again) on its data dir and port, with the same peers.
+    /// Starts node `id` (again) on its data dir and port, with the same peers (or `--join`, for
+    /// a node that joined).
     pub fn start(&mut self, id: u64) {
         assert!(!self.servers.contains_key(&id), "node {id} already runs");
-        let peers: Vec<String> = self.addrs.iter().map(|(id, addr)| format!("{id}={addr}")).collect();
+        let founders: Vec<String> = self
+            .addrs
+            .iter()
+            .filter(|(id, _)| !self.joined.contains(id))
+            .map(|(id, addr)| format!("{id}={addr}"))
+            .collect();
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(id)).expect("open the node log");
-        let child = weft_command()
-            .args(["server", "--node-id", &id.to_string(), "--listen", &self.addrs[&id].to_string()])
-            .args(["--peers", &peers.join(",")])
+        let mut command = weft_command();
+        command.args(["server", "--listen", &self.addrs[&id].to_string()]);
+        if self.joined.contains(&id) {
+            command.arg("--join");
+        } else {
+            command.args(["--node-id", &id.to_string(), "--peers", &founders.join(",")]);
+        }
+        let child = command
             .arg("--data-dir")
             .arg(self.data_dir(id))
             .args(["--metrics-listen", "off", "--wal-prewrite-mib", "0"])
@@ -106,6 +128,44 @@ impl ServerCluster {
             .spawn()
             .expect("spawn weft server");
         self.servers.insert(id, Server(child));
+    }
+
+    /// Starts a new node with `--join` on a free port, to be added as node `id` (the id the
+    /// cluster will give it: one above every id it ever had); `weft cluster add-node` adds it.
+    pub fn start_joining(&mut self, id: u64) -> SocketAddr {
+        assert!(!self.addrs.contains_key(&id), "node {id} exists");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        self.addrs.insert(id, addr);
+        self.joined.insert(id);
+        self.start(id);
+        addr
+    }
+
+    /// `weft --server <node via> --output json ARGS...`: its JSON output, or its stderr.
+    pub fn weft_json(&self, via: u64, args: &[&str]) -> Result<serde_json::Value, String> {
+        let output = weft_command()
+            .args(["--server", &self.addrs[&via].to_string(), "--output", "json"])
+            .args(args)
+            .output()
+            .expect("run weft");
+        if !output.status.success() {
+            return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+        }
+        serde_json::from_slice(&output.stdout).map_err(|e| format!("not JSON ({e}): {output:?}"))
+    }
+
+    /// Node `id` was removed from the cluster: it is no longer expected to hold replicas.
+    pub fn forget(&mut self, id: u64) {
+        self.removed.insert(id);
+        self.paused.remove(&id);
+    }
+
+    /// Whether node `id`'s process has exited (it stops by itself once removed).
+    pub fn exited(&mut self, id: u64) -> bool {
+        match self.servers.get_mut(&id) {
+            Some(server) => server.0.try_wait().expect("wait on the node").is_some(),
+            None => true,
+        }
     }
 
     /// SIGKILL node `id`: no shutdown code runs.
@@ -138,9 +198,9 @@ impl ServerCluster {
         assert!(status.success(), "kill {signal} {pid}");
     }
 
-    /// Nodes that run and are not paused.
+    /// Nodes that run, are not paused and were not removed.
     pub fn live(&self) -> Vec<u64> {
-        self.servers.keys().copied().filter(|id| !self.paused.contains(id)).collect()
+        self.servers.keys().copied().filter(|id| !self.paused.contains(id) && !self.removed.contains(id)).collect()
     }
 
     /// `http://a,http://b,...` for the SDK: the nodes in `order`.
@@ -222,16 +282,19 @@ impl ServerCluster {
     }
 }
 
-/// Every shard has three replicas, none lagging, all at the same applied index, whose state
-/// checksums at that index all agree.
+/// Every shard has three voters and a replica on every node of the cluster (the others are
+/// learners), none lagging, all at the same applied index, whose state checksums at that index
+/// all agree.
 pub fn caught_up(status: &pb::ClusterStatusResponse) -> bool {
+    let nodes = status.nodes.len().max(3);
     !status.shards.is_empty()
         && status.shards.iter().all(|s| {
             s.leader_node_id != 0
-                && s.replicas.len() == 3
+                && s.voters.len() == 3
+                && s.replicas.len() == nodes
                 && s.replicas.iter().all(|r| r.lag == 0 && r.applied_index == s.replicas[0].applied_index)
                 && s.checksums_agree == Some(true)
-                && s.checksums_compared == 3
+                && s.checksums_compared as usize == nodes
         })
 }
 

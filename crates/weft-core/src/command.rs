@@ -105,6 +105,17 @@ pub enum CommandKind {
     RecordWorkflowTaskHeartbeat {
         token: TaskToken,
     },
+    /// `weft cluster add-node` (shard 0 only): a node id for a new node, above `above` (the
+    /// highest id of the cluster's current members) and above every id given or retired before,
+    /// so an id is never used twice.
+    AllocateNodeId {
+        above: u64,
+    },
+    /// `weft cluster remove-node` (shard 0 only): `node_id` leaves the cluster and is never
+    /// given out again.
+    RetireNodeId {
+        node_id: u64,
+    },
 }
 
 impl CommandKind {
@@ -126,6 +137,8 @@ impl CommandKind {
             CommandKind::RequestCancel { .. } => "request_cancel",
             CommandKind::Terminate { .. } => "terminate",
             CommandKind::RecordWorkflowTaskHeartbeat { .. } => "record_workflow_task_heartbeat",
+            CommandKind::AllocateNodeId { .. } => "allocate_node_id",
+            CommandKind::RetireNodeId { .. } => "retire_node_id",
         }
     }
 }

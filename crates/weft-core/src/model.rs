@@ -216,6 +216,8 @@ pub enum Reply {
     WorkflowTaskHeartbeat {
         timeout_ms: u64,
     },
+    /// The node id `AllocateNodeId` gave out or `RetireNodeId` retired.
+    NodeId(u64),
 }
 
 impl From<Rejection> for Reply {

@@ -26,6 +26,9 @@ pub struct ShardState {
     /// The largest `now_ms` applied: apply never uses an earlier time, and a leader never
     /// stamps one (stored with every apply, so a restart keeps it).
     pub clock_floor_ms: u64,
+    /// Only shard 0: the highest node id the cluster gave out with `AllocateNodeId` or retired
+    /// with `RetireNodeId` (0: none yet). Ids at or below it are never given out again.
+    pub node_id_max: u64,
 }
 
 impl ShardState {

@@ -28,6 +28,7 @@ use weft_storage::{Db, codec};
 use crate::log_store::{NO_INDEX, ShardLogStore};
 pub use crate::log_sync::LogSyncStats;
 use crate::log_sync::LogSyncer;
+use crate::membership::MemberDirectory;
 use crate::network::{NoNetwork, RaftRpcKind, RaftTransport, RpcReply, ShardNetworks};
 use crate::rebalance::{ShardView, pick_transfer};
 use crate::snapshot::StateChecksum;
@@ -115,6 +116,8 @@ struct HostInner {
     checksums: Mutex<Vec<Option<(StateChecksum, std::time::Instant)>>>,
     /// The network's transport, for leadership transfers (`None` without a network).
     transport: Option<Arc<dyn RaftTransport>>,
+    /// Every node of any shard's membership.
+    directory: Arc<MemberDirectory>,
 }
 
 /// Every shard's Raft group on this node. Cheap to clone.
@@ -197,6 +200,7 @@ impl RaftHost {
         let transport = networks.transport();
         let log_sync = LogSyncer::start(db.clone()).context("start log sync thread")?;
         let storage_lease = Arc::new(());
+        let directory = Arc::new(MemberDirectory::new(shard_count, members.clone()));
         let mut shards = Vec::with_capacity(shard_count as usize);
         let mut watchers = Vec::with_capacity(shard_count as usize);
         for shard in 0..shard_count {
@@ -240,7 +244,7 @@ impl RaftHost {
                 }
             }
             let (leader_tx, leader_rx) = watch::channel(false);
-            watchers.push(tokio::spawn(watch_metrics(shard, node_id, raft.clone(), leader_tx)));
+            watchers.push(tokio::spawn(watch_metrics(shard, node_id, raft.clone(), leader_tx, directory.clone())));
             shards.push(ShardGroup { raft, leader_rx, committed_index, transferring: AtomicBool::new(false) });
         }
         tracing::info!(node_id, shard_count, "raft host open");
@@ -257,6 +261,7 @@ impl RaftHost {
                 storage_lease,
                 checksums: Mutex::new(vec![None; shard_count as usize]),
                 transport,
+                directory,
             }),
         };
         if rebalance {
@@ -272,6 +277,15 @@ impl RaftHost {
 
     pub fn shard_count(&self) -> u32 {
         self.inner.shard_count
+    }
+
+    /// Whether the groups have a network (a node of a cluster of several nodes).
+    pub fn is_replicated(&self) -> bool {
+        self.inner.transport.is_some()
+    }
+
+    pub(crate) fn directory(&self) -> &MemberDirectory {
+        &self.inner.directory
     }
 
     /// The node's storage, which every shard's group uses.
@@ -669,7 +683,13 @@ pub const RAFT_GAUGES_INTERVAL_MS: u64 = 1_000;
 
 /// Follows one shard's leadership (openraft's server metrics change only on a vote, state or
 /// leader change) and samples the per-shard gauges.
-async fn watch_metrics(shard: u32, node_id: u64, raft: Raft<TypeConfig>, leader_tx: watch::Sender<bool>) {
+async fn watch_metrics(
+    shard: u32,
+    node_id: u64,
+    raft: Raft<TypeConfig>,
+    leader_tx: watch::Sender<bool>,
+    directory: Arc<MemberDirectory>,
+) {
     let label = shard.to_string();
     let term = metrics::gauge!("weft_raft_term", "shard" => label.clone());
     let applied = metrics::gauge!("weft_raft_applied_index", "shard" => label.clone());
@@ -681,6 +701,8 @@ async fn watch_metrics(shard: u32, node_id: u64, raft: Raft<TypeConfig>, leader_
     loop {
         let is_leader = {
             let m = server_rx.borrow_and_update();
+            let members = m.membership_config.membership().nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+            directory.update(shard, members);
             m.state == ServerState::Leader && m.current_leader == Some(node_id)
         };
         is_leader_gauge.set(if is_leader { 1.0 } else { 0.0 });

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 pub mod host;
 pub mod log_store;
 pub mod log_sync;
+pub mod membership;
 pub mod network;
 pub mod rebalance;
 mod recent_entries;

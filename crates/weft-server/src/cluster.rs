@@ -27,7 +27,6 @@ use weft_proto::v1 as pb;
 use weft_proto::v1::admin_service_server::AdminService;
 use weft_proto::v1::node_service_client::NodeServiceClient;
 use weft_proto::v1::node_service_server::NodeService;
-use weft_raft::RaftHost;
 use weft_raft::network::{RaftRpcKind, RaftTransport, TransportError, TransportFuture};
 use weft_storage::{ClusterMeta, Db};
 
@@ -152,13 +151,12 @@ fn check_addressed(meta: &ClusterMeta, cluster_id: &str, to_node: u64) -> Result
 
 /// `weft.v1.NodeService` of a node that is part of a cluster.
 pub struct NodeApi {
-    meta: ClusterMeta,
-    raft: RaftHost,
+    node: Arc<crate::node::Node>,
 }
 
 impl NodeApi {
-    pub fn new(meta: ClusterMeta, raft: RaftHost) -> NodeApi {
-        NodeApi { meta, raft }
+    pub fn new(node: Arc<crate::node::Node>) -> NodeApi {
+        NodeApi { node }
     }
 }
 
@@ -166,10 +164,19 @@ impl NodeApi {
 impl NodeService for NodeApi {
     async fn raft(&self, request: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessageReply>, Status> {
         let message = request.into_inner();
-        check_addressed(&self.meta, &message.cluster_id, message.to_node)?;
+        check_addressed(&self.node.cluster, &message.cluster_id, message.to_node)?;
+        if !self.node.raft.nodes().contains_key(&message.from_node) {
+            // A node removed from the cluster (`weft cluster remove-node`) that was restarted:
+            // its stale groups must not disturb the members' elections.
+            return Err(Status::failed_precondition(format!(
+                "node {} is not a member of cluster {} (it was removed, or is not added yet)",
+                message.from_node, message.cluster_id
+            )));
+        }
         let kind = RaftRpcKind::from_u32(message.kind)
             .ok_or_else(|| Status::invalid_argument(format!("unknown raft message kind {}", message.kind)))?;
         let body = self
+            .node
             .raft
             .handle_rpc(message.shard, kind, &message.body)
             .await
@@ -182,8 +189,45 @@ impl NodeService for NodeApi {
         request: Request<pb::JoinClusterRequest>,
     ) -> Result<Response<pb::JoinClusterResponse>, Status> {
         let request = request.into_inner();
-        check_addressed(&self.meta, &request.cluster_id, request.node_id)?;
-        Ok(Response::new(pb::JoinClusterResponse {}))
+        let meta = &self.node.cluster;
+        if request.adding && request.cluster_id == meta.cluster_id {
+            // `add-node` retried after this node joined: it keeps the id it has.
+            return Ok(Response::new(pb::JoinClusterResponse { node_id: meta.node_id }));
+        }
+        if request.adding {
+            return Err(Status::failed_precondition(format!(
+                "the node at this address is node {} of cluster {}, not a node waiting to join cluster {}",
+                meta.node_id, meta.cluster_id, request.cluster_id
+            )));
+        }
+        check_addressed(meta, &request.cluster_id, request.node_id)?;
+        Ok(Response::new(pb::JoinClusterResponse { node_id: meta.node_id }))
+    }
+
+    async fn change_shard_members(
+        &self,
+        request: Request<pb::ShardMembersRequest>,
+    ) -> Result<Response<pb::ShardMembersResponse>, Status> {
+        let request = request.into_inner();
+        if request.cluster_id != self.node.cluster.cluster_id {
+            return Err(Status::failed_precondition(format!(
+                "this node belongs to cluster {}, not to cluster {}",
+                self.node.cluster.cluster_id, request.cluster_id
+            )));
+        }
+        let step = request.step.ok_or_else(|| Status::invalid_argument("a membership step names no step"))?;
+        let step = crate::membership::Step::from_proto(step)?;
+        Ok(Response::new(self.node.run_member_step(request.shard, &step).await?))
+    }
+
+    async fn leave_cluster(
+        &self,
+        request: Request<pb::LeaveClusterRequest>,
+    ) -> Result<Response<pb::LeaveClusterResponse>, Status> {
+        let request = request.into_inner();
+        check_addressed(&self.node.cluster, &request.cluster_id, request.node_id)?;
+        self.node.leave_cluster();
+        Ok(Response::new(pb::LeaveClusterResponse {}))
     }
 }
 
@@ -211,7 +255,21 @@ fn join_request(meta: &ClusterMeta, node_id: u64) -> pb::JoinClusterRequest {
             .map(|(id, address)| pb::ClusterNode { node_id: *id, address: address.clone() })
             .collect(),
         created_time_ms: meta.created_ms,
+        adding: false,
     }
+}
+
+/// The join `weft cluster add-node` sends to the new node `node_id` at `address`.
+pub fn adding_request(
+    meta: &ClusterMeta,
+    nodes: &BTreeMap<u64, String>,
+    node_id: u64,
+    address: &str,
+) -> pb::JoinClusterRequest {
+    let mut nodes = nodes.clone();
+    nodes.insert(node_id, address.to_string());
+    let record = ClusterMeta { nodes, ..meta.clone() };
+    pb::JoinClusterRequest { adding: true, ..join_request(&record, node_id) }
 }
 
 /// Sends the cluster record to every other node of `meta`; names every node that did not take
@@ -312,10 +370,23 @@ pub fn init_response(meta: &ClusterMeta, created: bool) -> pb::InitClusterRespon
 
 /// A node of a cluster not formed yet: it serves only cluster formation, and answers
 /// everything else UNAVAILABLE.
+/// How a node without a cluster record becomes part of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Formation {
+    /// `--peers`: `weft cluster init` creates a cluster of these nodes (or the node finds the
+    /// cluster its peers formed, after its data dir was lost).
+    Init { node_id: u64, peers: BTreeMap<u64, String> },
+    /// `--join`: `weft cluster add-node` adds the node serving at `address` to a running
+    /// cluster, and gives it its node id.
+    Join { address: String },
+}
+
 struct Forming {
     db: Db,
     node_id: u64,
     peers: BTreeMap<u64, String>,
+    /// `Some(own address)` for a node started with `--join`.
+    join: Option<String>,
     connections: Peers,
     /// Fires once the cluster record is stored.
     formed: Mutex<Option<oneshot::Sender<(ClusterMeta, bool)>>>,
@@ -343,13 +414,79 @@ fn not_formed() -> Status {
     )
 }
 
+/// Response header of a node started with `--join` that no cluster added yet.
+pub const JOINING_HEADER: &str = "weft-joining";
+
+fn not_joined(address: &str) -> Status {
+    let mut status = Status::unavailable(format!(
+        "this node was started with --join and is not part of a cluster yet: run `weft cluster add-node {address}` \
+         against a node of the cluster"
+    ));
+    status.metadata_mut().insert(JOINING_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+    status
+}
+
+impl Forming {
+    fn not_formed(&self) -> Status {
+        match &self.join {
+            Some(address) => not_joined(address),
+            None => not_formed(),
+        }
+    }
+
+    /// A join sent by `weft cluster add-node` to a node started with `--join`.
+    fn join_as_new_node(&self, address: &str, request: &pb::JoinClusterRequest) -> Result<ClusterMeta, Status> {
+        let meta = meta_of_join(request);
+        if !(1..=crate::SHARDS_MAX).contains(&meta.shard_count) || request.node_id == 0 {
+            return Err(Status::invalid_argument("a cluster record with no shards or no node id"));
+        }
+        if let Some(stored) = self.db.get_cluster_meta().map_err(|e| Status::internal(e.to_string()))? {
+            // A retried add-node (its answer was lost): the node keeps the id it took first.
+            if stored.cluster_id == meta.cluster_id {
+                return Ok(stored);
+            }
+            return Err(Status::failed_precondition(format!(
+                "this node already belongs to cluster {}, not to cluster {}",
+                stored.cluster_id, meta.cluster_id
+            )));
+        }
+        match meta.nodes.get(&request.node_id) {
+            Some(named) if named == address => {}
+            named => {
+                return Err(Status::failed_precondition(format!(
+                    "the cluster names the new node {} at {}, but this node serves at {address}",
+                    request.node_id,
+                    named.map_or("no address", String::as_str)
+                )));
+            }
+        }
+        self.store(&meta)?;
+        tracing::info!(cluster_id = %meta.cluster_id, node_id = meta.node_id, "joined a running cluster");
+        Ok(meta)
+    }
+}
+
 struct FormingNode(Arc<Forming>);
 struct FormingAdmin(Arc<Forming>);
 
 #[tonic::async_trait]
 impl NodeService for FormingNode {
     async fn raft(&self, _request: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessageReply>, Status> {
-        Err(not_formed())
+        Err(self.0.not_formed())
+    }
+
+    async fn change_shard_members(
+        &self,
+        _request: Request<pb::ShardMembersRequest>,
+    ) -> Result<Response<pb::ShardMembersResponse>, Status> {
+        Err(self.0.not_formed())
+    }
+
+    async fn leave_cluster(
+        &self,
+        _request: Request<pb::LeaveClusterRequest>,
+    ) -> Result<Response<pb::LeaveClusterResponse>, Status> {
+        Err(self.0.not_formed())
     }
 
     async fn join_cluster(
@@ -359,6 +496,22 @@ impl NodeService for FormingNode {
         let request = request.into_inner();
         let forming = &self.0;
         let _serial = forming.forming.lock().await;
+        match (&forming.join, request.adding) {
+            (Some(address), true) => {
+                let meta = forming.join_as_new_node(address, &request)?;
+                let node_id = meta.node_id;
+                forming.formed(meta, true);
+                return Ok(Response::new(pb::JoinClusterResponse { node_id }));
+            }
+            (Some(address), false) => return Err(not_joined(address)),
+            (None, true) => {
+                return Err(Status::failed_precondition(
+                    "this node was started with --peers to form a new cluster with `weft cluster init`; to add it to \
+                     a running cluster, start it with --join (and no --peers) instead",
+                ));
+            }
+            (None, false) => {}
+        }
         if request.node_id != forming.node_id {
             return Err(Status::failed_precondition(format!(
                 "this is node {}, not node {} (check the peers' addresses)",
@@ -380,39 +533,51 @@ impl NodeService for FormingNode {
             forming.store(&meta)?;
             tracing::info!(cluster_id = %meta.cluster_id, shards = meta.shard_count, "joined a new cluster");
         }
+        let node_id = meta.node_id;
         forming.formed(meta, false);
-        Ok(Response::new(pb::JoinClusterResponse {}))
+        Ok(Response::new(pb::JoinClusterResponse { node_id }))
     }
 }
 
 #[tonic::async_trait]
 impl AdminService for FormingAdmin {
+    async fn add_node(&self, _request: Request<pb::AddNodeRequest>) -> Result<Response<pb::AddNodeResponse>, Status> {
+        Err(self.0.not_formed())
+    }
+
+    async fn remove_node(
+        &self,
+        _request: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        Err(self.0.not_formed())
+    }
+
     async fn create_namespace(
         &self,
         _request: Request<pb::CreateNamespaceRequest>,
     ) -> Result<Response<pb::CreateNamespaceResponse>, Status> {
-        Err(not_formed())
+        Err(self.0.not_formed())
     }
 
     async fn list_namespaces(
         &self,
         _request: Request<pb::ListNamespacesRequest>,
     ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
-        Err(not_formed())
+        Err(self.0.not_formed())
     }
 
     async fn describe_namespace(
         &self,
         _request: Request<pb::DescribeNamespaceRequest>,
     ) -> Result<Response<pb::DescribeNamespaceResponse>, Status> {
-        Err(not_formed())
+        Err(self.0.not_formed())
     }
 
     async fn cluster_status(
         &self,
         _request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        Err(not_formed())
+        Err(self.0.not_formed())
     }
 
     async fn init_cluster(
@@ -421,6 +586,12 @@ impl AdminService for FormingAdmin {
     ) -> Result<Response<pb::InitClusterResponse>, Status> {
         let request = request.into_inner();
         let forming = &self.0;
+        if let Some(address) = &forming.join {
+            return Err(Status::failed_precondition(format!(
+                "this node was started with --join: it does not create a cluster, a running one adds it (`weft \
+                 cluster add-node {address}`)"
+            )));
+        }
         let _serial = forming.forming.lock().await;
         let stored = forming.db.get_cluster_meta().map_err(|e| Status::internal(e.to_string()))?;
         let (meta, created) = cluster_to_init(stored.as_ref(), forming.node_id, &forming.peers, &request)?;
@@ -488,21 +659,31 @@ async fn find_cluster_of_peers(forming: Arc<Forming>) {
 /// cluster it lost its data of), once the formation server has stopped and the port is free.
 pub async fn await_cluster_init(
     db: Db,
-    node_id: u64,
-    peers: BTreeMap<u64, String>,
+    formation: Formation,
     listener: tokio::net::TcpListener,
 ) -> anyhow::Result<(ClusterMeta, bool)> {
     let (formed_tx, formed_rx) = oneshot::channel();
-    let forming = Arc::new(Forming {
+    let (node_id, peers, join) = match formation {
+        Formation::Init { node_id, peers } => (node_id, peers, None),
+        Formation::Join { address } => (0, BTreeMap::new(), Some(address)),
+    };
+    let joining = join.is_some();
+    let forming: Arc<Forming> = Arc::new(Forming {
         db,
         node_id,
         peers: peers.clone(),
+        join,
         connections: Peers::default(),
         formed: Mutex::new(Some(formed_tx)),
         forming: tokio::sync::Mutex::new(()),
     });
     // A node whose data dir was wiped finds its cluster from its peers and rejoins it.
-    let rejoin = tokio::spawn(find_cluster_of_peers(forming.clone()));
+    let forming_for_rejoin = forming.clone();
+    let rejoin = tokio::spawn(async move {
+        if !joining {
+            find_cluster_of_peers(forming_for_rejoin).await;
+        }
+    });
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let meta_slot: Arc<Mutex<Option<(ClusterMeta, bool)>>> = Arc::default();
     let slot = meta_slot.clone();
@@ -512,11 +693,11 @@ pub async fn await_cluster_init(
         }
         let _ = stop_tx.send(());
     });
-    tracing::info!(
-        node_id,
-        peers = ?peers,
-        "waiting for `weft cluster init` to form the cluster"
-    );
+    if joining {
+        tracing::info!("waiting for `weft cluster add-node` to add this node to a cluster");
+    } else {
+        tracing::info!(node_id, peers = ?peers, "waiting for `weft cluster init` to form the cluster");
+    }
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .add_service(weft_proto::v1::node_service_server::NodeServiceServer::new(FormingNode(forming.clone())))

@@ -149,8 +149,9 @@ impl Node {
     /// Starts remote polls of `queue` so that each other node has as many in flight as polls
     /// wait here (at most [`REMOTE_POLLS_PER_PEER_MAX`]).
     fn send_remote_polls(self: &Arc<Self>, queue: &QueueKey, wait: Duration) {
+        let nodes = self.raft.nodes();
         let peers: Vec<(u64, String)> =
-            self.cluster.nodes.iter().filter(|(id, _)| **id != self.node_id).map(|(id, a)| (*id, a.clone())).collect();
+            nodes.iter().filter(|(id, _)| **id != self.node_id).map(|(id, a)| (*id, a.clone())).collect();
         let mut to_send = Vec::new();
         {
             let mut queues = self.remote_polls.queues.lock();
@@ -168,7 +169,7 @@ impl Node {
             }
         }
         for peer in to_send {
-            let Some(address) = self.cluster.nodes.get(&peer).cloned() else { continue };
+            let Some(address) = nodes.get(&peer).cloned() else { continue };
             let node = self.clone();
             let queue = queue.clone();
             let wait = wait.min(REMOTE_POLL_WAIT);

@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod convert;
 pub mod dispatch;
 pub mod fanout;
+pub mod membership;
 pub mod node;
 pub mod query;
 pub mod route;
@@ -91,6 +92,9 @@ pub struct ClusterConfig {
     /// the first start (what `weft dev` does). With other nodes, the node serves only the
     /// cluster admin and internal services until `weft cluster init` creates the cluster.
     pub peers: std::collections::BTreeMap<u64, String>,
+    /// `--join`: a node without a cluster record waits for `weft cluster add-node`, which gives
+    /// it its node id; with a record, the stored node id is its id.
+    pub join: bool,
 }
 
 /// A running node.
@@ -136,9 +140,15 @@ pub async fn run_node(config: NodeConfig, shutdown: impl Future<Output = ()> + S
         install_metrics(metrics_listen)?;
     }
     let mut handle = start_node(config).await?;
+    let removed = handle.node.removed();
     tokio::select! {
         _ = shutdown => {
             tracing::info!("shutting down");
+            handle.shutdown().await
+        }
+        _ = removed => {
+            // Let the answer to `LeaveCluster` go out first.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             handle.shutdown().await
         }
         result = handle.wait() => result,
@@ -158,7 +168,8 @@ pub fn install_metrics(addr: SocketAddr) -> anyhow::Result<()> {
 /// The cluster record of a data dir that has one, checked against how the node was started.
 fn check_cluster(mut meta: ClusterMeta, config: &NodeConfig, advertise: &str) -> anyhow::Result<ClusterMeta> {
     anyhow::ensure!(
-        meta.node_id == config.node_id,
+        // A node that joined took its id from the cluster, and is restarted with `--join` again.
+        meta.node_id == config.node_id || config.cluster.join,
         "the data directory {} belongs to node {} of cluster {}, but this node was started with --node-id {}: \
          start it with --node-id {} or give it another --data-dir",
         config.data_dir.display(),
@@ -285,16 +296,26 @@ pub async fn start_node(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     let peers = peers_with_self(&config, &advertise)?;
     let (cluster, rejoined) = match db.get_cluster_meta()? {
         Some(meta) => (check_cluster(meta, &config, &advertise)?, false),
-        None if peers.len() == 1 => (create_single_node_cluster(&db, &config, &advertise)?, false),
+        None if peers.len() == 1 && !config.cluster.join => {
+            (create_single_node_cluster(&db, &config, &advertise)?, false)
+        }
         None => {
             db.prewrite_wal(config.wal_prewrite_bytes).context("pre-write the WAL")?;
             let forming = listen(socket, addr)?;
-            let formed = cluster::await_cluster_init(db.clone(), config.node_id, peers, forming).await?;
+            let formation = if config.cluster.join {
+                cluster::Formation::Join { address: advertise.clone() }
+            } else {
+                cluster::Formation::Init { node_id: config.node_id, peers }
+            };
+            let formed = cluster::await_cluster_init(db.clone(), formation, forming).await?;
             socket = rebind(addr).await?;
             formed
         }
     };
-    let replicated = cluster.nodes.len() > 1;
+    // A node that joined has the id the cluster gave it.
+    let config = NodeConfig { node_id: cluster.node_id, ..config };
+    // A node that joins starts with no shard membership: its shards' leaders add it.
+    let replicated = cluster.nodes.len() > 1 || config.cluster.join;
 
     let (effects_tx, effects_rx) = mpsc::unbounded_channel();
     let shards = Arc::new(ShardSlots::new(cluster.shard_count, effects_tx));
@@ -328,8 +349,20 @@ pub async fn start_node(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         .await
     }
     .context("open the shards' Raft groups")?;
-    let node =
-        Arc::new(Node::new(config.node_id, cluster.clone(), db, raft, shards, config.dispatch, peer_connections));
+    if rejoined {
+        // No shard knows its members before a leader reaches this node: the record's nodes
+        // stand in for them meanwhile (forwarding, status).
+        raft.seed_nodes(cluster.nodes.clone());
+    }
+    let node = Arc::new(Node::new(
+        config.node_id,
+        cluster.clone(),
+        db.clone(),
+        raft,
+        shards,
+        config.dispatch,
+        peer_connections,
+    ));
 
     let mut background = vec![
         tokio::spawn(node.clone().run_effects(effects_rx)),
@@ -338,6 +371,9 @@ pub async fn start_node(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     ];
     for shard in 0..node.shard_count() {
         background.push(tokio::spawn(node.clone().follow_leadership(shard)));
+    }
+    if replicated {
+        background.push(tokio::spawn(store_cluster_nodes(db, cluster.clone(), node.raft.nodes_watch())));
     }
     if replicated {
         // The peers may be down: serve now, and create the namespace once shard 0 has a leader.
@@ -360,7 +396,7 @@ pub async fn start_node(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
     let admin = AdminServiceServer::new(service::admin::AdminApi::new(node.clone()));
-    let internal = NodeServiceServer::new(cluster::NodeApi::new(cluster, node.raft.clone()))
+    let internal = NodeServiceServer::new(cluster::NodeApi::new(node.clone()))
         .max_decoding_message_size(cluster::NODE_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(cluster::NODE_MESSAGE_BYTES_MAX);
     // Set on each accepted stream: `Server::tcp_nodelay` covers only listeners tonic binds itself.
@@ -381,6 +417,30 @@ pub async fn start_node(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     });
     tracing::info!(%addr, node_id = node.node_id, shards = node.shard_count(), "weft node serving");
     Ok(NodeHandle { addr, node, stop: Some(stop_tx), served, background })
+}
+
+/// Keeps the stored cluster record's nodes those of the shards' memberships (a restart checks
+/// its address against it, and a node that lost its data finds its cluster through it).
+async fn store_cluster_nodes(
+    db: Db,
+    mut record: ClusterMeta,
+    mut nodes: tokio::sync::watch::Receiver<Arc<BTreeMap<u64, String>>>,
+) {
+    loop {
+        let current = (**nodes.borrow_and_update()).clone();
+        if !current.is_empty() && current != record.nodes {
+            record.nodes = current;
+            match db.put_cluster_meta(&record) {
+                Ok(()) => {
+                    tracing::info!(nodes = ?record.nodes.keys().collect::<Vec<_>>(), "stored the cluster's nodes")
+                }
+                Err(error) => tracing::warn!(%error, "could not store the cluster's nodes"),
+            }
+        }
+        if nodes.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// How long a starting node waits for every shard to have a leader.

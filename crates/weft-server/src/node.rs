@@ -76,6 +76,8 @@ pub struct Node {
     /// Set once when the node begins to shut down: long waits end and sessions stop reading,
     /// so the gRPC server's graceful shutdown does not wait for them.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Set once `weft cluster remove-node` removed this node: it stops ([`Node::removed`]).
+    pub(crate) removed: tokio::sync::watch::Sender<bool>,
 }
 
 /// An attempt taken from its queue and marked in flight, while its hand-out awaits: dropped
@@ -185,6 +187,7 @@ impl Node {
             close_watchers: Mutex::new(CloseWatchers::default()),
             stamps,
             stopping: tokio::sync::watch::Sender::new(false),
+            removed: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -300,7 +303,7 @@ impl Node {
         let known = || self.has_namespace_locally(namespace);
         let not_found =
             || Status::not_found(format!("namespace {namespace:?} not found; create it with `weft namespace create`"));
-        if self.cluster.nodes.len() <= 1 {
+        if !self.raft.is_replicated() {
             return if known() { Ok(()) } else { Err(not_found()) };
         }
         match self.forward_target(NAMESPACE_SHARD, crate::service::forward::Hop::Client).await? {

@@ -134,6 +134,11 @@ pub struct ServerArgs {
     /// is a one-node cluster [default: none]
     #[arg(long, value_name = "ID=HOST:PORT,...", value_parser = config::parse_peers)]
     pub peers: Option<Peers>,
+
+    /// Wait to be added to a running cluster by `weft cluster add-node HOST:PORT` (which gives
+    /// this node its id); restart it with the same flags [env WEFT_JOIN]
+    #[arg(long)]
+    pub join: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -290,6 +295,28 @@ pub enum ClusterCommand {
     /// cluster id, stored on every node, and every shard's Raft group. Run it once, against any
     /// of them; running it again with the same flags is harmless.
     Init(InitArgs),
+    /// Add the node serving at HOST:PORT (started with `weft server --join`) to the cluster: it
+    /// gets a new node id, catches up on every shard as a learner, then takes voter replicas
+    /// one shard at a time (joint consensus) until every node holds an equal share. Run it again
+    /// if it was cut short: it finishes what is left.
+    AddNode(AddNodeArgs),
+    /// Remove node ID from the cluster: every voter replica it holds moves to another node (one
+    /// shard at a time, joint consensus), it leaves every shard, and it stops if it is running.
+    /// Its id is never given out again. The node may be down.
+    RemoveNode(RemoveNodeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AddNodeArgs {
+    /// HOST:PORT the new node serves at (its --advertise-addr, else its --listen).
+    pub address: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RemoveNodeArgs {
+    /// The node's id, as `weft cluster status` lists it.
+    #[arg(value_parser = config::parse_node_id)]
+    pub node_id: u64,
 }
 
 #[derive(Debug, Args)]
@@ -297,7 +324,8 @@ pub struct InitArgs {
     /// Number of shards (fixed for the cluster's life).
     #[arg(long, default_value_t = weft_server::DEFAULT_SHARDS)]
     pub shards: u32,
-    /// Replicas of each shard: 1, 3 or 5; today it must equal the number of nodes in `--peers`.
+    /// Replicas of each shard: 1, 3 or 5; it must equal the number of nodes in `--peers` (grow the
+    /// cluster afterwards with `weft cluster add-node`).
     #[arg(long, default_value_t = 3)]
     pub replicas: u32,
 }

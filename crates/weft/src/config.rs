@@ -61,6 +61,7 @@ const ADVERTISE_ADDR: OptionName =
     option("advertise_addr", "--advertise-addr HOST:PORT", "WEFT_ADVERTISE_ADDR", "\"10.0.0.1:7470\"");
 const PEERS: OptionName =
     option("peers", "--peers ID=HOST:PORT,...", "WEFT_PEERS", "\"1=10.0.0.1:7470,2=...\" or a [peers] table");
+const JOIN: OptionName = option("join", "--join", "WEFT_JOIN", "false");
 const SHARDS: OptionName = option("shards", "--shards N", "WEFT_SHARDS", "16");
 const METRICS_LISTEN: OptionName =
     option("metrics_listen", "--metrics-listen IP:PORT|off", "WEFT_METRICS_LISTEN", "\"127.0.0.1:7471\"");
@@ -70,12 +71,13 @@ const QUEUE_WINDOW: OptionName = option("queue_window", "--queue-window N", "WEF
 const SNAPSHOT_LOGS: OptionName = option("snapshot_logs", "--snapshot-logs N", "WEFT_SNAPSHOT_LOGS", "10000");
 
 /// Every option that has a file key, in the order docs/configuration.md lists them.
-pub const OPTIONS: [OptionName; 10] = [
+pub const OPTIONS: [OptionName; 11] = [
     DATA_DIR,
     LISTEN,
     NODE_ID,
     ADVERTISE_ADDR,
     PEERS,
+    JOIN,
     SHARDS,
     METRICS_LISTEN,
     WAL_PREWRITE_MIB,
@@ -185,6 +187,15 @@ pub fn parse_queue_window(value: &str) -> Result<u64, String> {
     check_queue_window(parse_integer(value)?)
 }
 
+/// `WEFT_JOIN`: `true`/`false` (also `1`/`0`, `yes`/`no`).
+pub fn parse_bool(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(format!("`{value}` is not true or false")),
+    }
+}
+
 pub fn parse_snapshot_logs(value: &str) -> Result<u64, String> {
     check_snapshot_logs(parse_integer(value)?)
 }
@@ -278,6 +289,8 @@ pub struct FileConfig {
     peers_as_written: Option<Spanned<FilePeers>>,
     #[serde(skip)]
     pub peers: Option<Peers>,
+    #[serde(default)]
+    pub join: Option<bool>,
     #[serde(default, deserialize_with = "file_shards")]
     pub shards: Option<u32>,
     #[serde(default, deserialize_with = "file_metrics_listen")]
@@ -475,10 +488,23 @@ pub fn merge(args: ServerArgs, env: Env<'_>, file: FileConfig) -> anyhow::Result
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
     let listen = pick(node.listen, from_env(env, LISTEN.env, parse_listen)?, file.listen)
         .map_or_else(|| parse_listen(weft_server::DEFAULT_LISTEN).map_err(anyhow::Error::msg), Ok)?;
-    let node_id =
-        pick(args.node_id, from_env(env, NODE_ID.env, parse_node_id)?, file.node_id).unwrap_or(DEFAULT_NODE_ID);
+    let node_id = pick(args.node_id, from_env(env, NODE_ID.env, parse_node_id)?, file.node_id);
     let advertise = pick(args.advertise_addr, from_env(env, ADVERTISE_ADDR.env, parse_host_port)?, file.advertise_addr);
     let peers = pick(args.peers, from_env(env, PEERS.env, parse_peers)?, file.peers).unwrap_or_default();
+    let join = pick(args.join.then_some(true), from_env(env, JOIN.env, parse_bool)?, file.join).unwrap_or(false);
+    if join {
+        anyhow::ensure!(
+            node_id.is_none(),
+            "--join takes this node's id from the cluster (`weft cluster add-node` gives it one no node ever had): \
+             drop --node-id / WEFT_NODE_ID / node_id"
+        );
+        anyhow::ensure!(
+            peers.0.is_empty(),
+            "--join adds this node to a running cluster with `weft cluster add-node`; --peers is for the nodes \
+             `weft cluster init` creates a cluster of: give one or the other"
+        );
+    }
+    let node_id = node_id.unwrap_or(DEFAULT_NODE_ID);
     let shards =
         pick(node.shards, from_env(env, SHARDS.env, parse_shards)?, file.shards).unwrap_or(weft_server::DEFAULT_SHARDS);
     let metrics_listen =
@@ -498,7 +524,8 @@ pub fn merge(args: ServerArgs, env: Env<'_>, file: FileConfig) -> anyhow::Result
     let snapshot_logs =
         pick(node.snapshot_logs, from_env(env, SNAPSHOT_LOGS.env, parse_snapshot_logs)?, file.snapshot_logs)
             .unwrap_or(weft_server::raft::SNAPSHOT_LOGS_SINCE_LAST);
-    let cluster = cluster_config(node_id, listen, advertise, peers)?;
+    let mut cluster = cluster_config(node_id, listen, advertise, peers)?;
+    cluster.join = join;
     let mut config =
         node_config(data_dir, listen, shards, node_id, metrics_listen, wal_prewrite_mib, queue_window, cluster);
     config.raft.snapshot_logs = snapshot_logs;
@@ -538,7 +565,7 @@ fn cluster_config(
              which other nodes cannot dial: add `{node_id}=HOST:PORT` to the peers or set --advertise-addr"
         );
     }
-    Ok(ClusterConfig { advertise, peers: peers.0 })
+    Ok(ClusterConfig { advertise, peers: peers.0, join: false })
 }
 
 #[allow(clippy::too_many_arguments)] // one per field of NodeConfig: a constructor, not an API

@@ -316,3 +316,87 @@ async fn a_wiped_node_is_rebuilt_and_carries_a_quorum() {
     check_all(&survivors, &started).await;
     running.stop().await;
 }
+
+/// Starts workflows `<prefix>-<i>` one after another until `stop` is set; returns what was
+/// acknowledged.
+async fn start_until(client: Client, prefix: &'static str, stop: std::sync::Arc<AtomicBool>) -> Vec<(String, u64)> {
+    let mut started = Vec::new();
+    let mut n = 0;
+    while !stop.load(Ordering::Acquire) {
+        let id = format!("{prefix}-{n}");
+        start(&client, &id, n % 5).await;
+        started.push((id, n % 5));
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started
+}
+
+fn voters_of(status: &pb::ClusterStatusResponse) -> Vec<Vec<u64>> {
+    status.shards.iter().map(|s| s.voters.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_are_added_and_removed_under_load() {
+    let mut cluster = ServerCluster::form(SHARDS).await;
+    let running = RunningWorker::start(worker(connect(&cluster.servers(&[2, 3, 1])).await));
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(start_until(connect(&cluster.servers(&[2, 3, 1])).await, "m", stop.clone()));
+
+    let address = cluster.start_joining(4).to_string();
+    eprintln!("weft cluster add-node {address}");
+    let added = cluster.weft_json(1, &["cluster", "add-node", &address]).unwrap_or_else(|e| panic!("add-node: {e}"));
+    assert_eq!(added["node_id"], 4, "the first new node gets id 4: {added}\n{}", cluster.logs());
+    // 8 shards x 3 voters over 4 nodes: 6 each, all six moved onto the new node.
+    assert_eq!(added["voter_shards"], 6, "{added}");
+    assert_eq!(added["replicas_moved"], 6, "{added}");
+    let status = cluster.wait_caught_up(4, Duration::from_secs(60)).await;
+    assert_eq!(status.nodes.len(), 4, "{status:?}");
+    for shard in &status.shards {
+        assert_eq!(shard.replicas.len(), 4, "a replica on every node: {shard:?}");
+        assert_eq!(shard.learners.len(), 1, "one learner per shard: {shard:?}");
+    }
+    // Running add-node again finishes nothing more and changes nothing.
+    let again = cluster.weft_json(2, &["cluster", "add-node", &address]).expect("add-node again");
+    assert_eq!((again["node_id"].clone(), again["replicas_moved"].clone()), (4.into(), 0.into()), "{again}");
+
+    eprintln!("weft cluster remove-node 1, through node 1 itself");
+    let removed = cluster.weft_json(1, &["cluster", "remove-node", "1"]).unwrap_or_else(|e| panic!("remove-node: {e}"));
+    assert_eq!(removed["node_stopped"], true, "{removed}");
+    assert_eq!(removed["replicas_moved"].as_u64().map(|n| n >= 6), Some(true), "node 1 held 6 voters: {removed}");
+    cluster.forget(1);
+    wait_every("the removed node to exit", Duration::from_secs(20), Duration::from_millis(100), || {
+        let exited = cluster.exited(1);
+        async move { exited.then_some(()) }
+    })
+    .await;
+
+    stop.store(true, Ordering::Release);
+    let started = load.await.expect("the load ran");
+    eprintln!("{} workflows started during the changes", started.len());
+    assert!(started.len() >= 5, "the load kept starting workflows: {}", started.len());
+    let status = cluster.wait_caught_up(2, Duration::from_secs(60)).await;
+    let members: Vec<u64> = status.nodes.iter().map(|n| n.node_id).collect();
+    assert_eq!(members, vec![2, 3, 4], "{status:?}");
+    for voters in voters_of(&status) {
+        assert_eq!(voters, vec![2, 3, 4], "every shard on the three nodes left");
+    }
+    let client = connect(&cluster.servers(&[4, 2])).await;
+    check_all(&client, &started).await;
+
+    // A node id is never given out twice: the next node is 5, not the freed 1.
+    let address = cluster.start_joining(5).to_string();
+    let added = cluster.weft_json(4, &["cluster", "add-node", &address]).unwrap_or_else(|e| panic!("add-node: {e}"));
+    assert_eq!(added["node_id"], 5, "{added}");
+    let status = cluster.wait_caught_up(5, Duration::from_secs(60)).await;
+    let status_text = format!("{status:?}");
+    assert!(
+        status.shards.iter().all(|s| !s.voters.contains(&1) && s.replicas.iter().all(|r| r.node_id != 1)),
+        "{status_text}"
+    );
+    // The cluster's nodes answer through the new one, and a removed one is refused with a clear
+    // message.
+    let gone = cluster.weft_json(5, &["cluster", "remove-node", "1"]).expect_err("node 1 is gone");
+    assert!(gone.contains("not a member"), "{gone}");
+    running.stop().await;
+}

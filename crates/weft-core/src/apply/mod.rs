@@ -17,6 +17,7 @@
 //! | file | commands and timers |
 //! | --- | --- |
 //! | [`namespace`] | `CreateNamespace` |
+//! | [`node_ids`] | `AllocateNodeId`, `RetireNodeId` |
 //! | [`start`] | `StartWorkflow` |
 //! | [`workflow_task`] | `CompleteWorkflowTask` (dispatching each workflow command), `FailWorkflowTask`, `WorkflowTaskTimedOut`, `RecordWorkflowTaskHeartbeat`, the workflow-task retry timer |
 //! | [`step`] | `RecordStep` |
@@ -33,6 +34,7 @@ mod close;
 mod context;
 mod fire_timer;
 mod namespace;
+mod node_ids;
 mod signal;
 mod start;
 mod step;
@@ -71,6 +73,10 @@ pub enum Write {
     /// Store the shard's clock floor ([`ShardState::clock_floor_ms`]).
     PutClockFloor {
         now_ms: u64,
+    },
+    /// Store the highest node id given out or retired ([`ShardState::node_id_max`]).
+    PutNodeIdMax {
+        node_id: u64,
     },
 }
 
@@ -166,6 +172,8 @@ pub fn apply(state: &mut ShardState, command: &Command) -> Outcome {
         }
         CommandKind::Terminate { key, run_id, reason } => close::terminate(state, now, key, run_id, reason, &mut out),
         CommandKind::RecordWorkflowTaskHeartbeat { token } => workflow_task::heartbeat(state, token),
+        CommandKind::AllocateNodeId { above } => node_ids::allocate(state, *above, &mut out),
+        CommandKind::RetireNodeId { node_id } => node_ids::retire(state, *node_id, &mut out),
     };
     check_postconditions(state, command, &out, result.is_ok());
     match result {
@@ -184,7 +192,9 @@ pub fn apply(state: &mut ShardState, command: &Command) -> Outcome {
 /// The workflow a command is about, if it names one.
 fn command_key(kind: &CommandKind) -> Option<&WorkflowKey> {
     match kind {
-        CommandKind::CreateNamespace { .. } => None,
+        CommandKind::CreateNamespace { .. } | CommandKind::AllocateNodeId { .. } | CommandKind::RetireNodeId { .. } => {
+            None
+        }
         CommandKind::StartWorkflow { key, .. }
         | CommandKind::Signal { key, .. }
         | CommandKind::RequestCancel { key, .. }

@@ -114,7 +114,7 @@ impl AdminService for AdminApi {
         let local_only = request.metadata().contains_key(LOCAL_STATUS_HEADER);
         observe("ClusterStatus", async {
             let local = self.local_status().await;
-            if local_only || self.node.cluster.nodes.len() <= 1 {
+            if local_only || !self.node.raft.is_replicated() {
                 return Ok(local);
             }
             Ok(self.cluster_wide_status(local).await)
@@ -128,12 +128,32 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::InitClusterResponse>, Status> {
         observe("InitCluster", async {
             let request = request.into_inner();
-            let meta = &self.node.cluster;
+            let meta = self.node.cluster_record();
             let (meta, created) =
-                crate::cluster::cluster_to_init(Some(meta), self.node.node_id, &meta.nodes, &request)?;
+                crate::cluster::cluster_to_init(Some(&meta), self.node.node_id, &meta.nodes, &request)?;
             // Nodes that missed the record while the cluster formed get it again.
             crate::cluster::join_peers(&self.node.peers, &meta).await?;
             Ok(crate::cluster::init_response(&meta, created))
+        })
+        .await
+    }
+
+    async fn add_node(&self, request: Request<pb::AddNodeRequest>) -> Result<Response<pb::AddNodeResponse>, Status> {
+        observe("AddNode", async { self.node.add_node(request.get_ref().address.trim()).await }).await
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        observe("RemoveNode", async {
+            let hop = Hop::of(&request);
+            let node_id = request.get_ref().node_id;
+            if node_id == self.node.node_id && hop == Hop::Client {
+                // This node leaves: another node runs the removal, which outlives this one.
+                return self.remove_elsewhere(node_id).await;
+            }
+            self.node.remove_node(node_id).await
         })
         .await
     }
@@ -145,6 +165,28 @@ const LOCAL_STATUS_HEADER: &str = "weft-local-status";
 const PEER_STATUS_TIMEOUT_MS: u64 = 2_000;
 
 impl AdminApi {
+    /// Sends `remove-node` of this node to another member, the first that answers.
+    async fn remove_elsewhere(&self, node_id: u64) -> Result<pb::RemoveNodeResponse, Status> {
+        let nodes = self.node.raft.nodes();
+        let mut failures = Vec::new();
+        for (id, address) in nodes.iter().filter(|(id, _)| **id != node_id) {
+            let channel = self.node.peers.channel(address)?;
+            let mut client = weft_proto::v1::admin_service_client::AdminServiceClient::new(channel);
+            let forwarded = forward::request(pb::RemoveNodeRequest { node_id }, self.node.node_id, None);
+            match client.remove_node(forwarded).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown) => {
+                    failures.push(format!("node {id} at {address}: {}", status.message()));
+                }
+                Err(status) => return Err(status),
+            }
+        }
+        Err(Status::unavailable(format!(
+            "node {node_id} leaves, so another node must remove it, and none answered ({})",
+            failures.join("; ")
+        )))
+    }
+
     /// This node's view: its shards' Raft state, itself as the one replica it knows, with its
     /// checksum of each shard's state.
     async fn local_status(&self) -> pb::ClusterStatusResponse {
@@ -166,6 +208,7 @@ impl AdminApi {
                     None => None,
                 };
                 let status = node.raft.status(shard);
+                let members = node.raft.members(shard);
                 pb::ShardStatus {
                     shard_id: shard,
                     leader_node_id: status.leader.unwrap_or(0),
@@ -180,7 +223,10 @@ impl AdminApi {
                         applied_index: status.applied,
                         lag: status.last_log.saturating_sub(status.applied),
                         checksum,
+                        voter: members.voters.contains(&node.node_id),
                     }],
+                    learners: members.learners().collect(),
+                    voters: members.voters.into_iter().collect(),
                     ..Default::default()
                 }
             })
@@ -193,8 +239,8 @@ impl AdminApi {
             cluster_id: node.cluster.cluster_id.clone(),
             shard_count: node.shard_count(),
             nodes: node
-                .cluster
-                .nodes
+                .raft
+                .nodes()
                 .iter()
                 .map(|(id, address)| pb::NodeStatus {
                     node_id: *id,
@@ -213,7 +259,8 @@ impl AdminApi {
     async fn cluster_wide_status(&self, local: pb::ClusterStatusResponse) -> pb::ClusterStatusResponse {
         let mut views = vec![local.clone()];
         let mut reachable = std::collections::BTreeSet::from([self.node.node_id]);
-        let calls = self.node.cluster.nodes.iter().filter(|(id, _)| **id != self.node.node_id).map(|(id, address)| {
+        let nodes = self.node.raft.nodes();
+        let calls = nodes.iter().filter(|(id, _)| **id != self.node.node_id).map(|(id, address)| {
             let peers = self.node.peers.clone();
             let (id, address) = (*id, address.clone());
             async move {
@@ -260,6 +307,7 @@ impl AdminApi {
                         applied_index: s.applied_index,
                         lag: best.last_log_index.saturating_sub(s.applied_index),
                         checksum: s.replicas.iter().find(|r| r.node_id == *from).and_then(|r| r.checksum),
+                        voter: best.voters.contains(from),
                     })
                     .collect();
                 *shard = pb::ShardStatus { replicas, ..best };
@@ -296,6 +344,7 @@ mod tests {
             applied_index,
             lag: 0,
             checksum: Some(pb::StateChecksum { applied_index, crc32, records: 1, bytes: 1 }),
+            voter: true,
         }
     }
 

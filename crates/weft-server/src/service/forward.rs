@@ -122,7 +122,7 @@ impl Node {
     /// to forward it to, once the shard has one (waiting for an election for at most
     /// [`LEADER_WAIT_MS`]).
     pub async fn forward_target(&self, shard: u32, hop: Hop) -> Result<Option<Leader>, Status> {
-        if hop == Hop::Forwarded || self.cluster.nodes.len() <= 1 || self.raft.is_leader(shard) {
+        if hop == Hop::Forwarded || !self.raft.is_replicated() || self.raft.is_leader(shard) {
             return Ok(None);
         }
         let leader = match self.raft.current_leader(shard) {
@@ -140,10 +140,11 @@ impl Node {
         if leader == self.node_id {
             return Ok(None);
         }
-        let address = self.cluster.nodes.get(&leader).cloned().ok_or_else(|| {
-            Status::internal(format!(
-                "shard {shard} is led by node {leader}, which is not in this node's cluster record"
-            ))
+        let address = self.raft.nodes().get(&leader).cloned().ok_or_else(|| {
+            unavailable_retry(
+                format!("shard {shard} is led by node {leader}, whose address this node does not know yet; retry"),
+                NO_LEADER_RETRY_MS,
+            )
         })?;
         metrics::counter!("weft_requests_forwarded_total").increment(1);
         let channel = self.peers.channel(&address)?;

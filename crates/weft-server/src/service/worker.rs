@@ -81,7 +81,7 @@ impl WorkerApi {
     /// Whether a poll waits on every node's queues (a worker's poll in a cluster) rather than
     /// this node's alone.
     fn fans_out(&self, hop: Hop) -> bool {
-        hop == Hop::Client && self.node.cluster.nodes.len() > 1
+        hop == Hop::Client && self.node.raft.is_replicated()
     }
 
     async fn fail_workflow_task(

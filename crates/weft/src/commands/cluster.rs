@@ -1,10 +1,14 @@
 //! `weft cluster status`: cluster id, nodes and the Raft state of every shard and replica;
-//! `weft cluster init`: forms the cluster of the nodes started with `--peers`.
+//! `weft cluster init`: forms the cluster of the nodes started with `--peers`;
+//! `weft cluster add-node` / `remove-node`: membership changes.
 
 use std::process::ExitCode;
 
 use serde_json::json;
-use weft_proto::v1::{ClusterStatusRequest, ClusterStatusResponse, InitClusterRequest, InitClusterResponse};
+use weft_proto::v1::{
+    AddNodeRequest, AddNodeResponse, ClusterStatusRequest, ClusterStatusResponse, InitClusterRequest,
+    InitClusterResponse, NodeStatus, RemoveNodeRequest, RemoveNodeResponse,
+};
 
 use super::Context;
 use crate::cli::ClusterCommand;
@@ -23,6 +27,16 @@ pub async fn run(context: &mut Context, command: ClusterCommand) -> Result<ExitC
             let request = InitClusterRequest { shards: args.shards, replicas: args.replicas };
             let formed = context.admin(request, |mut admin, r| async move { admin.init_cluster(r).await }).await?;
             output::print(context.output, init_json(&formed), || init_text(&formed));
+        }
+        ClusterCommand::AddNode(args) => {
+            let request = AddNodeRequest { address: args.address };
+            let added = context.admin(request, |mut admin, r| async move { admin.add_node(r).await }).await?;
+            output::print(context.output, add_json(&added), || add_text(&added));
+        }
+        ClusterCommand::RemoveNode(args) => {
+            let request = RemoveNodeRequest { node_id: args.node_id };
+            let removed = context.admin(request, |mut admin, r| async move { admin.remove_node(r).await }).await?;
+            output::print(context.output, remove_json(&removed), || remove_text(&removed));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -50,6 +64,54 @@ fn init_text(formed: &InitClusterResponse) -> String {
     )
 }
 
+fn nodes_json(nodes: &[NodeStatus]) -> Vec<serde_json::Value> {
+    nodes.iter().map(|node| json!({"id": node.node_id, "node_id": node.node_id, "address": node.address})).collect()
+}
+
+fn nodes_text(nodes: &[NodeStatus]) -> String {
+    nodes.iter().map(|node| format!("{} {}", node.node_id, node.address)).collect::<Vec<_>>().join(", ")
+}
+
+fn add_json(added: &AddNodeResponse) -> serde_json::Value {
+    json!({
+        "node_id": added.node_id,
+        "address": added.address,
+        "voter_shards": added.voter_shards,
+        "replicas_moved": added.replicas_moved,
+        "nodes": nodes_json(&added.nodes),
+    })
+}
+
+fn add_text(added: &AddNodeResponse) -> String {
+    format!(
+        "node {} at {} is in the cluster: a voter of {} shards ({} replicas moved onto it), a learner of the rest\nnodes: {}",
+        added.node_id,
+        added.address,
+        added.voter_shards,
+        added.replicas_moved,
+        nodes_text(&added.nodes)
+    )
+}
+
+fn remove_json(removed: &RemoveNodeResponse) -> serde_json::Value {
+    json!({
+        "node_id": removed.node_id,
+        "replicas_moved": removed.replicas_moved,
+        "node_stopped": removed.node_stopped,
+        "nodes": nodes_json(&removed.nodes),
+    })
+}
+
+fn remove_text(removed: &RemoveNodeResponse) -> String {
+    let stopped = if removed.node_stopped { "it stopped" } else { "it did not answer (down?); do not restart it" };
+    format!(
+        "node {} left the cluster ({} voter replicas moved off it); {stopped}; its id is never reused\nnodes: {}",
+        removed.node_id,
+        removed.replicas_moved,
+        nodes_text(&removed.nodes)
+    )
+}
+
 fn status_json(status: &ClusterStatusResponse) -> serde_json::Value {
     json!({
         "cluster_id": status.cluster_id,
@@ -67,8 +129,11 @@ fn status_json(status: &ClusterStatusResponse) -> serde_json::Value {
             "shard_id": shard.shard_id,
             "leader": (shard.leader_node_id != 0).then_some(shard.leader_node_id),
             "leader_node_id": (shard.leader_node_id != 0).then_some(shard.leader_node_id),
+            "voters": shard.voters,
+            "learners": shard.learners,
             "replicas": shard.replicas.iter().map(|replica| json!({
                 "node": replica.node_id,
+                "voter": replica.voter,
                 "applied": replica.applied_index,
                 "lag": replica.lag,
                 "checksum": replica.checksum.map(|sum| json!({
@@ -134,7 +199,10 @@ fn status_text(status: &ClusterStatusResponse) -> String {
             shard
                 .replicas
                 .iter()
-                .map(|replica| format!("{}:{}/{}", replica.node_id, replica.applied_index, replica.lag))
+                .map(|replica| {
+                    let learner = if replica.voter || shard.voters.is_empty() { "" } else { "(learner)" };
+                    format!("{}{learner}:{}/{}", replica.node_id, replica.applied_index, replica.lag)
+                })
                 .collect::<Vec<_>>()
                 .join(" "),
             match shard.checksums_agree {

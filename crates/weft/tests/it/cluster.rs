@@ -29,6 +29,7 @@ fn config(dir: &std::path::Path, id: u64, addrs: &BTreeMap<u64, SocketAddr>) -> 
         cluster: ClusterConfig {
             advertise: None,
             peers: addrs.iter().map(|(id, addr)| (*id, addr.to_string())).collect(),
+            join: false,
         },
         raft: Default::default(),
     }
