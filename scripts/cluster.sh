@@ -9,6 +9,8 @@
 #   scripts/cluster.sh cont N      SIGCONT node N
 #   scripts/cluster.sh restart N   SIGTERM node N, wait (bounded), SIGKILL if needed, start it again
 #   scripts/cluster.sh wipe N      SIGKILL node N, delete its data dir, start it again (empty)
+#   scripts/cluster.sh add N       start a new node N with --join, `weft cluster add-node` it
+#   scripts/cluster.sh remove N    `weft cluster remove-node` node N (through another node)
 #
 # Node N serves gRPC on 127.0.0.1:$((WEFT_CLUSTER_PORT_BASE+N)) and metrics on
 # 127.0.0.1:$((WEFT_CLUSTER_PORT_BASE+10+N)); its files are under $WEFT_CLUSTER_DIR/nN: node.toml
@@ -53,7 +55,7 @@ fail() {
   exit 1
 }
 usage() {
-  sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -107,11 +109,28 @@ state() {
   fi
 }
 
+# Nodes added with `add N`: their dir holds a `joined` file (and `node_id`, the id the cluster
+# gave them).
+joined() { [[ -f "$(node_dir "$1")/joined" ]]; }
+
+# Every node this script manages: the founders 1..$nodes, then the added ones.
+all_nodes() {
+  local n
+  seq 1 "$nodes"
+  for n in $(seq $((nodes + 1)) 9); do joined "$n" && echo "$n"; done
+  return 0
+}
+
 check_node() {
-  [[ "${1:-}" =~ ^[0-9]+$ ]] && (($1 >= 1 && $1 <= nodes)) || {
-    printf 'cluster.sh: error: expected a node number from 1 to %s, got "%s"\n' "$nodes" "${1:-}" >&2
+  [[ "${1:-}" =~ ^[0-9]+$ ]] && all_nodes | grep -qx "$1" || {
+    printf 'cluster.sh: error: expected a node number from 1 to %s (or an added one), got "%s"\n' "$nodes" "${1:-}" >&2
     exit 2
   }
+}
+
+# The cluster's id of node N (an added node's may differ from N).
+node_id() {
+  if joined "$1"; then cat "$(node_dir "$1")/node_id" 2>/dev/null || echo "$1"; else echo "$1"; fi
 }
 
 ensure_binary() {
@@ -133,6 +152,17 @@ log_tail() {
 write_config() {
   local dir
   dir="$(node_dir "$1")"
+  if joined "$1"; then
+    cat >"$dir/node.toml" <<EOF
+# Written by scripts/cluster.sh at every start of node $1 (added with \`add\`); edits are lost.
+join = true
+listen = "$(address "$1")"
+advertise_addr = "$(address "$1")"
+data_dir = '$dir/data'
+metrics_listen = "127.0.0.1:$(metrics_port "$1")"
+EOF
+    return 0
+  fi
   cat >"$dir/node.toml" <<EOF
 # Written by scripts/cluster.sh at every start of node $1; edits are lost. See deploy/node.toml.
 node_id = $1
@@ -279,14 +309,15 @@ cmd_up() {
 }
 
 cmd_down() {
-  local n pids=() pid
-  for n in $(seq 1 "$nodes"); do
+  local n pids=() pid i=0
+  for n in $(all_nodes); do
     pid="$(live_pid "$n")"
     terminate "$n"
     pids+=("${pid:-}")
   done
-  for n in $(seq 1 "$nodes"); do
-    pid="${pids[$((n - 1))]}"
+  for n in $(all_nodes); do
+    pid="${pids[$i]}"
+    i=$((i + 1))
     [[ -n "$pid" ]] && await_terminated "$n" "$pid"
   done
   say "every node is down (data kept in $cluster_dir; \`rm -rf $cluster_dir\` deletes it)"
@@ -294,7 +325,7 @@ cmd_down() {
 
 cmd_status() {
   local n pid live=""
-  for n in $(seq 1 "$nodes"); do
+  for n in $(all_nodes); do
     pid="$(live_pid "$n")"
     local recorded
     recorded="$(cat "$(node_dir "$n")/weft.pid" 2>/dev/null || true)"
@@ -326,6 +357,47 @@ cmd_wipe() {
   wait_port "$1"
 }
 
+# A running node other than N, to send a command through.
+other_live() {
+  local n
+  for n in $(all_nodes); do
+    [[ "$n" != "$1" && "$(state "$n")" == running ]] && { echo "$n"; return 0; }
+  done
+  fail "no running node other than node $1 to send the command to"
+}
+
+cmd_add() {
+  local dir via output
+  [[ "$1" =~ ^[1-9]$ ]] && (($1 > nodes)) || fail "add: expected a new node number from $((nodes + 1)) to 9, got '$1'"
+  dir="$(node_dir "$1")"
+  [[ -d "$dir/data" ]] && ! joined "$1" && fail "add: $dir/data exists and is not an added node's"
+  ensure_binary
+  mkdir -p "$dir"
+  touch "$dir/joined"
+  start "$1"
+  wait_port "$1"
+  via="$(other_live "$1")"
+  say "weft --server $(address "$via") cluster add-node $(address "$1")"
+  output="$("$weft" --server "$(address "$via")" --output json cluster add-node "$(address "$1")")" ||
+    fail "\`weft cluster add-node\` failed (its error is above); node $1 still runs, waiting to be added"
+  printf '%s\n' "$output"
+  sed -n 's/.*"node_id":\([0-9]*\).*/\1/p' <<<"$output" | head -n 1 >"$dir/node_id"
+  say "node $1 is node $(node_id "$1") of the cluster"
+}
+
+cmd_remove() {
+  local via pid
+  ensure_binary
+  via="$(other_live "$1")"
+  pid="$(live_pid "$1")"
+  say "weft --server $(address "$via") cluster remove-node $(node_id "$1")"
+  "$weft" --server "$(address "$via")" cluster remove-node "$(node_id "$1")" ||
+    fail "\`weft cluster remove-node\` failed (its error is above)"
+  if [[ -n "$pid" ]]; then
+    wait_gone "$pid" "$stop_wait_s" || say "node $1 (pid $pid) still runs after its removal"
+  fi
+}
+
 case "${1:-}" in
   up) cmd_up ;;
   down) cmd_down ;;
@@ -335,5 +407,7 @@ case "${1:-}" in
   cont) check_node "${2:-}" && signal CONT "$2" ;;
   restart) check_node "${2:-}" && cmd_restart "$2" ;;
   wipe) check_node "${2:-}" && cmd_wipe "$2" ;;
+  add) cmd_add "${2:-}" ;;
+  remove) check_node "${2:-}" && cmd_remove "$2" ;;
   *) usage ;;
 esac

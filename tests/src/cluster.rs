@@ -51,12 +51,20 @@ pub struct ServerCluster {
     joined: BTreeSet<u64>,
     /// Nodes removed with `weft cluster remove-node`.
     removed: BTreeSet<u64>,
+    /// Extra environment of a node's process, set before it starts.
+    envs: BTreeMap<u64, Vec<(String, String)>>,
 }
 
 impl ServerCluster {
     /// Starts nodes 1, 2 and 3 and forms them with `weft --server <node 1> cluster init
     /// --shards <shards> --replicas 3`; returns once every shard has a leader.
     pub async fn form(shards: u32) -> ServerCluster {
+        ServerCluster::form_with_env(shards, &[]).await
+    }
+
+    /// [`ServerCluster::form`], each node's process started with `env` added to its
+    /// environment.
+    pub async fn form_with_env(shards: u32, env: &[(&str, &str)]) -> ServerCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let addrs: BTreeMap<u64, SocketAddr> =
             (1..=3).map(|id| (id, format!("127.0.0.1:{}", free_port()).parse().expect("addr"))).collect();
@@ -67,8 +75,10 @@ impl ServerCluster {
             paused: BTreeSet::new(),
             joined: BTreeSet::new(),
             removed: BTreeSet::new(),
+            envs: BTreeMap::new(),
         };
         for id in 1..=3 {
+            cluster.set_env(id, env);
             cluster.start(id);
         }
         let server = cluster.addrs[&1].to_string();
@@ -116,6 +126,9 @@ impl ServerCluster {
             command.arg("--join");
         } else {
             command.args(["--node-id", &id.to_string(), "--peers", &founders.join(",")]);
+        }
+        for (key, value) in self.envs.get(&id).into_iter().flatten() {
+            command.env(key, value);
         }
         let child = command
             .arg("--data-dir")
@@ -165,6 +178,35 @@ impl ServerCluster {
         match self.servers.get_mut(&id) {
             Some(server) => server.0.try_wait().expect("wait on the node").is_some(),
             None => true,
+        }
+    }
+
+    /// The extra environment node `id` starts with from now on (replacing what it had).
+    pub fn set_env(&mut self, id: u64, env: &[(&str, &str)]) {
+        self.envs.insert(id, env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+    }
+
+    /// Waits until node `via` reports the cluster's command version as `version`.
+    pub async fn wait_command_version(&self, via: u64, version: u32, within: Duration) {
+        let what = format!("command version {version}");
+        wait_every(&what, within, Duration::from_millis(100), || async move {
+            let status = self.status_via(via).await?;
+            (status.command_version == version).then_some(())
+        })
+        .await
+    }
+
+    /// Waits until node `id`'s process exits; its exit status.
+    pub async fn wait_exit(&mut self, id: u64, within: Duration) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let server = self.servers.get_mut(&id).expect("the node was started");
+            if let Some(status) = server.0.try_wait().expect("wait on the node") {
+                self.servers.remove(&id);
+                return status;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "node {id} did not exit within {within:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -248,12 +290,52 @@ impl ServerCluster {
     /// equal state checksums at that index, as node `via` reports it; the status that showed
     /// it. Panics at once if two replicas' checksums at one index differ.
     pub async fn wait_caught_up(&self, via: u64, within: Duration) -> pb::ClusterStatusResponse {
-        wait_every("every replica to catch up", within, Duration::from_millis(100), || async move {
-            let status = self.status_via(via).await?;
-            assert_no_divergence(&status);
-            caught_up(&status).then_some(status)
-        })
-        .await
+        let deadline = tokio::time::Instant::now() + within;
+        let mut last = None;
+        loop {
+            if let Some(status) = self.status_via(via).await {
+                assert_no_divergence(&status);
+                if caught_up(&status) {
+                    return status;
+                }
+                last = Some(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "timed out after {within:?} waiting for every replica to catch up; node {via}'s last status: {last:#?}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every replica of every shard (one on every node) has applied what its
+    /// leader had committed when the wait began, as node `via` reports it: caught up while
+    /// writes go on (the stricter [`ServerCluster::wait_caught_up`] needs the shards idle, for
+    /// the replicas' checksums to meet at one index).
+    pub async fn wait_caught_up_under_load(&self, via: u64, within: Duration) -> pb::ClusterStatusResponse {
+        let first = self.wait_for_leaders().await;
+        let targets: BTreeMap<u32, u64> = first.shards.iter().map(|s| (s.shard_id, s.committed_index)).collect();
+        let deadline = tokio::time::Instant::now() + within;
+        let mut last = None;
+        loop {
+            if let Some(status) = self.status_via(via).await {
+                assert_no_divergence(&status);
+                let nodes = status.nodes.len();
+                let done = status.shards.iter().all(|s| {
+                    s.replicas.len() == nodes
+                        && s.replicas.iter().all(|r| r.applied_index >= targets.get(&s.shard_id).copied().unwrap_or(0))
+                });
+                if done {
+                    return status;
+                }
+                last = Some(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("timed out after {within:?} waiting for the replicas to catch up to {targets:?}: {last:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The live node leading the most shards.

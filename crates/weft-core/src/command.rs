@@ -116,9 +116,39 @@ pub enum CommandKind {
     RetireNodeId {
         node_id: u64,
     },
+    /// Shard 0 only: every member of the cluster runs a build that reads commands of
+    /// `version`, so leaders may propose them from now on ([`ShardState::command_version`];
+    /// never lowered).
+    ///
+    /// [`ShardState::command_version`]: crate::state::ShardState::command_version
+    ActivateCommandVersion {
+        version: u32,
+    },
 }
 
+/// Command formats. A release that adds a command (or changes one's shape) raises
+/// [`COMMAND_VERSION`] and gives the command that version in [`CommandKind::version`]; a
+/// leader proposes it only once the cluster activated that version, which shard 0's leader
+/// does when every member reports it reads it. So a mixed cluster in a rolling upgrade never
+/// has a replica meet a command it cannot decode.
+///
+/// - 1: the commands of the releases before versioning (every command but those below).
+/// - 2: `AllocateNodeId`, `RetireNodeId`, `ActivateCommandVersion` (membership changes).
+pub const COMMAND_VERSION: u32 = 2;
+/// The version every cluster starts at: what a build without versioning reads.
+pub const COMMAND_VERSION_BASE: u32 = 1;
+
 impl CommandKind {
+    /// The command format version that introduced this command ([`COMMAND_VERSION`]).
+    pub fn version(&self) -> u32 {
+        match self {
+            CommandKind::AllocateNodeId { .. }
+            | CommandKind::RetireNodeId { .. }
+            | CommandKind::ActivateCommandVersion { .. } => 2,
+            _ => COMMAND_VERSION_BASE,
+        }
+    }
+
     /// The command's name, for metrics and traces.
     pub fn name(&self) -> &'static str {
         match self {
@@ -139,6 +169,7 @@ impl CommandKind {
             CommandKind::RecordWorkflowTaskHeartbeat { .. } => "record_workflow_task_heartbeat",
             CommandKind::AllocateNodeId { .. } => "allocate_node_id",
             CommandKind::RetireNodeId { .. } => "retire_node_id",
+            CommandKind::ActivateCommandVersion { .. } => "activate_command_version",
         }
     }
 }

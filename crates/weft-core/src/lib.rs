@@ -22,7 +22,7 @@ pub mod state;
 pub mod testing;
 
 pub use apply::{Outcome, apply};
-pub use command::{Command, CommandKind, WorkflowCommand};
+pub use command::{COMMAND_VERSION, COMMAND_VERSION_BASE, Command, CommandKind, WorkflowCommand};
 pub use event::{EventKind, HistoryEvent};
 pub use ids::{RunId, ShardId, TaskToken, WorkflowKey, shard_for};
 pub use model::{

@@ -29,6 +29,10 @@ pub struct ShardState {
     /// Only shard 0: the highest node id the cluster gave out with `AllocateNodeId` or retired
     /// with `RetireNodeId` (0: none yet). Ids at or below it are never given out again.
     pub node_id_max: u64,
+    /// Only shard 0: the command format version the cluster activated (0: none yet, which is
+    /// [`crate::command::COMMAND_VERSION_BASE`]). Leaders of every shard propose no command of
+    /// a higher version.
+    pub command_version: u32,
 }
 
 impl ShardState {

@@ -76,6 +76,9 @@ impl ShardApplier for ShardSlots {
         let command: Command = codec::decode(payload).map_err(|error| {
             anyhow::anyhow!("undecodable command in the raft log (a newer release's format?): {error}")
         })?;
+        if let Some(why) = crate::versions::unreadable(&command.kind) {
+            anyhow::bail!(why);
+        }
         let mut state = slot.state.lock();
         let outcome = weft_core::apply(&mut state, &command);
         shard_store::write_outcome(shard, &state, &outcome, batch);

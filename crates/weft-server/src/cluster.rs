@@ -229,6 +229,13 @@ impl NodeService for NodeApi {
         self.node.leave_cluster();
         Ok(Response::new(pb::LeaveClusterResponse {}))
     }
+
+    async fn node_info(
+        &self,
+        _request: Request<pb::NodeInfoRequest>,
+    ) -> Result<Response<pb::NodeInfoResponse>, Status> {
+        Ok(Response::new(self.node.node_info()))
+    }
 }
 
 /// The cluster record a join request carries, as this node stores it.
@@ -487,6 +494,16 @@ impl NodeService for FormingNode {
         _request: Request<pb::LeaveClusterRequest>,
     ) -> Result<Response<pb::LeaveClusterResponse>, Status> {
         Err(self.0.not_formed())
+    }
+
+    async fn node_info(
+        &self,
+        _request: Request<pb::NodeInfoRequest>,
+    ) -> Result<Response<pb::NodeInfoResponse>, Status> {
+        Ok(Response::new(pb::NodeInfoResponse {
+            node_id: self.0.node_id,
+            command_version_max: crate::versions::command_version_max(),
+        }))
     }
 
     async fn join_cluster(

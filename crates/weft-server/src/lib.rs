@@ -20,6 +20,7 @@ pub mod query;
 pub mod route;
 pub mod service;
 pub mod shard_store;
+pub mod versions;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -364,7 +365,9 @@ pub async fn start_node(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         peer_connections,
     ));
 
+    node.check_command_version()?;
     let mut background = vec![
+        tokio::spawn(node.clone().run_version_activation()),
         tokio::spawn(node.clone().run_effects(effects_rx)),
         tokio::spawn(node.clone().run_alarms()),
         tokio::spawn(node.clone().run_dispatch_sweep()),

@@ -349,6 +349,10 @@ impl Node {
     }
 
     fn require_cluster(&self) -> Result<(), Status> {
+        // Membership changes are commands of version 2: refused while an older build runs.
+        if let Some(refusal) = self.version_refusal(&CommandKind::AllocateNodeId { above: 0 }) {
+            return Err(crate::service::rejection_status(refusal));
+        }
         if self.raft.is_replicated() {
             return Ok(());
         }
@@ -419,7 +423,10 @@ impl Node {
                 status.get_ref().this_node_id,
                 status.get_ref().cluster_id
             ))),
-            Err(status) if status.metadata().contains_key(crate::cluster::JOINING_HEADER) => Ok(None),
+            Err(status) if status.metadata().contains_key(crate::cluster::JOINING_HEADER) => {
+                self.check_new_node_version(address).await?;
+                Ok(None)
+            }
             Err(status) if status.code() == tonic::Code::Unavailable && status.source().is_none() => {
                 Err(Status::failed_precondition(format!(
                     "the node at {address} waits for `weft cluster init` of its own --peers, not to join: restart it \
@@ -436,6 +443,28 @@ impl Node {
                 NO_LEADER_RETRY_MS,
             )),
         }
+    }
+
+    /// Refuses a new node whose build cannot read the cluster's active command version.
+    async fn check_new_node_version(&self, address: &str) -> Result<(), Status> {
+        let mut client = self.peers.node_client(address)?;
+        let mut request = tonic::Request::new(pb::NodeInfoRequest {});
+        request.set_timeout(Duration::from_millis(JOIN_TIMEOUT_MS));
+        let reads = match client.node_info(request).await {
+            Ok(info) => info.into_inner().command_version_max,
+            Err(status) if status.code() == tonic::Code::Unimplemented => weft_core::COMMAND_VERSION_BASE,
+            Err(status) => {
+                return Err(unavailable_retry(format!("node at {address}: {}", status.message()), NO_LEADER_RETRY_MS));
+            }
+        };
+        let active = self.active_command_version();
+        if reads < active {
+            return Err(Status::failed_precondition(format!(
+                "the node at {address} runs a build that reads command version {reads}, and the cluster runs version \
+                 {active}: start it with the cluster's build"
+            )));
+        }
+        Ok(())
     }
 
     /// Hands the new node at `address` the cluster record with id `node_id`; answers the id it

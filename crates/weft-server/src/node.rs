@@ -242,6 +242,9 @@ impl Node {
         if leader != Some(self.node_id) {
             return Err(RouteError::NotLeader { shard, leader });
         }
+        if let Some(refusal) = self.version_refusal(&kind) {
+            return Err(RouteError::Rejected(refusal));
+        }
         let name = kind.name();
         let command = Command { now_ms: self.stamp(shard), kind };
         let started = std::time::Instant::now();

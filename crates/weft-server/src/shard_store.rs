@@ -14,6 +14,7 @@
 //! | `NAMESPACE` 0x16 | name | `NamespaceRecord` |
 //! | `CLOCK` 0x17 | (none) | `u64`: the shard's clock floor (`ShardState::clock_floor_ms`) |
 //! | `NODE_IDS` 0x18 | (none) | `u64`: shard 0's highest node id given out or retired (`ShardState::node_id_max`) |
+//! | `COMMAND_VERSION` 0x19 | (none) | `u32`: shard 0's activated command version (`ShardState::command_version`) |
 //!
 //! Invariants:
 //! - Every write of an outcome goes into the caller's one batch, so events,
@@ -47,6 +48,7 @@ pub const KIND_RUN: u8 = 0x15;
 pub const KIND_NAMESPACE: u8 = 0x16;
 pub const KIND_CLOCK: u8 = 0x17;
 pub const KIND_NODE_IDS: u8 = 0x18;
+pub const KIND_COMMAND_VERSION: u8 = 0x19;
 
 fn execution_key(shard: u32, key: &WorkflowKey) -> Vec<u8> {
     KeyBuilder::new(shard, KIND_EXECUTION).str(&key.namespace).str(&key.workflow_id).finish()
@@ -115,6 +117,10 @@ fn node_ids_key(shard: u32) -> Vec<u8> {
     KeyBuilder::new(shard, KIND_NODE_IDS).finish()
 }
 
+fn command_version_key(shard: u32) -> Vec<u8> {
+    KeyBuilder::new(shard, KIND_COMMAND_VERSION).finish()
+}
+
 /// Adds every write of `outcome` to `batch`. `state` is the shard state after apply.
 pub fn write_outcome(shard: u32, state: &ShardState, outcome: &Outcome, batch: &mut StateBatch) {
     for write in &outcome.writes {
@@ -141,6 +147,7 @@ pub fn write_outcome(shard: u32, state: &ShardState, outcome: &Outcome, batch: &
             // Written once per batch instead ([`write_clock_floor`]): every command moves it.
             Write::PutClockFloor { .. } => {}
             Write::PutNodeIdMax { node_id } => batch.put(&node_ids_key(shard), &encode(node_id)),
+            Write::PutCommandVersion { version } => batch.put(&command_version_key(shard), &encode(version)),
         }
     }
 }
@@ -193,6 +200,9 @@ pub fn load_shard_state(db: &Db, shard: u32) -> Result<ShardState> {
     if let Some(raw) = db.get_state(&node_ids_key(shard))? {
         state.node_id_max = decode_as("load node ids", &raw)?;
     }
+    if let Some(raw) = db.get_state(&command_version_key(shard))? {
+        state.command_version = decode_as("load command version", &raw)?;
+    }
     Ok(state)
 }
 
@@ -231,6 +241,9 @@ pub fn check_record(shard: u32, key: &[u8], value: &[u8]) -> Result<()> {
         }
         KIND_NODE_IDS => {
             let _: u64 = decode_as("check node ids", value)?;
+        }
+        KIND_COMMAND_VERSION => {
+            let _: u32 = decode_as("check command version", value)?;
         }
         kind => {
             return Err(StorageError::Corrupt {
@@ -500,11 +513,15 @@ mod tests {
         write_outcome(3, &state, &outcome, &mut batch);
         let allocated = apply(&mut state, &Command { now_ms: 1_000, kind: CommandKind::AllocateNodeId { above: 3 } });
         write_outcome(3, &state, &allocated, &mut batch);
+        let activated =
+            apply(&mut state, &Command { now_ms: 1_000, kind: CommandKind::ActivateCommandVersion { version: 2 } });
+        write_outcome(3, &state, &activated, &mut batch);
         write_clock_floor(3, state.clock_floor_ms, &mut batch);
         db.write_state(batch).expect("write");
 
         assert_eq!(load_shard_state(&db, 3).expect("load"), state);
         assert_eq!(load_shard_state(&db, 3).expect("load").node_id_max, 4, "the node id floor is stored");
+        assert_eq!(load_shard_state(&db, 3).expect("load").command_version, 2, "the command version is stored");
         assert_eq!(load_shard_state(&db, 3).expect("load").clock_floor_ms, 1_000, "the clock floor is stored");
         assert_eq!(load_shard_state(&db, 4).expect("load"), ShardState::default(), "shards do not mix");
         let history = read_history(&db, 3, &key, "run-1", 1, 100).expect("history");

@@ -343,6 +343,8 @@ async fn nodes_are_added_and_removed_under_load() {
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(start_until(connect(&cluster.servers(&[2, 3, 1])).await, "m", stop.clone()));
 
+    // Membership commands need command version 2, which a new cluster activates at once.
+    cluster.wait_command_version(1, 2, Duration::from_secs(10)).await;
     let address = cluster.start_joining(4).to_string();
     eprintln!("weft cluster add-node {address}");
     let added = cluster.weft_json(1, &["cluster", "add-node", &address]).unwrap_or_else(|e| panic!("add-node: {e}"));
@@ -350,7 +352,7 @@ async fn nodes_are_added_and_removed_under_load() {
     // 8 shards x 3 voters over 4 nodes: 6 each, all six moved onto the new node.
     assert_eq!(added["voter_shards"], 6, "{added}");
     assert_eq!(added["replicas_moved"], 6, "{added}");
-    let status = cluster.wait_caught_up(4, Duration::from_secs(60)).await;
+    let status = cluster.wait_caught_up_under_load(4, Duration::from_secs(60)).await;
     assert_eq!(status.nodes.len(), 4, "{status:?}");
     for shard in &status.shards {
         assert_eq!(shard.replicas.len(), 4, "a replica on every node: {shard:?}");
@@ -398,5 +400,53 @@ async fn nodes_are_added_and_removed_under_load() {
     // message.
     let gone = cluster.weft_json(5, &["cluster", "remove-node", "1"]).expect_err("node 1 is gone");
     assert!(gone.contains("not a member"), "{gone}");
+    running.stop().await;
+}
+
+/// A rolling upgrade from a build that reads only command version 1 (the releases before
+/// membership changes; the same binary with `WEFT_TEST_COMMAND_VERSION_MAX=1`) to this one,
+/// one node at a time, under load: the version the new commands need is activated only once
+/// every node runs the new build, never while one could not decode them; a node started again
+/// with the old build after that refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_upgrade_activates_new_commands_only_once_every_node_reads_them() {
+    const OLD: &[(&str, &str)] = &[("WEFT_TEST_COMMAND_VERSION_MAX", "1")];
+    let mut cluster = ServerCluster::form_with_env(SHARDS, OLD).await;
+    let running = RunningWorker::start(worker(connect(&cluster.servers(&[1, 2, 3])).await));
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(start_until(connect(&cluster.servers(&[2, 3, 1])).await, "u", stop.clone()));
+    let old = cluster.status().await;
+    assert_eq!((old.command_version, old.command_version_max), (1, 1), "{old:?}");
+
+    for id in 1..=3 {
+        eprintln!("upgrade node {id}: SIGKILL, start it with the new build");
+        cluster.kill(id);
+        cluster.set_env(id, &[]);
+        cluster.start(id);
+        cluster.wait_caught_up_under_load(id, Duration::from_secs(60)).await;
+        let status = cluster.status_via(id).await.expect("the upgraded node answers");
+        assert_eq!(status.command_version_max, 2, "{status:?}");
+        if id < 3 {
+            // Old builds remain: the new commands stay off, and asking for one says why.
+            assert_eq!(status.command_version, 1, "activated while node {} runs the old build", id + 1);
+            let refused = cluster.weft_json(id, &["cluster", "add-node", "127.0.0.1:1"]).expect_err("refused");
+            assert!(refused.contains("command version"), "{refused}");
+        }
+    }
+    cluster.wait_command_version(1, 2, Duration::from_secs(20)).await;
+    stop.store(true, Ordering::Release);
+    let started = load.await.expect("the load ran");
+    eprintln!("{} workflows started during the upgrade", started.len());
+    check_all(&connect(&cluster.servers(&[1, 2, 3])).await, &started).await;
+    cluster.wait_caught_up(1, Duration::from_secs(60)).await;
+
+    // A downgrade is refused: the old build does not start on an upgraded cluster's data.
+    cluster.kill(2);
+    cluster.set_env(2, OLD);
+    cluster.start(2);
+    let exit = cluster.wait_exit(2, Duration::from_secs(30)).await;
+    assert!(!exit.success(), "the old build started on data of version 2");
+    let log = cluster.log(2);
+    assert!(log.contains("runs command version 2, and this build reads up to version 1"), "{log}");
     running.stop().await;
 }

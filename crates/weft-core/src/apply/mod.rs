@@ -17,7 +17,7 @@
 //! | file | commands and timers |
 //! | --- | --- |
 //! | [`namespace`] | `CreateNamespace` |
-//! | [`node_ids`] | `AllocateNodeId`, `RetireNodeId` |
+//! | [`node_ids`] | `AllocateNodeId`, `RetireNodeId`, `ActivateCommandVersion` |
 //! | [`start`] | `StartWorkflow` |
 //! | [`workflow_task`] | `CompleteWorkflowTask` (dispatching each workflow command), `FailWorkflowTask`, `WorkflowTaskTimedOut`, `RecordWorkflowTaskHeartbeat`, the workflow-task retry timer |
 //! | [`step`] | `RecordStep` |
@@ -77,6 +77,10 @@ pub enum Write {
     /// Store the highest node id given out or retired ([`ShardState::node_id_max`]).
     PutNodeIdMax {
         node_id: u64,
+    },
+    /// Store the activated command version ([`ShardState::command_version`]).
+    PutCommandVersion {
+        version: u32,
     },
 }
 
@@ -174,6 +178,7 @@ pub fn apply(state: &mut ShardState, command: &Command) -> Outcome {
         CommandKind::RecordWorkflowTaskHeartbeat { token } => workflow_task::heartbeat(state, token),
         CommandKind::AllocateNodeId { above } => node_ids::allocate(state, *above, &mut out),
         CommandKind::RetireNodeId { node_id } => node_ids::retire(state, *node_id, &mut out),
+        CommandKind::ActivateCommandVersion { version } => node_ids::activate_version(state, *version, &mut out),
     };
     check_postconditions(state, command, &out, result.is_ok());
     match result {
@@ -192,9 +197,10 @@ pub fn apply(state: &mut ShardState, command: &Command) -> Outcome {
 /// The workflow a command is about, if it names one.
 fn command_key(kind: &CommandKind) -> Option<&WorkflowKey> {
     match kind {
-        CommandKind::CreateNamespace { .. } | CommandKind::AllocateNodeId { .. } | CommandKind::RetireNodeId { .. } => {
-            None
-        }
+        CommandKind::CreateNamespace { .. }
+        | CommandKind::AllocateNodeId { .. }
+        | CommandKind::RetireNodeId { .. }
+        | CommandKind::ActivateCommandVersion { .. } => None,
         CommandKind::StartWorkflow { key, .. }
         | CommandKind::Signal { key, .. }
         | CommandKind::RequestCancel { key, .. }

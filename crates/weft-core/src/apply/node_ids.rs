@@ -1,8 +1,11 @@
-//! `AllocateNodeId` and `RetireNodeId`: the node ids of a cluster's membership changes, kept on
-//! shard 0 so that an id is never given out twice, even after its node was removed.
+//! Cluster records of shard 0: `AllocateNodeId` and `RetireNodeId`, the node ids of membership
+//! changes, kept so that an id is never given out twice, even after its node was removed; and
+//! `ActivateCommandVersion`, the command format the cluster's leaders may propose.
 //!
-//! Invariant: [`ShardState::node_id_max`] only grows; every id `AllocateNodeId` answers is
-//! above it and above the members' ids the leader names.
+//! Invariants: [`ShardState::node_id_max`] only grows; every id `AllocateNodeId` answers is
+//! above it and above the members' ids the leader names. [`ShardState::command_version`] only
+//! grows, and never past the versions this build knows (a higher one is refused before apply
+//! by the node, which stops the shard: it must run a newer build).
 
 use crate::model::{Rejection, Reply};
 use crate::state::ShardState;
@@ -25,6 +28,20 @@ pub(super) fn retire(state: &mut ShardState, node_id: u64, out: &mut Outcome) ->
         out.writes.push(Write::PutNodeIdMax { node_id });
     }
     Ok(Reply::NodeId(node_id))
+}
+
+pub(super) fn activate_version(state: &mut ShardState, version: u32, out: &mut Outcome) -> Handled {
+    if !(crate::command::COMMAND_VERSION_BASE..=crate::command::COMMAND_VERSION).contains(&version) {
+        return Err(invalid(format!(
+            "command version {version} is not one this build knows (1 to {})",
+            crate::command::COMMAND_VERSION
+        )));
+    }
+    if version > state.command_version {
+        state.command_version = version;
+        out.writes.push(Write::PutCommandVersion { version });
+    }
+    Ok(Reply::Done)
 }
 
 fn no_ids_left() -> Rejection {
@@ -62,5 +79,17 @@ mod tests {
         assert_eq!(rejected(&h.run(CommandKind::RetireNodeId { node_id: 0 }).reply), ErrorCode::InvalidArgument);
         assert_eq!(rejected(&h.run(CommandKind::AllocateNodeId { above: u64::MAX }).reply), ErrorCode::InvalidArgument);
         assert_eq!(h.state.node_id_max, 21, "a refused allocation changes nothing");
+    }
+
+    #[test]
+    fn the_command_version_only_grows() {
+        let mut h = Harness::default();
+        let activated = h.run(CommandKind::ActivateCommandVersion { version: 2 });
+        assert!(matches!(domain_writes(&activated).as_slice(), [Write::PutCommandVersion { version: 2 }]));
+        assert_eq!(h.state.command_version, 2);
+        assert!(domain_writes(&h.run(CommandKind::ActivateCommandVersion { version: 1 })).is_empty());
+        assert_eq!(h.state.command_version, 2, "never lowered");
+        let unknown = h.run(CommandKind::ActivateCommandVersion { version: crate::command::COMMAND_VERSION + 1 });
+        assert_eq!(rejected(&unknown.reply), ErrorCode::InvalidArgument);
     }
 }

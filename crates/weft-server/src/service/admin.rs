@@ -251,6 +251,8 @@ impl AdminApi {
             shards,
             this_node_id: node.node_id,
             replicas: node.cluster.replicas,
+            command_version: node.active_command_version(),
+            command_version_max: crate::versions::command_version_max(),
         }
     }
 

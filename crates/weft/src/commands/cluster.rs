@@ -118,6 +118,8 @@ fn status_json(status: &ClusterStatusResponse) -> serde_json::Value {
         "shard_count": status.shard_count,
         "replicas": status.replicas,
         "this_node_id": status.this_node_id,
+        "command_version": status.command_version,
+        "command_version_max": status.command_version_max,
         "nodes": status.nodes.iter().map(|node| json!({
             "id": node.node_id,
             "node_id": node.node_id,
@@ -171,6 +173,10 @@ fn status_text(status: &ClusterStatusResponse) -> String {
         ("cluster id", status.cluster_id.clone()),
         ("shards", status.shard_count.to_string()),
         ("replicas", status.replicas.to_string()),
+        (
+            "command version",
+            format!("{} (this node's build reads up to {})", status.command_version, status.command_version_max),
+        ),
         ("nodes", output::or_dash(&nodes)),
     ]);
 
