@@ -122,7 +122,7 @@ all_nodes() {
 }
 
 check_node() {
-  [[ "${1:-}" =~ ^[0-9]+$ ]] && all_nodes | grep -qx "$1" || {
+  [[ "${1:-}" =~ ^[0-9]+$ ]] && all_nodes | grep -x "$1" >/dev/null || {
     printf 'cluster.sh: error: expected a node number from 1 to %s (or an added one), got "%s"\n' "$nodes" "${1:-}" >&2
     exit 2
   }
@@ -181,6 +181,10 @@ start() {
   pid="$(live_pid "$1")"
   if [[ -n "$pid" ]]; then
     say "node $1 is already running (pid $pid, $(state "$1"))"
+    return 0
+  fi
+  if [[ -f "$dir/removed" ]]; then
+    say "node $1 was removed from the cluster (\`remove $1\`): not starting it (delete $dir to reuse the number)"
     return 0
   fi
   mkdir -p "$dir"
@@ -272,10 +276,18 @@ stop_gracefully() {
   return 0
 }
 
+# The first node that was not removed: `up` creates (or re-checks) the cluster through it.
+first_member() {
+  local n
+  for n in $(all_nodes); do [[ -f "$(node_dir "$n")/removed" ]] || { echo "$n"; return 0; }; done
+  echo 1
+}
+
 cluster_init() {
-  local output code=0
-  say "creating the cluster: weft --server $(address 1) cluster init --shards $shards --replicas $replicas"
-  output="$("$weft" --server "$(address 1)" cluster init --shards "$shards" --replicas "$replicas" 2>&1)" || code=$?
+  local output code=0 via
+  via="$(first_member)"
+  say "creating the cluster: weft --server $(address "$via") cluster init --shards $shards --replicas $replicas"
+  output="$("$weft" --server "$(address "$via")" cluster init --shards "$shards" --replicas "$replicas" 2>&1)" || code=$?
   [[ -n "$output" ]] && printf '%s\n' "$output"
   if ((code != 0)); then
     if grep -q "unrecognized subcommand 'init'" <<<"$output"; then
@@ -288,7 +300,7 @@ cluster_init() {
 wait_status() {
   local deadline=$((SECONDS + timeout_s)) output
   say "waiting for \`weft cluster status\` to succeed"
-  until output="$("$weft" --server "$(address 1)" cluster status 2>&1)"; do
+  until output="$("$weft" --server "$(address "$(first_member)")" cluster status 2>&1)"; do
     if ((SECONDS >= deadline)); then
       printf '%s\n' "$output" >&2
       fail "\`weft cluster status\` still fails ${timeout_s}s after \`weft cluster init\` (its last output is above)"
@@ -302,8 +314,8 @@ wait_status() {
 cmd_up() {
   local n
   ensure_binary
-  for n in $(seq 1 "$nodes"); do start "$n"; done
-  for n in $(seq 1 "$nodes"); do wait_port "$n"; done
+  for n in $(all_nodes); do start "$n"; done
+  for n in $(all_nodes); do [[ -f "$(node_dir "$n")/removed" ]] || wait_port "$n"; done
   cluster_init
   wait_status
 }
@@ -381,7 +393,7 @@ cmd_add() {
   output="$("$weft" --server "$(address "$via")" --output json cluster add-node "$(address "$1")")" ||
     fail "\`weft cluster add-node\` failed (its error is above); node $1 still runs, waiting to be added"
   printf '%s\n' "$output"
-  sed -n 's/.*"node_id":\([0-9]*\).*/\1/p' <<<"$output" | head -n 1 >"$dir/node_id"
+  sed -n 's/.*"node_id": *\([0-9]*\).*/\1/p' <<<"$output" | head -n 1 >"$dir/node_id"
   say "node $1 is node $(node_id "$1") of the cluster"
 }
 
@@ -393,6 +405,7 @@ cmd_remove() {
   say "weft --server $(address "$via") cluster remove-node $(node_id "$1")"
   "$weft" --server "$(address "$via")" cluster remove-node "$(node_id "$1")" ||
     fail "\`weft cluster remove-node\` failed (its error is above)"
+  touch "$(node_dir "$1")/removed"
   if [[ -n "$pid" ]]; then
     wait_gone "$pid" "$stop_wait_s" || say "node $1 (pid $pid) still runs after its removal"
   fi

@@ -44,6 +44,9 @@ pub const STEP_LEADER_WAIT_MS: u64 = 30_000;
 const STEP_RETRY_MS: u64 = 200;
 /// How long the removed node is given to answer that it stops.
 const LEAVE_TIMEOUT_MS: u64 = 2_000;
+/// How long a membership change waits for the cluster to activate the command version it
+/// needs (a cluster formed a moment ago) before it is refused.
+const VERSION_WAIT_MS: u64 = 10_000;
 /// How long the new node is given to take the cluster record.
 const JOIN_TIMEOUT_MS: u64 = 5_000;
 
@@ -348,10 +351,17 @@ impl Node {
             .collect()
     }
 
-    fn require_cluster(&self) -> Result<(), Status> {
-        // Membership changes are commands of version 2: refused while an older build runs.
-        if let Some(refusal) = self.version_refusal(&CommandKind::AllocateNodeId { above: 0 }) {
-            return Err(crate::service::rejection_status(refusal));
+    async fn require_cluster(&self) -> Result<(), Status> {
+        // Membership changes are commands of version 2: refused while an older build runs. A
+        // cluster formed a moment ago activates it within a second or two of electing shard 0's
+        // leader: wait for that rather than refuse.
+        let probe = CommandKind::AllocateNodeId { above: 0 };
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(VERSION_WAIT_MS);
+        while let Some(refusal) = self.version_refusal(&probe) {
+            if tokio::time::Instant::now() >= deadline || self.is_stopping() {
+                return Err(crate::service::rejection_status(refusal));
+            }
+            tokio::time::sleep(Duration::from_millis(STEP_RETRY_MS)).await;
         }
         if self.raft.is_replicated() {
             return Ok(());
@@ -365,8 +375,8 @@ impl Node {
     /// `weft cluster add-node ADDRESS`.
     #[tracing::instrument(level = "info", skip(self))]
     pub async fn add_node(&self, address: &str) -> Result<pb::AddNodeResponse, Status> {
-        self.require_cluster()?;
         check_address(address)?;
+        self.require_cluster().await?;
         let nodes = self.raft.nodes();
         let member = nodes.iter().find(|(_, known)| known.as_str() == address).map(|(id, _)| *id);
         let node_id = match self.probe_new_node(address).await? {
@@ -490,7 +500,7 @@ impl Node {
     /// `weft cluster remove-node ID`.
     #[tracing::instrument(level = "info", skip(self))]
     pub async fn remove_node(&self, node_id: u64) -> Result<pb::RemoveNodeResponse, Status> {
-        self.require_cluster()?;
+        self.require_cluster().await?;
         let nodes = self.raft.nodes();
         let Some(address) = nodes.get(&node_id).cloned() else {
             return Err(Status::not_found(format!(
