@@ -79,11 +79,39 @@ pub struct GrpcTransport {
     cluster_id: String,
     node_id: u64,
     peers: Peers,
+    /// Told the id of a peer a message could not reach (its connection failed: the node is
+    /// down or cut off), at most once per [`PEER_DOWN_REPORT_MS`] per peer.
+    peer_down: tokio::sync::mpsc::UnboundedSender<u64>,
+    reported: Arc<Mutex<HashMap<u64, std::time::Instant>>>,
 }
 
+/// How often an unreachable peer is reported at most.
+pub const PEER_DOWN_REPORT_MS: u64 = 1_000;
+
 impl GrpcTransport {
-    pub fn new(cluster_id: String, node_id: u64, peers: Peers) -> GrpcTransport {
-        GrpcTransport { cluster_id, node_id, peers }
+    pub fn new(
+        cluster_id: String,
+        node_id: u64,
+        peers: Peers,
+        peer_down: tokio::sync::mpsc::UnboundedSender<u64>,
+    ) -> GrpcTransport {
+        GrpcTransport { cluster_id, node_id, peers, peer_down, reported: Arc::default() }
+    }
+}
+
+/// Reports `target` as unreachable, unless it was reported less than a second ago.
+fn report_down(
+    reported: &Mutex<HashMap<u64, std::time::Instant>>,
+    peer_down: &tokio::sync::mpsc::UnboundedSender<u64>,
+    target: u64,
+) {
+    let mut reported = reported.lock();
+    let now = std::time::Instant::now();
+    let recent =
+        reported.get(&target).is_some_and(|at| now.duration_since(*at) < Duration::from_millis(PEER_DOWN_REPORT_MS));
+    if !recent {
+        reported.insert(target, now);
+        let _ = peer_down.send(target);
     }
 }
 
@@ -107,6 +135,7 @@ impl RaftTransport for GrpcTransport {
             kind: kind as u32,
             body,
         };
+        let (reported, peer_down) = (self.reported.clone(), self.peer_down.clone());
         Box::pin(async move {
             let mut client = client.map_err(|status| TransportError::Refused {
                 target,
@@ -122,6 +151,7 @@ impl RaftTransport for GrpcTransport {
                         TransportError::Timeout { target, addr, timeout_ms: timeout.as_millis() as u64 }
                     }
                     tonic::Code::Unavailable | tonic::Code::Unknown => {
+                        report_down(&reported, &peer_down, target);
                         TransportError::Unreachable { target, addr, detail: status.message().to_string() }
                     }
                     _ => TransportError::Refused { target, addr, detail: status.message().to_string() },

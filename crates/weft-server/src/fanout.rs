@@ -182,6 +182,8 @@ impl Node {
                 }
                 match polled {
                     Ok(Some(task)) => {
+                        // A crash here loses a task its leader handed to this node.
+                        fail::fail_point!("fanout::remote_task_arrived");
                         state.stash.push_back((Instant::now(), task));
                         drop(queues);
                         node.remote_polls.arrived.notify_waiters();

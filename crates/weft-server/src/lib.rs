@@ -321,9 +321,14 @@ pub async fn start_node(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     let (effects_tx, effects_rx) = mpsc::unbounded_channel();
     let shards = Arc::new(ShardSlots::new(cluster.shard_count, effects_tx));
     let peer_connections = cluster::Peers::default();
+    let (peer_down_tx, peer_down_rx) = mpsc::unbounded_channel();
     let raft = if replicated {
-        let transport =
-            cluster::GrpcTransport::new(cluster.cluster_id.clone(), config.node_id, peer_connections.clone());
+        let transport = cluster::GrpcTransport::new(
+            cluster.cluster_id.clone(),
+            config.node_id,
+            peer_connections.clone(),
+            peer_down_tx,
+        );
         let networks = weft_raft::network::TransportNetworks::new(Arc::new(transport));
         RaftHost::open_with_network(
             db.clone(),
@@ -367,6 +372,7 @@ pub async fn start_node(config: NodeConfig) -> anyhow::Result<NodeHandle> {
 
     node.check_command_version()?;
     let mut background = vec![
+        tokio::spawn(node.clone().run_peer_down(peer_down_rx)),
         tokio::spawn(node.clone().run_version_activation()),
         tokio::spawn(node.clone().run_effects(effects_rx)),
         tokio::spawn(node.clone().run_alarms()),

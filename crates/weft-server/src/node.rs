@@ -78,6 +78,9 @@ pub struct Node {
     stopping: tokio::sync::watch::Sender<bool>,
     /// Set once `weft cluster remove-node` removed this node: it stops ([`Node::removed`]).
     pub(crate) removed: tokio::sync::watch::Sender<bool>,
+    /// Workflow tasks this node handed out to another node's forwarded poll, by that node,
+    /// while their attempt is in flight ([`Node::peer_unreachable`]).
+    handed_via: Mutex<HashMap<u64, HashMap<AttemptKey, TaskToken>>>,
 }
 
 /// An attempt taken from its queue and marked in flight, while its hand-out awaits: dropped
@@ -188,6 +191,7 @@ impl Node {
             stamps,
             stopping: tokio::sync::watch::Sender::new(false),
             removed: tokio::sync::watch::Sender::new(false),
+            handed_via: Mutex::new(HashMap::new()),
         }
     }
 
@@ -338,9 +342,52 @@ impl Node {
         Ok(token)
     }
 
+    /// Notes that the workflow task of `token` went to a poll node `from` forwarded here: if
+    /// `from` is found down before the attempt ends, the attempt is timed out at once.
+    pub fn handed_out_via(&self, from: u64, token: &TaskToken) {
+        if matches!(token.task, TokenTask::Workflow { .. }) {
+            self.handed_via.lock().entry(from).or_default().insert(AttemptKey::of_token(token), token.clone());
+        }
+    }
+
+    /// A peer's connection failed (it died or is cut off). The workflow tasks this node handed
+    /// to its forwarded polls and not seen finished may have died with it, before reaching a
+    /// worker: their attempts time out now instead of after the workflow task timeout, so the
+    /// runs go on within a second of the failure. A task that did reach a live worker is then
+    /// run twice at worst: workflow code is deterministic and only one completion of an
+    /// attempt is accepted. Activity tasks are left to their own timeouts (an activity may
+    /// have side effects: not started twice on a guess).
+    pub fn peer_unreachable(&self, peer: u64) {
+        let Some(handed) = self.handed_via.lock().remove(&peer) else { return };
+        let now = wall_clock_ms();
+        let mut timed_out = 0;
+        for (attempt, token) in handed {
+            if self.dispatch.is_in_flight(&attempt) && self.raft.is_leader(token.shard) {
+                self.alarms.set(now, Alarm::WorkflowTaskTimeout { token });
+                timed_out += 1;
+            }
+        }
+        if timed_out > 0 {
+            tracing::info!(peer, timed_out, "a peer is unreachable: the workflow tasks handed to it time out now");
+            metrics::counter!("weft_tasks_timed_out_with_peer_total").increment(timed_out);
+        }
+    }
+
+    /// Runs [`Node::peer_unreachable`] for every peer the Raft transport reports down.
+    pub async fn run_peer_down(self: Arc<Self>, mut reports: mpsc::UnboundedReceiver<u64>) {
+        while let Some(peer) = reports.recv().await {
+            self.peer_unreachable(peer);
+        }
+    }
+
     /// Forgets a handed-out attempt (completed, failed, stale or timed out).
     pub fn task_finished(&self, token: &TaskToken) {
         let attempt = AttemptKey::of_token(token);
+        if matches!(token.task, TokenTask::Workflow { .. }) {
+            for handed in self.handed_via.lock().values_mut() {
+                handed.remove(&attempt);
+            }
+        }
         self.dispatch.finish(&attempt);
         match token.task {
             TokenTask::Workflow { .. } => self.alarms.cancel(&AlarmKey::WorkflowTaskTimeout(attempt)),

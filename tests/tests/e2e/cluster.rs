@@ -452,3 +452,82 @@ async fn a_rolling_upgrade_activates_new_commands_only_once_every_node_reads_the
     assert!(log.contains("runs command version 2, and this build reads up to version 1"), "{log}");
     running.stop().await;
 }
+
+/// A workflow task the shard's leader handed to a forwarded poll of node W, lost when W crashes
+/// as it arrives (fail point `fanout::remote_task_arrived`, before W gave it to its worker), is
+/// handed out again as soon as the leader's Raft transport finds W down, not after the run's
+/// workflow task timeout (60 s here). With the early re-dispatch off, this test waited out the
+/// timeout and failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_task_lost_with_the_node_that_polled_it_is_handed_out_again_at_once() {
+    let mut cluster = ServerCluster::form(SHARDS).await;
+    // W restarted armed to crash when a task from another node's leader reaches it.
+    let w = 1;
+    cluster.kill(w);
+    cluster.set_env(w, &[("WEFT_CRASH_AT", "fanout::remote_task_arrived")]);
+    cluster.start(w);
+    cluster.wait_caught_up(w, Duration::from_secs(30)).await;
+    // Once the leaders are spread again (W took its share back), a workflow id whose shard
+    // another node leads: found with probes on a queue no worker polls, then reused.
+    let balanced = wait_every(
+        "the leaders to be spread over the nodes",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let status = cluster.status_via(2).await?;
+            let led = |node: u64| status.shards.iter().filter(|s| s.leader_node_id == node).count();
+            let counts: Vec<usize> = (1..=3).map(led).collect();
+            let spread =
+                counts.iter().max()? - counts.iter().min()? <= 1 && counts.iter().sum::<usize>() == SHARDS as usize;
+            spread.then_some(status)
+        },
+    )
+    .await;
+    let client = connect(&cluster.servers(&[2, 3])).await;
+    let mut id = String::new();
+    for k in 0..32 {
+        let probe = format!("lost-{k}");
+        let options = StartWorkflowOptions {
+            workflow_type: "crashy".into(),
+            workflow_id: probe.clone(),
+            task_queue: "nobody-polls".into(),
+            request_id: Some(format!("probe-{probe}")),
+            workflow_task_timeout: None,
+        };
+        client.start_workflow_with(options, &0u64).await.expect("start a probe");
+        let led_elsewhere = leader_of(&balanced, shard_of(&client, &probe).await) != w;
+        client.terminate_workflow(&probe, "probe").await.expect("terminate the probe");
+        if led_elsewhere {
+            id = probe;
+            break;
+        }
+    }
+    assert!(!id.is_empty(), "a workflow id on a shard node {w} does not lead");
+    let order: Vec<u64> = std::iter::once(w).chain((1..=3).filter(|id| *id != w)).collect();
+    let running = RunningWorker::start(worker(connect(&cluster.servers(&order)).await));
+
+    let options = StartWorkflowOptions {
+        workflow_type: "crashy".into(),
+        workflow_id: id.clone(),
+        task_queue: QUEUE.into(),
+        request_id: Some(format!("start-{id}")),
+        workflow_task_timeout: Some(Duration::from_secs(60)),
+    };
+    client.start_workflow_with(options, &7u64).await.expect("start the workflow");
+    let exit = cluster.wait_exit(w, Duration::from_secs(30)).await;
+    eprintln!("node {w} crashed with the task: {exit}");
+    let events =
+        wait_every(&format!("{id} to complete"), Duration::from_secs(30), Duration::from_millis(100), || async {
+            let events = client.workflow_history(&id, None).await.ok()?;
+            // The run after the probe's terminated one.
+            let done = events.last().is_some_and(|e| e.event_type() == pb::EventType::WorkflowCompleted);
+            done.then_some(events)
+        })
+        .await;
+    check_exactly_once(&id, 7, &events);
+
+    cluster.set_env(w, &[]);
+    cluster.start(w);
+    cluster.wait_caught_up(w, Duration::from_secs(30)).await;
+    running.stop().await;
+}

@@ -47,6 +47,11 @@ impl Hop {
     }
 }
 
+/// The node that forwarded `request`, if another node did.
+pub fn forwarded_by<T>(request: &Request<T>) -> Option<u64> {
+    request.metadata().get(FORWARDED_HEADER)?.to_str().ok()?.parse().ok()
+}
+
 /// `message` as a request forwarded by node `from`, with the caller's deadline.
 pub fn request<T>(message: T, from: u64, deadline: Option<Duration>) -> Request<T> {
     let mut request = Request::new(message);

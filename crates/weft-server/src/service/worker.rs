@@ -216,7 +216,17 @@ impl WorkerService for WorkerApi {
     ) -> Result<Response<pb::PollWorkflowTaskResponse>, Status> {
         let deadline = client_deadline(&request);
         let hop = Hop::of(&request);
-        observe("PollWorkflowTask", self.poll_workflow_task(request.into_inner(), deadline, hop)).await
+        let from = super::forward::forwarded_by(&request);
+        let polled = async {
+            let response = self.poll_workflow_task(request.into_inner(), deadline, hop).await?;
+            if let (Some(from), Some(task)) = (from, &response.task) {
+                if let Ok(token) = self.node.decode_token(&task.task_token) {
+                    self.node.handed_out_via(from, &token);
+                }
+            }
+            Ok(response)
+        };
+        observe("PollWorkflowTask", polled).await
     }
 
     async fn complete_workflow_task(
