@@ -110,6 +110,9 @@ struct HostInner {
     log_sync: LogSyncer,
     watchers: Mutex<Vec<JoinHandle<()>>>,
     shutting_down: AtomicBool,
+    /// Set once a shard's group stopped on a storage error (a write or read of this node's
+    /// disk failed: no space, an I/O error): that group stays stopped until the node restarts.
+    storage_failure: watch::Sender<Option<String>>,
     /// Cloned into every log store and state machine; released when openraft drops them.
     storage_lease: Arc<()>,
     /// The last state checksum computed per shard.
@@ -202,6 +205,7 @@ impl RaftHost {
         let storage_lease = Arc::new(());
         let directory = Arc::new(MemberDirectory::new(shard_count, members.clone()));
         let mut shards = Vec::with_capacity(shard_count as usize);
+        let storage_failure = watch::Sender::new(None);
         let mut watchers = Vec::with_capacity(shard_count as usize);
         for shard in 0..shard_count {
             let committed_index = Arc::new(AtomicU64::new(NO_INDEX));
@@ -244,7 +248,14 @@ impl RaftHost {
                 }
             }
             let (leader_tx, leader_rx) = watch::channel(false);
-            watchers.push(tokio::spawn(watch_metrics(shard, node_id, raft.clone(), leader_tx, directory.clone())));
+            watchers.push(tokio::spawn(watch_metrics(
+                shard,
+                node_id,
+                raft.clone(),
+                leader_tx,
+                directory.clone(),
+                storage_failure.clone(),
+            )));
             shards.push(ShardGroup { raft, leader_rx, committed_index, transferring: AtomicBool::new(false) });
         }
         tracing::info!(node_id, shard_count, "raft host open");
@@ -258,6 +269,7 @@ impl RaftHost {
                 log_sync,
                 watchers: Mutex::new(watchers),
                 shutting_down: AtomicBool::new(false),
+                storage_failure,
                 storage_lease,
                 checksums: Mutex::new(vec![None; shard_count as usize]),
                 transport,
@@ -676,6 +688,38 @@ fn fatal_error(fatal: Fatal<u64>) -> ProposeError {
     }
 }
 
+impl RaftHost {
+    /// Resolves, with what failed, once a shard's group stops on a storage error. openraft
+    /// stops a group for good when its storage fails; the node's owner decides what then
+    /// (`weft server` stops the process, so its supervisor restarts it on a working disk).
+    pub fn storage_failed(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let mut failure = self.inner.storage_failure.subscribe();
+        async move {
+            let failed = failure.wait_for(Option::is_some).await.map(|failed| failed.clone().unwrap_or_default());
+            match failed {
+                Ok(failed) => failed,
+                // The host is gone: never resolves.
+                Err(_) => std::future::pending().await,
+            }
+        }
+    }
+}
+
+/// Reports a group that stopped on a storage error (not on shutdown) to `failure`.
+fn report_stopped(shard: u32, raft: &Raft<TypeConfig>, failure: &watch::Sender<Option<String>>) {
+    if let Err(fatal @ Fatal::StorageError(_)) = &raft.metrics().borrow().running_state {
+        let message = format!("shard {shard}'s raft group stopped on a storage error: {fatal}");
+        tracing::error!(shard, %fatal, "the shard's raft group stopped on a storage error");
+        failure.send_if_modified(|current| {
+            let first = current.is_none();
+            if first {
+                *current = Some(message);
+            }
+            first
+        });
+    }
+}
+
 /// How often the per-shard Raft gauges (term, applied and last log index) are refreshed.
 /// Leadership is followed on every change; the gauges are sampled, so a commit does not wake
 /// this task.
@@ -689,6 +733,7 @@ async fn watch_metrics(
     raft: Raft<TypeConfig>,
     leader_tx: watch::Sender<bool>,
     directory: Arc<MemberDirectory>,
+    failure: watch::Sender<Option<String>>,
 ) {
     let label = shard.to_string();
     let term = metrics::gauge!("weft_raft_term", "shard" => label.clone());
@@ -721,6 +766,7 @@ async fn watch_metrics(
                         // The group stopped (shutdown or a fatal error).
                         leader_tx.send_replace(false);
                         is_leader_gauge.set(0.0);
+                        report_stopped(shard, &raft, &failure);
                         return;
                     }
                     break;
@@ -733,6 +779,7 @@ async fn watch_metrics(
                     if m.running_state.is_err() {
                         leader_tx.send_replace(false);
                         is_leader_gauge.set(0.0);
+                        report_stopped(shard, &raft, &failure);
                         return;
                     }
                 }

@@ -135,6 +135,18 @@ impl NodeHandle {
     }
 }
 
+/// A node stopped because a write to its disk failed (no space, an I/O error). `weft server`
+/// exits with [`StorageFailed::EXIT_CODE`]; restarted once the disk works, the node recovers
+/// from what it had fsynced and its peers.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}; the node stopped: free space or fix the disk, then start it again (it recovers from its peers)")]
+pub struct StorageFailed(pub String);
+
+impl StorageFailed {
+    /// The exit code of a node stopped on a storage failure (EX_TEMPFAIL: try again later).
+    pub const EXIT_CODE: u8 = 75;
+}
+
 /// Runs a node until `shutdown` resolves.
 pub async fn run_node(config: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     if let Some(metrics_listen) = config.metrics_listen {
@@ -142,7 +154,16 @@ pub async fn run_node(config: NodeConfig, shutdown: impl Future<Output = ()> + S
     }
     let mut handle = start_node(config).await?;
     let removed = handle.node.removed();
+    let storage_failed = handle.node.raft.storage_failed();
     tokio::select! {
+        failure = storage_failed => {
+            // The failed group stays stopped in this process: stop the node, so that a
+            // supervisor restarts it (it recovers then, once the disk works again) instead of
+            // it serving with a shard that can never catch up.
+            tracing::error!(%failure, "a storage write failed; the node stops");
+            handle.shutdown().await?;
+            Err(StorageFailed(failure).into())
+        }
         _ = shutdown => {
             tracing::info!("shutting down");
             handle.shutdown().await

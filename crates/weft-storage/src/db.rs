@@ -176,7 +176,15 @@ pub struct Db {
 struct DbInner {
     rocks: rocksdb::DB,
     path: PathBuf,
+    /// The test hook [`NO_WAL_SYNC_ENV`]: WAL writes reach the file but are never fsynced.
+    skip_wal_sync: bool,
 }
+
+/// A test hook, never for production: set to `1`, the node writes its WAL without fsyncing it,
+/// so an acknowledged write may live only in the page cache. The fault-injection suite's
+/// `power-loss` self-test runs nodes with it and must find lost acknowledged writes
+/// (`jepsen/README.md`).
+pub const NO_WAL_SYNC_ENV: &str = "WEFT_TEST_UNSAFE_NO_WAL_SYNC";
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -246,7 +254,13 @@ impl Db {
         let rocks = rocksdb::DB::open_cf_descriptors(&options, &path, families)
             .map_err(|source| StorageError::Open { path: path.clone(), source })?;
         tracing::info!(path = %path.display(), "opened rocksdb");
-        Ok(Db { inner: Arc::new(DbInner { rocks, path }) })
+        let skip_wal_sync = std::env::var(NO_WAL_SYNC_ENV).is_ok_and(|v| v == "1");
+        if skip_wal_sync {
+            tracing::warn!(
+                "{NO_WAL_SYNC_ENV}=1: the WAL is never fsynced; acknowledged writes can be lost (a test hook)"
+            );
+        }
+        Ok(Db { inner: Arc::new(DbInner { rocks, path, skip_wal_sync }) })
     }
 
     /// The data directory.
@@ -393,7 +407,12 @@ impl Db {
     /// fsyncs the WAL: every write issued before this call is durable when it returns.
     pub fn sync_wal(&self) -> Result<()> {
         fail::fail_point!("storage::before_wal_sync");
-        self.inner.rocks.flush_wal(true).map_err(rocks("sync wal"))?;
+        // A disk that filled up: the sync fails with ENOSPC (a test's `return` action).
+        fail::fail_point!("storage::wal_sync_fails", |_| Err(StorageError::Io {
+            op: "sync wal",
+            source: std::io::Error::from_raw_os_error(28),
+        }));
+        self.inner.rocks.flush_wal(!self.inner.skip_wal_sync).map_err(rocks("sync wal"))?;
         fail::fail_point!("storage::after_wal_sync");
         Ok(())
     }
@@ -456,7 +475,7 @@ impl Db {
     /// Writes a raft batch atomically with the given durability.
     pub fn write_raft(&self, batch: RaftBatch, durability: Durability) -> Result<()> {
         let mut options = WriteOptions::default();
-        options.set_sync(durability == Durability::Synced);
+        options.set_sync(durability == Durability::Synced && !self.inner.skip_wal_sync);
         fail::fail_point!("storage::before_log_write");
         self.inner.rocks.write_opt(batch.batch, &options).map_err(rocks("write raft batch"))?;
         fail::fail_point!("storage::after_log_write");

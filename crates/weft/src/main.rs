@@ -68,6 +68,9 @@ fn node_exit(result: anyhow::Result<()>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
+            if error.chain().any(|cause| cause.is::<weft_server::StorageFailed>()) {
+                return ExitCode::from(weft_server::StorageFailed::EXIT_CODE);
+            }
             ExitCode::from(client::EXIT_USAGE_OR_RPC)
         }
     }

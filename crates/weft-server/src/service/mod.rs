@@ -48,9 +48,12 @@ impl From<RouteError> for Status {
             RouteError::ShuttingDown => Status::unavailable("the node is shutting down; retry on another node"),
             RouteError::Rejected(rejection) => rejection_status(rejection),
             RouteError::Storage(error) => storage_status(error),
+            // The shard's group stopped on this node (a storage failure: the node is stopping).
+            // Another node can serve it; a proposal caught in the failure may still commit, as
+            // after any UNAVAILABLE, and a retry with the same request id is answered once.
             RouteError::Failed { .. } => {
                 tracing::error!(%error, "shard failed");
-                Status::internal(error.to_string())
+                Status::unavailable(format!("{error}; this node cannot serve the shard: retry on another node"))
             }
         }
     }

@@ -219,10 +219,10 @@ impl WorkerService for WorkerApi {
         let from = super::forward::forwarded_by(&request);
         let polled = async {
             let response = self.poll_workflow_task(request.into_inner(), deadline, hop).await?;
-            if let (Some(from), Some(task)) = (from, &response.task) {
-                if let Ok(token) = self.node.decode_token(&task.task_token) {
-                    self.node.handed_out_via(from, &token);
-                }
+            if let (Some(from), Some(task)) = (from, &response.task)
+                && let Ok(token) = self.node.decode_token(&task.task_token)
+            {
+                self.node.handed_out_via(from, &token);
             }
             Ok(response)
         };
