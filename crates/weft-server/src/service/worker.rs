@@ -130,6 +130,25 @@ impl WorkerApi {
             let forwarded = forward::request(request, self.node.node_id, None);
             return leader.answer(token.shard, leader.worker().complete_workflow_task(forwarded).await);
         }
+        // The rest runs on its own task: once the completion is proposed it may commit, and a
+        // caller that goes away (its node died, the worker disconnected) must not cancel the
+        // hand-out of the inline next task that follows. Cancelled between the commit and the
+        // hand-out, that task (its TaskReady withheld for the inline reply) was offered to no
+        // poller until the shard's next leader rebuilt its queues: found by `jepsen/run.sh
+        // --nemesis all --seed 1` (a signal workflow stuck at WORKFLOW_TASK_SCHEDULED after its
+        // worker's node was wiped).
+        let api = self.clone();
+        tokio::spawn(async move { api.complete_workflow_task_here(token, request).await })
+            .await
+            .map_err(|error| Status::internal(format!("the completion's task failed: {error}")))?
+    }
+
+    /// [`WorkerApi::complete_workflow_task`] on the shard's leader.
+    async fn complete_workflow_task_here(
+        &self,
+        token: TaskToken,
+        request: pb::CompleteWorkflowTaskRequest,
+    ) -> Result<pb::CompleteWorkflowTaskResponse, Status> {
         let TokenTask::Workflow { seen_event_id, .. } = token.task else {
             return Err(Status::invalid_argument("task_token is an activity task token"));
         };
