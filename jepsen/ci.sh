@@ -14,7 +14,7 @@ seeds="${JEPSEN_SEEDS:-1}"
 nodes="${JEPSEN_NODES:-3}"
 nemeses="all"
 if [ "${JEPSEN_EACH:-}" = 1 ]; then
-  nemeses="kill pause partition loss wipe clock disk-full membership power-loss all"
+  nemeses="kill pause partition netem wipe clock disk-full membership power-loss all"
 fi
 build=0
 for seed in $seeds; do

@@ -53,6 +53,8 @@ pub struct Cluster {
     lazyfs: BTreeMap<u64, Child>,
     /// Extra environment of every node (the `--self-test` hooks).
     pub env: Vec<(String, String)>,
+    /// Each node's `weft-delay` process, when the `netem` nemesis runs.
+    proxies: BTreeMap<u64, Child>,
 }
 
 /// The FUSE filesystem name `weft-lazyfs` mounts with (how leftovers are found).
@@ -86,6 +88,7 @@ impl Cluster {
             mounted: BTreeSet::new(),
             lazyfs: BTreeMap::new(),
             env: Vec::new(),
+            proxies: BTreeMap::new(),
         })
     }
 
@@ -144,6 +147,56 @@ impl Cluster {
         self.kill(id);
         std::fs::write(self.lazy_mount(id).join(".power-cut"), b"cut")
             .with_context(|| format!("cut node {id}'s power"))?;
+        Ok(())
+    }
+
+    /// Starts a delaying proxy (`weft-delay`) in the namespace of each of `ids` for its
+    /// connections to the others, and routes them through it (`net`).
+    pub fn use_delay_proxies(&mut self, delay: &Path, net: &Net, ids: &[u64]) -> anyhow::Result<()> {
+        std::fs::create_dir_all(self.dir.join("netem"))?;
+        for &id in ids {
+            self.set_delay(id, 0, 0)?;
+            let links: Vec<String> = ids
+                .iter()
+                .filter(|peer| **peer != id)
+                .map(|peer| format!("127.0.0.1:{}={}", crate::net::proxy_port(*peer), addr(*peer)))
+                .collect();
+            let log = std::fs::File::create(self.dir.join("logs").join(format!("delay-n{id}.log")))?;
+            let prefix = Net::exec_prefix(id);
+            let child = Command::new(&prefix[0])
+                .args(&prefix[1..])
+                .arg(delay)
+                .arg(self.delay_file(id))
+                .args(&links)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .context("spawn weft-delay")?;
+            self.proxies.insert(id, child);
+        }
+        // The proxies listen before any node connects through them.
+        std::thread::sleep(Duration::from_millis(300));
+        for &id in ids {
+            net.route_through_proxy(id, ids)?;
+        }
+        Ok(())
+    }
+
+    fn delay_file(&self, id: u64) -> PathBuf {
+        self.dir.join("netem").join(format!("n{id}"))
+    }
+
+    pub fn has_delay_proxies(&self) -> bool {
+        !self.proxies.is_empty()
+    }
+
+    /// Delays every chunk node `id`'s connections to its peers carry, either way, by
+    /// `delay_ms` plus up to `jitter_ms` (its proxy reads this within 100 ms).
+    pub fn set_delay(&self, id: u64, delay_ms: u64, jitter_ms: u64) -> anyhow::Result<()> {
+        let path = self.delay_file(id);
+        let partial = path.with_extension("new");
+        std::fs::write(&partial, format!("{delay_ms} {jitter_ms}\n"))?;
+        std::fs::rename(&partial, &path)?;
         Ok(())
     }
 
@@ -554,6 +607,10 @@ impl Drop for Cluster {
         }
         for id in std::mem::take(&mut self.mounted) {
             let _ = Command::new("umount").arg(self.disk(id)).status();
+        }
+        for (_, mut child) in std::mem::take(&mut self.proxies) {
+            let _ = child.kill();
+            let _ = child.wait();
         }
         for (id, mut child) in std::mem::take(&mut self.lazyfs) {
             let _ = Command::new("umount").arg("-l").arg(self.lazy_mount(id)).status();

@@ -35,7 +35,7 @@ struct Args {
     /// exactly-once, signals, timers, id-lock, a comma-separated list, or all.
     #[arg(long, default_value = "all")]
     workload: String,
-    /// none, kill, pause, partition, loss, wipe, clock, disk-full, membership, power-loss, a comma-separated list, or all.
+    /// none, kill, pause, partition, netem, wipe, clock, disk-full, membership, power-loss, a comma-separated list, or all.
     #[arg(long, default_value = "all")]
     nemesis: String,
     /// Seconds of load and faults (the heal and the checks come after).
@@ -212,6 +212,9 @@ async fn run_in(
     }
     if nemesis.needs_small_disks() {
         cluster.use_small_disks(nemesis::DISK_MIB, &every_id)?;
+    }
+    if nemesis.needs_delay_proxies() {
+        cluster.use_delay_proxies(&weft.with_file_name("weft-delay"), &net, &every_id)?;
     }
     if nemesis.needs_lazyfs() {
         cluster.use_lazyfs(&weft.with_file_name("weft-lazyfs"), &every_id).await?;

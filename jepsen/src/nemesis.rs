@@ -8,7 +8,9 @@
 //! - `partition`: isolate one node (a majority and a minority), cut the link between two
 //!   nodes (the third is a bridge that sees both halves), or drop one node's inbound packets
 //!   only (one-way);
-//! - `loss`: drop a share of one node's packets at random (nftables `numgen`);
+//! - `netem`: on one node's links, a delay of 20-200 ms with up to half as much jitter (its
+//!   connections to its peers go through `weft-delay`, a proxy in its namespace) and 0-20 %
+//!   packet loss (nftables `numgen`), for 2-6 s;
 //! - `wipe`: SIGKILL a node, delete its data dir, restart it: its peers rebuild it. Only once
 //!   every replica has applied what was committed when the wipe was decided (wiping the only
 //!   other copy of entries a down node lacks is not a fault a cluster can survive);
@@ -48,7 +50,7 @@ pub enum Kind {
     Kill,
     Pause,
     Partition,
-    Loss,
+    Netem,
     Wipe,
     Clock,
     DiskFull,
@@ -60,7 +62,7 @@ pub const KINDS: &[Kind] = &[
     Kind::Kill,
     Kind::Pause,
     Kind::Partition,
-    Kind::Loss,
+    Kind::Netem,
     Kind::Wipe,
     Kind::Clock,
     Kind::DiskFull,
@@ -79,7 +81,7 @@ impl Kind {
             Kind::Kill => "kill",
             Kind::Pause => "pause",
             Kind::Partition => "partition",
-            Kind::Loss => "loss",
+            Kind::Netem => "netem",
             Kind::Wipe => "wipe",
             Kind::Clock => "clock",
             Kind::DiskFull => "disk-full",
@@ -191,6 +193,11 @@ impl Nemesis {
     /// that much later, so the final reads wait that much longer.
     pub fn forward_skew(&self) -> Duration {
         Duration::from_millis(self.forward_skew_ms)
+    }
+
+    /// Whether the nodes' connections must go through delaying proxies.
+    pub fn needs_delay_proxies(&self) -> bool {
+        self.kinds.contains(&Kind::Netem)
     }
 
     /// Whether every node's data dir must be on `weft-lazyfs`.
@@ -338,14 +345,28 @@ impl Nemesis {
                 net.heal()?;
                 self.log(recorder, "end", name, vec![node], "healed".into());
             }
-            Kind::Loss => {
+            Kind::Netem => {
                 let held = self.millis(2_000, 6_000);
-                let percent = self.rng.random_range(5..=30);
-                self.log(recorder, "start", "loss", vec![node], format!("{percent}% of packets dropped, for {held:?}"));
+                let delay = self.rng.random_range(20..=200u64);
+                let jitter = self.rng.random_range(0..=delay / 2);
+                let percent = self.rng.random_range(0..=20);
+                self.log(
+                    recorder,
+                    "start",
+                    "netem",
+                    vec![node],
+                    format!("{delay} ms delay, {jitter} ms jitter, {percent}% loss on its links, for {held:?}"),
+                );
+                if cluster.has_delay_proxies() {
+                    cluster.set_delay(node, delay, jitter)?;
+                }
                 net.apply(node, &Rules { loss_percent: percent, ..Rules::default() })?;
                 tokio::time::sleep(held).await;
+                if cluster.has_delay_proxies() {
+                    cluster.set_delay(node, 0, 0)?;
+                }
                 net.heal()?;
-                self.log(recorder, "end", "loss", vec![node], "healed".into());
+                self.log(recorder, "end", "netem", vec![node], "healed".into());
             }
             Kind::Clock => {
                 let held = self.millis(3_000, 8_000);
@@ -487,6 +508,9 @@ impl Nemesis {
         net.heal()?;
         for id in cluster.ids.clone() {
             cluster.set_clock_offset(id, 0)?;
+            if cluster.has_delay_proxies() {
+                cluster.set_delay(id, 0, 0)?;
+            }
             if cluster.has_small_disks() || cluster.has_lazyfs() {
                 cluster.free_disk(id)?;
             }

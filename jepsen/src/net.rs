@@ -19,6 +19,15 @@ pub const NODES_MAX: u64 = 16;
 const PREFIX_LEN: u8 = 24;
 /// The nftables table each node namespace holds the suite's rules in.
 const TABLE: &str = "weft_jepsen";
+/// The table of the DNAT rules that route a node's connections through its delaying proxy.
+const NAT_TABLE: &str = "weft_jepsen_nat";
+/// The mark `weft-delay` puts on its own connections.
+pub const PROXY_MARK: u32 = 0x77;
+
+/// The port the delaying proxy of a node listens on for its connections to node `peer`.
+pub fn proxy_port(peer: u64) -> u16 {
+    17_000 + peer as u16
+}
 
 /// The address of node `id`.
 pub fn node_ip(id: u64) -> Ipv4Addr {
@@ -126,6 +135,24 @@ impl Net {
         }
         if rules.loss_percent > 0 {
             script.push_str(&format!("    oifname != \"lo\" numgen random mod 100 < {} drop\n", rules.loss_percent));
+        }
+        script.push_str("  }\n}\n");
+        nft(id, &script)
+    }
+
+    /// Sends node `id`'s connections to every other node of `ids` through the delaying proxy
+    /// in its namespace (`weft-delay`, listening on 127.0.0.1:17000+J for node J): an nftables
+    /// DNAT of the node's own packets (the proxy's, marked, pass untouched).
+    pub fn route_through_proxy(&self, id: u64, ids: &[u64]) -> anyhow::Result<()> {
+        let mut script = format!("table ip {NAT_TABLE}\ndelete table ip {NAT_TABLE}\ntable ip {NAT_TABLE} {{\n");
+        script.push_str("  chain output {\n    type nat hook output priority -100; policy accept;\n");
+        for &peer in ids.iter().filter(|peer| **peer != id) {
+            script.push_str(&format!(
+                "    meta mark != {PROXY_MARK:#x} ip daddr {} tcp dport {} dnat to 127.0.0.1:{}\n",
+                node_ip(peer),
+                crate::cluster::PORT,
+                proxy_port(peer)
+            ));
         }
         script.push_str("  }\n}\n");
         nft(id, &script)
