@@ -21,7 +21,7 @@ use std::time::Duration;
 use weft_e2e::cluster::{ServerCluster, caught_up};
 use weft_e2e::{RunningWorker, wait_every};
 use weft_proto::v1 as pb;
-use weft_sdk::{ActivityContext, ActivityError, Client, StartWorkflowOptions, Worker};
+use weft_sdk::{ActivityContext, ActivityError, Client, StartWorkflowOptions, Worker, WorkflowContext, WorkflowError};
 
 use weft_e2e::workload::{check_exactly_once, crashy, double};
 
@@ -570,4 +570,84 @@ async fn a_node_whose_disk_write_fails_stops_and_recovers_when_restarted() {
     check_all(&client, &started).await;
     cluster.wait_caught_up(x, Duration::from_secs(60)).await;
     running.stop().await;
+}
+
+/// Consumes two signals `s` and returns their sum: a completion that consumes a signal that
+/// is already buffered resolves at once, so it asks for its next task inline.
+async fn two_signals(ctx: WorkflowContext, _: ()) -> Result<u64, WorkflowError> {
+    let a: u64 = ctx.signal("s", None).await?.unwrap_or(0);
+    let b: u64 = ctx.signal("s", None).await?.unwrap_or(0);
+    Ok(a + b)
+}
+
+fn signals_worker(client: Client) -> Worker {
+    Worker::builder(client, QUEUE).register_workflow("two_signals", two_signals).build()
+}
+
+/// A completion forwarded by node W whose leader commits it and is still to hand out the
+/// inline next task (fail point `worker::before_inline_hand_out`: 3 s there) when W dies: the
+/// leader's handler, its caller gone, must still hand the task out (it then times out, 2 s,
+/// and comes back) instead of leaving it offered to no poller. Found by `jepsen/run.sh
+/// --nemesis all --seed 1`; before the fix (the handler cancelled with its caller) this test
+/// waited for the run in vain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_whose_forwarding_node_dies_still_hands_out_the_next_task() {
+    let mut cluster =
+        ServerCluster::form_with_env(SHARDS, &[("FAILPOINTS", "worker::before_inline_hand_out=return(3000)")]).await;
+    let balanced = cluster.wait_for_leaders().await;
+    let w = 1;
+    let client = connect(&cluster.servers(&[2, 3])).await;
+    // A workflow id whose shard another node leads (probes on a queue no worker polls).
+    let mut id = String::new();
+    for k in 0..32 {
+        let probe = format!("inline-{k}");
+        let options = StartWorkflowOptions {
+            workflow_type: "two_signals".into(),
+            workflow_id: probe.clone(),
+            task_queue: "nobody-polls".into(),
+            request_id: Some(format!("probe-{probe}")),
+            workflow_task_timeout: None,
+        };
+        client.start_workflow_with(options, &()).await.expect("start a probe");
+        let led_elsewhere = leader_of(&balanced, shard_of(&client, &probe).await) != w;
+        client.terminate_workflow(&probe, "probe").await.expect("terminate the probe");
+        if led_elsewhere {
+            id = probe;
+            break;
+        }
+    }
+    assert!(!id.is_empty(), "a workflow id on a shard node {w} does not lead");
+    let options = StartWorkflowOptions {
+        workflow_type: "two_signals".into(),
+        workflow_id: id.clone(),
+        task_queue: QUEUE.into(),
+        request_id: Some(format!("start-{id}")),
+        workflow_task_timeout: Some(Duration::from_secs(2)),
+    };
+    client.start_workflow_with(options, &()).await.expect("start the workflow");
+    // Both signals buffered before any task runs: the first completion consumes one at once and
+    // asks for the next task inline.
+    client.signal_workflow(&id, "s", &3u64).await.expect("signal");
+    client.signal_workflow(&id, "s", &4u64).await.expect("signal");
+    // The worker talks to W only; W forwards its completions to the leader.
+    let running = RunningWorker::start(signals_worker(connect(&cluster.servers(&[w])).await));
+    wait_every("the first completion", Duration::from_secs(30), Duration::from_millis(20), || async {
+        let events = client.workflow_history(&id, None).await.ok()?;
+        events.iter().any(|e| e.event_type() == pb::EventType::WorkflowTaskCompleted).then_some(())
+    })
+    .await;
+    // The leader now waits at the fail point: W dies with the completion's caller.
+    cluster.kill(w);
+    drop(running);
+    let worker_after = RunningWorker::start(signals_worker(connect(&cluster.servers(&[2, 3])).await));
+    let events =
+        wait_every(&format!("{id} to complete"), Duration::from_secs(30), Duration::from_millis(100), || async {
+            let events = client.workflow_history(&id, None).await.ok()?;
+            let done = events.last().is_some_and(|e| e.event_type() == pb::EventType::WorkflowCompleted);
+            done.then_some(events)
+        })
+        .await;
+    let result: u64 = serde_json::from_slice(&events.last().expect("events").payload).expect("result");
+    assert_eq!(result, 7, "both signals consumed once");
+    worker_after.stop().await;
 }

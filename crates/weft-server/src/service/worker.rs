@@ -35,6 +35,13 @@ pub struct WorkerApi {
     node: Arc<Node>,
 }
 
+/// How long the fail point `worker::before_inline_hand_out` (armed `return(MS)`) asks a
+/// completion to wait between its commit and the inline hand-out; `None` when unarmed.
+fn inline_hand_out_stall_ms() -> Option<u64> {
+    fail::fail_point!("worker::before_inline_hand_out", |ms: Option<String>| ms.and_then(|ms| ms.parse().ok()));
+    None
+}
+
 fn poll_wait(wait_ms: u64) -> Duration {
     if wait_ms == 0 { LONG_POLL_MAX } else { Duration::from_millis(wait_ms).min(LONG_POLL_MAX) }
 }
@@ -168,6 +175,10 @@ impl WorkerApi {
         let Some(ready) = next_task.filter(|_| inline) else {
             return Ok(pb::CompleteWorkflowTaskResponse { next_task: None });
         };
+        // Committed, the inline next task not yet handed out: a test waits here.
+        if let Some(ms) = inline_hand_out_stall_ms() {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
         match self.node.hand_out_workflow_task(token.shard, &ready, seen_event_id + 1, appended)? {
             Some(task) => Ok(pb::CompleteWorkflowTaskResponse { next_task: Some(task) }),
             None => {
