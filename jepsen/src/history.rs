@@ -40,7 +40,8 @@ pub struct Op {
     pub error: Option<String>,
 }
 
-/// Whether an UNAVAILABLE answer says the request was never sent: the connection to the node
+/// Whether an UNAVAILABLE answer says the request was never sent (meaningful only for a call
+/// made once: after retries, an earlier attempt may have taken effect): the connection to the node
 /// (or the node's, forwarding it, to the shard's leader) was never made. Anything else
 /// UNAVAILABLE may have taken effect: a transport error mid-call, or "not led by this node",
 /// which a leader that lost its term answers for an entry a later leader may still commit.

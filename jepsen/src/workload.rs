@@ -30,7 +30,7 @@ use weft_sdk::{
 };
 
 use crate::check::{Event, Final};
-use crate::history::{Op, Outcome, Recorder, outcome_of_status, unsent};
+use crate::history::{Op, Outcome, Recorder, outcome_of, outcome_of_status, unsent};
 
 pub const TASK_QUEUE: &str = "jepsen";
 /// How long the SDK retries one call across nodes.
@@ -173,7 +173,8 @@ pub fn client_options_for(workload: Workload) -> ClientOptions {
     }
 }
 
-/// Records `call`, whose ok result gives the op's value with `value_of`.
+/// Records `call` (made once: `id-lock`'s clients do not retry, so an unsent call did
+/// nothing), whose ok result gives the op's value with `value_of`.
 async fn recorded_with<T, F>(
     recorder: &Recorder,
     process: u64,
@@ -217,7 +218,9 @@ where
     let invoke_ms = recorder.now_ms();
     let (outcome, error) = match tokio::time::timeout(CALL_TIMEOUT, call).await {
         Ok(Ok(_)) => (Outcome::Ok, None),
-        Ok(Err(status)) => (outcome_of_status(&status), Some(format!("{:?}: {}", status.code(), status.message()))),
+        // These calls are retried by the SDK: the last attempt's error says nothing of the
+        // earlier ones, so an unsent last attempt is still an unknown outcome.
+        Ok(Err(status)) => (outcome_of(status.code()), Some(format!("{:?}: {}", status.code(), status.message()))),
         Err(_) => (Outcome::Info, Some(format!("no answer within {CALL_TIMEOUT:?}"))),
     };
     let op =
