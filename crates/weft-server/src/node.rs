@@ -51,6 +51,9 @@ const DEFAULT_NAMESPACE_POLL_MS: u64 = 50;
 pub const LONG_POLL_MAX: Duration = Duration::from_secs(60);
 /// Delay before a timer whose firing failed (not for lack of leadership) is tried again.
 const ALARM_RETRY_MS: u64 = 1_000;
+/// How many times a new leader tries to confirm its leadership (a read index, 100 ms apart)
+/// before it rebuilds a shard's queues from what it has applied.
+const LEADERSHIP_CONFIRM_TRIES: u32 = 100;
 
 /// Wall-clock milliseconds since the Unix epoch. The one place commands get time from.
 #[allow(clippy::disallowed_methods)] // the leader reads the clock and stamps it into commands
@@ -758,8 +761,19 @@ impl Node {
                 // leads; a completion among them that asked for its next task inline emitted no
                 // TaskReady (its handler, on the old leader, was to hand it out). Waiting for
                 // the read index first means the scan below sees every such entry applied.
-                if let Err(error) = self.raft.ensure_linearizable(shard).await {
-                    tracing::debug!(shard, %error, "leadership not confirmed; rebuilding the shard's queues anyway");
+                // Right after a restart of every node the first rounds can fail (no quorum
+                // yet); rebuilding then would miss such a completion's task for good (seen by
+                // `jepsen/run.sh --nodes 5 --nemesis all --seed 6`: a power cut of every node),
+                // so the wait is retried while this node leads, for up to 10 s.
+                for attempt in 1..=LEADERSHIP_CONFIRM_TRIES {
+                    match self.raft.ensure_linearizable(shard).await {
+                        Ok(()) => break,
+                        Err(error) if attempt == LEADERSHIP_CONFIRM_TRIES || !self.raft.is_leader(shard) => {
+                            tracing::warn!(shard, %error, "leadership not confirmed; rebuilding the shard's queues anyway");
+                            break;
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
                 }
                 if let Err(error) = self.recover_shard(shard) {
                     tracing::error!(shard, %error, "rebuilding the shard's queues and timers failed");
