@@ -75,6 +75,35 @@ async fn shard_of(client: &Client, id: &str) -> u32 {
     described.info.expect("workflow info").shard_id
 }
 
+/// A workflow id `PREFIX-k` whose shard a node other than `w` leads (as `status` shows the
+/// leaders), found with probe runs of `workflow_type` on a queue no worker polls, each
+/// terminated again so the id can be reused.
+async fn id_led_elsewhere(
+    client: &Client,
+    status: &pb::ClusterStatusResponse,
+    w: u64,
+    prefix: &str,
+    workflow_type: &str,
+) -> String {
+    for k in 0..32 {
+        let probe = format!("{prefix}-{k}");
+        let options = StartWorkflowOptions {
+            workflow_type: workflow_type.into(),
+            workflow_id: probe.clone(),
+            task_queue: "nobody-polls".into(),
+            request_id: Some(format!("probe-{probe}")),
+            workflow_task_timeout: None,
+        };
+        client.start_workflow_with(options, &serde_json::Value::Null).await.expect("start a probe");
+        let led_elsewhere = leader_of(status, shard_of(client, &probe).await) != w;
+        client.terminate_workflow(&probe, "probe").await.expect("terminate the probe");
+        if led_elsewhere {
+            return probe;
+        }
+    }
+    panic!("no workflow id on a shard node {w} does not lead");
+}
+
 fn leader_of(status: &pb::ClusterStatusResponse, shard: u32) -> u64 {
     status.shards.iter().find(|s| s.shard_id == shard).map(|s| s.leader_node_id).expect("the shard is listed")
 }
@@ -484,25 +513,7 @@ async fn a_workflow_task_lost_with_the_node_that_polled_it_is_handed_out_again_a
     )
     .await;
     let client = connect(&cluster.servers(&[2, 3])).await;
-    let mut id = String::new();
-    for k in 0..32 {
-        let probe = format!("lost-{k}");
-        let options = StartWorkflowOptions {
-            workflow_type: "crashy".into(),
-            workflow_id: probe.clone(),
-            task_queue: "nobody-polls".into(),
-            request_id: Some(format!("probe-{probe}")),
-            workflow_task_timeout: None,
-        };
-        client.start_workflow_with(options, &0u64).await.expect("start a probe");
-        let led_elsewhere = leader_of(&balanced, shard_of(&client, &probe).await) != w;
-        client.terminate_workflow(&probe, "probe").await.expect("terminate the probe");
-        if led_elsewhere {
-            id = probe;
-            break;
-        }
-    }
-    assert!(!id.is_empty(), "a workflow id on a shard node {w} does not lead");
+    let id = id_led_elsewhere(&client, &balanced, w, "lost", "crashy").await;
     let order: Vec<u64> = std::iter::once(w).chain((1..=3).filter(|id| *id != w)).collect();
     let running = RunningWorker::start(worker(connect(&cluster.servers(&order)).await));
 
@@ -598,25 +609,7 @@ async fn a_completion_whose_forwarding_node_dies_still_hands_out_the_next_task()
     let w = 1;
     let client = connect(&cluster.servers(&[2, 3])).await;
     // A workflow id whose shard another node leads (probes on a queue no worker polls).
-    let mut id = String::new();
-    for k in 0..32 {
-        let probe = format!("inline-{k}");
-        let options = StartWorkflowOptions {
-            workflow_type: "two_signals".into(),
-            workflow_id: probe.clone(),
-            task_queue: "nobody-polls".into(),
-            request_id: Some(format!("probe-{probe}")),
-            workflow_task_timeout: None,
-        };
-        client.start_workflow_with(options, &()).await.expect("start a probe");
-        let led_elsewhere = leader_of(&balanced, shard_of(&client, &probe).await) != w;
-        client.terminate_workflow(&probe, "probe").await.expect("terminate the probe");
-        if led_elsewhere {
-            id = probe;
-            break;
-        }
-    }
-    assert!(!id.is_empty(), "a workflow id on a shard node {w} does not lead");
+    let id = id_led_elsewhere(&client, &balanced, w, "inline", "two_signals").await;
     let options = StartWorkflowOptions {
         workflow_type: "two_signals".into(),
         workflow_id: id.clone(),
